@@ -1,0 +1,122 @@
+package hsm
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// session is a pooled PKCS#11 session and the module generation it was
+// opened in.
+type session struct {
+	handle     pkcs11.SessionHandle
+	generation uint64
+}
+
+// pool bounds the sessions one client has open. A slot in open is held by
+// every session that exists, idle or borrowed; idle holds the ones free now.
+type pool struct {
+	open chan struct{}
+	idle chan *session
+
+	inUse      atomic.Int64
+	waits      atomic.Int64
+	replaced   atomic.Int64
+	reconnects atomic.Int64
+	errors     atomic.Int64
+}
+
+func newPool(size int) *pool {
+	return &pool{open: make(chan struct{}, size), idle: make(chan *session, size)}
+}
+
+// borrow returns an idle session or opens a new one while fewer than the
+// pool's size exist; otherwise it waits for a return or for ctx to end.
+func (p *pool) borrow(ctx context.Context, opener func() (*session, error)) (*session, error) {
+	select {
+	case s := <-p.idle:
+		p.inUse.Add(1)
+		return s, nil
+	default:
+	}
+	select {
+	case s := <-p.idle:
+		p.inUse.Add(1)
+		return s, nil
+	case p.open <- struct{}{}:
+	default:
+		p.waits.Add(1)
+		select {
+		case s := <-p.idle:
+			p.inUse.Add(1)
+			return s, nil
+		case p.open <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrPoolTimeout, ctx.Err())
+		}
+	}
+	s, err := opener()
+	if err != nil {
+		<-p.open
+		return nil, err
+	}
+	p.inUse.Add(1)
+	return s, nil
+}
+
+// giveBack puts a healthy session back.
+func (p *pool) giveBack(s *session) {
+	p.inUse.Add(-1)
+	p.idle <- s // never blocks: idle holds at most cap(open) sessions
+}
+
+// discard forgets a session that must not be used again; close, if not nil,
+// closes it on the token.
+func (p *pool) discard(s *session, close func(*session)) {
+	p.inUse.Add(-1)
+	p.replaced.Add(1)
+	if close != nil {
+		close(s)
+	}
+	<-p.open
+}
+
+// drain closes every idle session; used when the client closes.
+func (p *pool) drain(close func(*session)) {
+	for {
+		select {
+		case s := <-p.idle:
+			close(s)
+			<-p.open
+		default:
+			return
+		}
+	}
+}
+
+// PoolStats are the pool's figures since the client was opened.
+type PoolStats struct {
+	Size       int   `json:"size"`
+	Open       int   `json:"open"`
+	InUse      int64 `json:"in_use"`
+	Idle       int   `json:"idle"`
+	Waits      int64 `json:"waits"`
+	Replaced   int64 `json:"replaced"`
+	Reconnects int64 `json:"reconnects"`
+	Errors     int64 `json:"errors"`
+}
+
+func (p *pool) stats() PoolStats {
+	return PoolStats{
+		Size:       cap(p.open),
+		Open:       len(p.open),
+		InUse:      p.inUse.Load(),
+		Idle:       len(p.idle),
+		Waits:      p.waits.Load(),
+		Replaced:   p.replaced.Load(),
+		Reconnects: p.reconnects.Load(),
+		Errors:     p.errors.Load(),
+	}
+}

@@ -1,0 +1,35 @@
+package hsm
+
+import "github.com/miekg/pkcs11"
+
+// Usage is what a key may be used for in the HSM; everything else is off.
+type Usage struct {
+	Encrypt bool
+	Decrypt bool
+	Sign    bool
+	Verify  bool
+}
+
+// secretKeyTemplate is the one builder of secret-key templates: a token
+// object that is private, sensitive and never extractable, with only the
+// usage bits asked for and CKA_ID as the link to the plugin's metadata.
+func secretKeyTemplate(keyType uint, valueLen int, id []byte, label string, use Usage) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, valueLen),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, use.Encrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, use.Decrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, use.Sign),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, use.Verify),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}
+}
