@@ -1,0 +1,156 @@
+// Package hsmkms is a Vault secrets engine that keeps customer master keys in
+// a PKCS#11 HSM and speaks Transit's wire format.
+package hsmkms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+const operationPrefix = "hsmkms"
+
+// Factory is the plugin's entry point, called by Vault once per mount.
+func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+	allowed, err := libraryAllowList()
+	if err != nil {
+		return nil, err
+	}
+	b := newBackend(allowed)
+	if err := b.Setup(ctx, conf); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+type backend struct {
+	*framework.Backend
+
+	// allowedLibraryDirs is fixed at plugin start, outside the API: whoever
+	// may write config must not be able to make the plugin load any .so.
+	allowedLibraryDirs []string
+
+	clientMu sync.RWMutex
+	client   *hsm.Client // nil until a config is loaded
+	conf     *mountConfig
+
+	// keysMu serialises changes to key entries (create, delete, state,
+	// quota); reads and crypto take it for reading.
+	keysMu sync.RWMutex
+}
+
+func newBackend(allowedLibraryDirs []string) *backend {
+	b := &backend{allowedLibraryDirs: allowedLibraryDirs}
+	b.Backend = &framework.Backend{
+		Help:        strings.TrimSpace(backendHelp),
+		BackendType: logical.TypeLogical,
+		PathsSpecial: &logical.Paths{
+			Root:            []string{"config"},
+			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
+		},
+		Paths: framework.PathAppend(
+			[]*framework.Path{b.pathConfig()},
+			b.pathKeys(),
+			[]*framework.Path{b.pathEncrypt(), b.pathDecrypt()},
+		),
+		Secrets:           []*framework.Secret{},
+		Invalidate:        b.invalidate,
+		Clean:             b.clean,
+		WALRollback:       b.walRollback,
+		WALRollbackMinAge: walRollbackMinAge,
+	}
+	return b
+}
+
+// errNotConfigured is returned for every crypto or key request before config.
+var errNotConfigured = errors.New("this mount has no HSM configuration yet: write the config path first (library, token_label or slot, pin)")
+
+// hsmClient returns the mount's client, opening it from the stored config on
+// first use (and after a plugin restart, when Vault starts us anew).
+func (b *backend) hsmClient(ctx context.Context, s logical.Storage) (*hsm.Client, *mountConfig, error) {
+	b.clientMu.RLock()
+	if b.client != nil {
+		c, conf := b.client, b.conf
+		b.clientMu.RUnlock()
+		return c, conf, nil
+	}
+	b.clientMu.RUnlock()
+
+	b.clientMu.Lock()
+	defer b.clientMu.Unlock()
+	if b.client != nil {
+		return b.client, b.conf, nil
+	}
+	conf, err := loadConfig(ctx, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	if conf == nil {
+		return nil, nil, errNotConfigured
+	}
+	if conf.resolvedLibrary, err = checkLibraryPath(conf.Library, b.allowedLibraryDirs); err != nil {
+		return nil, nil, fmt.Errorf("stored config: %w", err)
+	}
+	c, err := hsm.Open(ctx, conf.hsmConfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the HSM from the stored config: %w", err)
+	}
+	b.client, b.conf = c, conf
+	return c, conf, nil
+}
+
+// swapClient installs a client opened for a new config and closes the old
+// one after it, so a shared login is never dropped in between.
+func (b *backend) swapClient(c *hsm.Client, conf *mountConfig) {
+	b.clientMu.Lock()
+	old := b.client
+	b.client, b.conf = c, conf
+	b.clientMu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+}
+
+func (b *backend) resetClient() { b.swapClient(nil, nil) }
+
+func (b *backend) invalidate(_ context.Context, key string) {
+	if key == configStoragePath {
+		b.resetClient()
+	}
+}
+
+func (b *backend) clean(context.Context) { b.resetClient() }
+
+// respondError turns an error from the HSM layer into Vault's conventions:
+// the caller's mistakes are 400s, an HSM that failed twice is a 503, the
+// rest is internal.
+func respondError(op string, err error) (*logical.Response, error) {
+	switch {
+	case errors.Is(err, errNotConfigured):
+		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrDecrypt):
+		return logical.ErrorResponse("%s: ciphertext could not be decrypted: it was altered, made by another key or version, or the context, associated_data or encryption_context differ", op), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return logical.ErrorResponse("%s: %s", op, err.Error()), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrPoolTimeout), errors.Is(err, hsm.ErrClosed):
+		return nil, logical.CodedError(503, fmt.Sprintf("%s: %v", op, err))
+	}
+	return nil, fmt.Errorf("%s: %w", op, err)
+}
+
+const backendHelp = `
+The hsmkms secrets engine keeps encryption keys in a PKCS#11 HSM and performs
+every cryptographic operation inside it. Its API follows Vault's Transit
+engine, so Transit clients work unchanged, and adds key states, operations per
+key, a key quota, a default key and encryption contexts.
+
+Start by writing the config path (library, token_label or slot, pin), then
+create keys under keys/ and use encrypt/ and decrypt/.
+`

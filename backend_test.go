@@ -1,0 +1,131 @@
+package hsmkms
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/softhsmtest"
+)
+
+var testToken, otherToken *softhsmtest.Token
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hsmkms-backend-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testToken, err = softhsmtest.New(dir, "backend-a", "4321")
+	if err == nil {
+		otherToken, err = softhsmtest.New(dir, "backend-b", "8765")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "making SoftHSM tokens:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testMount is one mount of the backend with its own in-memory storage.
+type testMount struct {
+	t       *testing.T
+	b       *backend
+	storage logical.Storage
+}
+
+func newMount(t *testing.T) *testMount {
+	t.Helper()
+	allowed, err := libraryAllowList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newMountWithAllowList(t, allowed)
+}
+
+func newMountWithAllowList(t *testing.T, allowed []string) *testMount {
+	t.Helper()
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	b := newBackend(allowed)
+	if err := b.Setup(context.Background(), conf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.clean(context.Background()) })
+	return &testMount{t: t, b: b, storage: conf.StorageView}
+}
+
+// configuredMount is a mount configured on testToken with a fresh default
+// key name, so tests do not share keys.
+func configuredMount(t *testing.T, extra map[string]interface{}) *testMount {
+	t.Helper()
+	m := newMount(t)
+	data := map[string]interface{}{
+		"library":     testToken.Library,
+		"token_label": testToken.Label,
+		"pin":         testToken.PIN,
+	}
+	for k, v := range extra {
+		data[k] = v
+	}
+	m.mustOK(logical.UpdateOperation, "config", data)
+	return m
+}
+
+func (m *testMount) do(op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {
+	m.t.Helper()
+	req := &logical.Request{
+		Operation:  op,
+		Path:       path,
+		Data:       data,
+		Storage:    m.storage,
+		MountPoint: "kms/",
+	}
+	return m.b.HandleRequest(context.Background(), req)
+}
+
+func (m *testMount) mustOK(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+	m.t.Helper()
+	resp, err := m.do(op, path, data)
+	if err != nil || (resp != nil && resp.IsError()) {
+		m.t.Fatalf("%s %s: err=%v resp=%v", op, path, err, respError(resp))
+	}
+	return resp
+}
+
+// mustFail asserts a 400 whose message contains want.
+func (m *testMount) mustFail(op logical.Operation, path string, data map[string]interface{}, want string) {
+	m.t.Helper()
+	resp, err := m.do(op, path, data)
+	if !errors.Is(err, logical.ErrInvalidRequest) {
+		m.t.Fatalf("%s %s: err=%v (resp %v), want ErrInvalidRequest", op, path, err, respError(resp))
+	}
+	if resp == nil || !resp.IsError() {
+		m.t.Fatalf("%s %s: no error response", op, path)
+	}
+	if msg := respError(resp); !strings.Contains(msg, want) {
+		m.t.Fatalf("%s %s: message %q does not contain %q", op, path, msg, want)
+	}
+}
+
+func respError(resp *logical.Response) string {
+	if resp == nil {
+		return "<nil>"
+	}
+	if e, ok := resp.Data["error"].(string); ok {
+		return e
+	}
+	return fmt.Sprint(resp.Data)
+}
+
+func dump(v interface{}) string { return fmt.Sprintf("%v", v) }
+
+func jsonUnmarshal(b []byte, v interface{}) error { return json.Unmarshal(b, v) }

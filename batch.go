@@ -1,0 +1,199 @@
+package hsmkms
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// maxBatchItems bounds one batch request.
+const maxBatchItems = 10000
+
+// cryptoItem is one encrypt or decrypt input, from the top-level fields or
+// one element of batch_input.
+type cryptoItem struct {
+	Plaintext         string
+	Ciphertext        string
+	Context           string
+	AssociatedData    string
+	EncryptionContext map[string]string
+	KeyVersion        int
+	Reference         string
+}
+
+// batchResult is one element of batch_results. Transit's clients read these
+// exact names.
+type batchResult struct {
+	Ciphertext string `json:"ciphertext,omitempty"`
+	Plaintext  string `json:"plaintext,omitempty"`
+	KeyVersion int    `json:"key_version,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Reference  string `json:"reference"`
+
+	internal bool // the error was ours, not the caller's
+}
+
+// readItems returns the request's items: batch_input when given, else one
+// item from the top-level fields. A message is the caller's mistake.
+func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, string) {
+	if raw, ok := d.GetOk("batch_input"); ok {
+		list, ok := raw.([]interface{})
+		if !ok {
+			return nil, true, "batch_input must be a list of objects"
+		}
+		if len(list) == 0 {
+			return nil, true, "batch_input is empty"
+		}
+		if len(list) > maxBatchItems {
+			return nil, true, fmt.Sprintf("batch_input has %d items; at most %d allowed", len(list), maxBatchItems)
+		}
+		items := make([]cryptoItem, len(list))
+		for i, e := range list {
+			m, ok := e.(map[string]interface{})
+			if !ok {
+				return nil, true, fmt.Sprintf("batch_input[%d] is not an object", i)
+			}
+			item, msg := itemFromMap(m)
+			if msg != "" {
+				return nil, true, fmt.Sprintf("batch_input[%d]: %s", i, msg)
+			}
+			items[i] = item
+		}
+		return items, true, ""
+	}
+	var item cryptoItem
+	for _, f := range fields {
+		v, ok := d.GetOk(f)
+		if !ok {
+			continue
+		}
+		switch f {
+		case "plaintext":
+			item.Plaintext = v.(string)
+		case "ciphertext":
+			item.Ciphertext = v.(string)
+		case "context":
+			item.Context = v.(string)
+		case "associated_data":
+			item.AssociatedData = v.(string)
+		case "encryption_context":
+			item.EncryptionContext = v.(map[string]string)
+		case "key_version":
+			item.KeyVersion = v.(int)
+		case "reference":
+			item.Reference = v.(string)
+		}
+	}
+	return []cryptoItem{item}, false, ""
+}
+
+func itemFromMap(m map[string]interface{}) (cryptoItem, string) {
+	var item cryptoItem
+	str := func(name string, dst *string) string {
+		v, ok := m[name]
+		if !ok || v == nil {
+			return ""
+		}
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Sprintf("%s must be a string", name)
+		}
+		*dst = s
+		return ""
+	}
+	for name, dst := range map[string]*string{
+		"plaintext": &item.Plaintext, "ciphertext": &item.Ciphertext, "context": &item.Context,
+		"associated_data": &item.AssociatedData, "reference": &item.Reference,
+	} {
+		if msg := str(name, dst); msg != "" {
+			return item, msg
+		}
+	}
+	if v, ok := m["key_version"]; ok && v != nil {
+		n, msg := toInt(v)
+		if msg != "" {
+			return item, "key_version " + msg
+		}
+		item.KeyVersion = n
+	}
+	if v, ok := m["encryption_context"]; ok && v != nil {
+		ec, ok := v.(map[string]interface{})
+		if !ok {
+			return item, "encryption_context must be an object of strings"
+		}
+		item.EncryptionContext = make(map[string]string, len(ec))
+		for k, val := range ec {
+			s, ok := val.(string)
+			if !ok {
+				return item, fmt.Sprintf("encryption_context[%q] must be a string", k)
+			}
+			item.EncryptionContext[k] = s
+		}
+	}
+	return item, ""
+}
+
+func toInt(v interface{}) (int, string) {
+	switch n := v.(type) {
+	case json.Number:
+		i, err := n.Int64()
+		if err != nil || i > math.MaxInt32 || i < math.MinInt32 {
+			return 0, "must be a whole number"
+		}
+		return int(i), ""
+	case float64:
+		if n != math.Trunc(n) || n > math.MaxInt32 || n < math.MinInt32 {
+			return 0, "must be a whole number"
+		}
+		return int(n), ""
+	case int:
+		return n, ""
+	case string:
+		i, err := strconv.Atoi(n)
+		if err != nil {
+			return 0, "must be a whole number"
+		}
+		return i, ""
+	}
+	return 0, "must be a whole number"
+}
+
+// batchResponse follows Transit: results in input order with references
+// echoed; any failed item makes the status 400 (or 500 when only internal
+// errors failed), which partial_failure_response_code may override when
+// some items succeeded.
+func batchResponse(req *logical.Request, d *framework.FieldData, results []batchResult, items []cryptoItem) (*logical.Response, error) {
+	var userErr, internalErr, success bool
+	for i := range results {
+		results[i].Reference = items[i].Reference
+		switch {
+		case results[i].Error == "":
+			success = true
+		case results[i].internal:
+			internalErr = true
+		default:
+			userErr = true
+		}
+	}
+	resp := &logical.Response{Data: map[string]interface{}{"batch_results": results}}
+	if !userErr && !internalErr {
+		return resp, nil
+	}
+	code := http.StatusBadRequest
+	if !userErr {
+		code = http.StatusInternalServerError
+	}
+	if raw, ok := d.GetOk("partial_failure_response_code"); ok && success {
+		if c := raw.(int); c >= 100 && c <= 599 {
+			code = c
+		} else {
+			resp.AddWarning(fmt.Sprintf("partial_failure_response_code %d is not an HTTP status; answered %d", c, code))
+		}
+	}
+	return logical.RespondWithStatusCode(resp, req, code)
+}

@@ -1,0 +1,34 @@
+// Command vault-plugin-secrets-hsmkms serves the hsmkms secrets engine to
+// Vault. Every mount of the plugin runs in this one process (multiplexing),
+// sharing the PKCS#11 module and login.
+package main
+
+import (
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/sdk/plugin"
+
+	hsmkms "github.com/hsmkms/vault-plugin-secrets-hsmkms"
+)
+
+func main() {
+	meta := &api.PluginAPIClientMeta{}
+	flags := meta.FlagSet()
+	if err := flags.Parse(os.Args[1:]); err != nil {
+		fatal(err)
+	}
+	err := plugin.ServeMultiplex(&plugin.ServeOpts{
+		BackendFactoryFunc: hsmkms.Factory,
+		TLSProviderFunc:    api.VaultPluginTLSProvider(meta.GetTLSConfig()),
+	})
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	hclog.New(&hclog.LoggerOptions{}).Error("plugin shutting down", "error", err)
+	os.Exit(1)
+}

@@ -1,0 +1,103 @@
+package hsmkms
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+const configStoragePath = "config"
+
+// Defaults of the config path, as ../shared/API.md states them.
+const (
+	defaultPoolSize          = 16
+	maxPoolSize              = 1024
+	defaultMaxKeys           = 20
+	defaultMaxPlaintextBytes = 4096
+	maxMaxPlaintextBytes     = 16 << 20
+	defaultDefaultKey        = "default"
+	defaultKEKLabel          = "hsmkms-kek"
+	defaultUnwrappedCacheTTL = 15 * time.Minute
+	residencyHSM             = "hsm"
+	residencyWrapped         = "wrapped"
+)
+
+// mountConfig is the stored config of one mount. The PIN is stored only in
+// Vault's (seal-wrapped) storage and never leaves it in a response or log.
+type mountConfig struct {
+	Library           string        `json:"library"`
+	TokenLabel        string        `json:"token_label,omitempty"`
+	Slot              *uint         `json:"slot,omitempty"`
+	PIN               string        `json:"pin"`
+	PoolSize          int           `json:"pool_size"`
+	MaxKeys           int           `json:"max_keys"`
+	MaxPlaintextBytes int           `json:"max_plaintext_bytes"`
+	DefaultKey        string        `json:"default_key"`
+	DefaultResidency  string        `json:"default_residency"`
+	KEKLabel          string        `json:"kek_label"`
+	UnwrappedCacheTTL time.Duration `json:"unwrapped_cache_ttl"`
+
+	// resolvedLibrary is the allow-listed path actually loaded.
+	resolvedLibrary string
+}
+
+func defaultConfig() *mountConfig {
+	return &mountConfig{
+		PoolSize:          defaultPoolSize,
+		MaxKeys:           defaultMaxKeys,
+		MaxPlaintextBytes: defaultMaxPlaintextBytes,
+		DefaultKey:        defaultDefaultKey,
+		DefaultResidency:  residencyHSM,
+		KEKLabel:          defaultKEKLabel,
+		UnwrappedCacheTTL: defaultUnwrappedCacheTTL,
+	}
+}
+
+func (c *mountConfig) hsmConfig() hsm.Config {
+	hc := hsm.Config{Library: c.resolvedLibrary, TokenLabel: c.TokenLabel, PIN: c.PIN, PoolSize: c.PoolSize}
+	if c.Slot != nil {
+		hc.Slot = *c.Slot
+	}
+	return hc
+}
+
+// sameToken reports whether two configs name the same module and token.
+func (c *mountConfig) sameToken(o *mountConfig) bool {
+	if c == nil || o == nil || c.Library != o.Library || c.TokenLabel != o.TokenLabel {
+		return false
+	}
+	if (c.Slot == nil) != (o.Slot == nil) {
+		return false
+	}
+	return c.Slot == nil || *c.Slot == *o.Slot
+}
+
+func loadConfig(ctx context.Context, s logical.Storage) (*mountConfig, error) {
+	entry, err := s.Get(ctx, configStoragePath)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	conf := defaultConfig()
+	if err := entry.DecodeJSON(conf); err != nil {
+		return nil, fmt.Errorf("decoding config: %w", err)
+	}
+	return conf, nil
+}
+
+func storeConfig(ctx context.Context, s logical.Storage, conf *mountConfig) error {
+	entry, err := logical.StorageEntryJSON(configStoragePath, conf)
+	if err != nil {
+		return fmt.Errorf("encoding config: %w", err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	return nil
+}

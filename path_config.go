@@ -1,0 +1,333 @@
+package hsmkms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+func (b *backend) pathConfig() *framework.Path {
+	return &framework.Path{
+		Pattern: "config",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"library": {
+				Type: framework.TypeString,
+				Description: "Absolute path of the PKCS#11 module (.so). After resolving symlinks it must lie in one of the " +
+					"directories allowed by " + LibraryDirsEnv + " at plugin registration (default: the system PKCS#11 module directories). Required.",
+			},
+			"token_label": {
+				Type:        framework.TypeString,
+				Description: "Label of the token to use. Give token_label or slot, not both.",
+			},
+			"slot": {
+				Type:        framework.TypeInt,
+				Description: "Slot id of the token to use, when token_label is not given.",
+			},
+			"pin": {
+				Type:        framework.TypeString,
+				Description: "User PIN of the token. Write-only: never returned or logged. Required on the first write and whenever library, token_label or slot change.",
+				DisplayAttrs: &framework.DisplayAttributes{
+					Sensitive: true,
+				},
+			},
+			"pool_size": {
+				Type:        framework.TypeInt,
+				Description: fmt.Sprintf("Most PKCS#11 sessions this mount keeps open at once, 1 to %d.", maxPoolSize),
+				Default:     defaultPoolSize,
+			},
+			"max_keys": {
+				Type:        framework.TypeInt,
+				Description: "Quota of keys in this mount, the default key included; 0 means no quota.",
+				Default:     defaultMaxKeys,
+			},
+			"max_plaintext_bytes": {
+				Type:        framework.TypeInt,
+				Description: fmt.Sprintf("Largest plaintext encrypt accepts, in bytes after base64 decoding, 1 to %d.", maxMaxPlaintextBytes),
+				Default:     defaultMaxPlaintextBytes,
+			},
+			"default_key": {
+				Type:        framework.TypeString,
+				Description: "Name of a key (aes256-gcm96) created when the config is written; it can never be deleted.",
+				Default:     defaultDefaultKey,
+			},
+			"default_residency": {
+				Type:        framework.TypeString,
+				Description: "Where new keys live: 'hsm' (the key is an HSM object). 'wrapped' is reserved for a later version and refused.",
+				Default:     residencyHSM,
+			},
+			"kek_label": {
+				Type:        framework.TypeString,
+				Description: "Label of the HSM AES key that will wrap keys of residency 'wrapped'.",
+				Default:     defaultKEKLabel,
+			},
+			"unwrapped_cache_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long an unwrapped key stays loaded after its last use (for residency 'wrapped').",
+				Default:     int(defaultUnwrappedCacheTTL.Seconds()),
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:    b.pathConfigRead,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
+				Summary:     "Read the HSM configuration (never the PIN) and what the token reports.",
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:    b.pathConfigWrite,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+				Summary:     "Configure the HSM; the settings are checked against the token before they are stored.",
+			},
+			logical.DeleteOperation: &framework.PathOperation{
+				Callback:    b.pathConfigDelete,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
+				Summary:     "Forget the HSM configuration; keys stay on the token and in storage.",
+			},
+		},
+		HelpSynopsis:    pathConfigHelpSyn,
+		HelpDescription: pathConfigHelpDesc,
+	}
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	conf, err := loadConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if conf == nil {
+		return nil, nil
+	}
+	data := map[string]interface{}{
+		"library":             conf.Library,
+		"token_label":         conf.TokenLabel,
+		"pin_set":             conf.PIN != "",
+		"pool_size":           conf.PoolSize,
+		"max_keys":            conf.MaxKeys,
+		"max_plaintext_bytes": conf.MaxPlaintextBytes,
+		"default_key":         conf.DefaultKey,
+		"default_residency":   conf.DefaultResidency,
+		"kek_label":           conf.KEKLabel,
+		"unwrapped_cache_ttl": int64(conf.UnwrappedCacheTTL.Seconds()),
+		"mechanisms": map[string]string{
+			"encrypt": "CKM_AES_GCM (96-bit IV made by the plugin, 128-bit tag)",
+			"decrypt": "CKM_AES_GCM",
+			"keygen":  "CKM_AES_KEY_GEN",
+			"random":  "C_GenerateRandom",
+		},
+	}
+	if conf.Slot != nil {
+		data["slot"] = *conf.Slot
+	}
+	resp := &logical.Response{Data: data}
+	client, _, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		resp.AddWarning(fmt.Sprintf("the token could not be reached: %v", err))
+		return resp, nil
+	}
+	info, err := client.TokenInfo()
+	if err != nil {
+		resp.AddWarning(fmt.Sprintf("the token could not be described: %v", err))
+		return resp, nil
+	}
+	data["token"] = map[string]interface{}{
+		"label":         info.Label,
+		"manufacturer":  info.Manufacturer,
+		"model":         info.Model,
+		"serial_number": info.SerialNumber,
+		"slot":          info.Slot,
+		"firmware":      info.FirmwareString,
+	}
+	return resp, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	old, err := loadConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	conf := defaultConfig()
+	if old != nil {
+		copied := *old
+		conf = &copied
+	}
+	if msg := applyConfigFields(conf, d); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	pin, pinGiven := d.GetOk("pin")
+	switch {
+	case pinGiven && pin.(string) != "":
+		conf.PIN = pin.(string)
+	case old != nil && old.sameToken(conf) && old.PIN != "":
+		// Keep the stored PIN: only tuning fields changed.
+	default:
+		return logical.ErrorResponse("pin is required on the first write and whenever library, token_label or slot change"), logical.ErrInvalidRequest
+	}
+	if conf.resolvedLibrary, err = checkLibraryPath(conf.Library, b.allowedLibraryDirs); err != nil {
+		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
+	}
+
+	client, err := hsm.Open(ctx, conf.hsmConfig())
+	if err != nil {
+		return configOpenError(conf, err)
+	}
+	resp := &logical.Response{}
+	if old != nil && !old.sameToken(conf) {
+		resp.AddWarning("the token changed: keys created on the previous token are not on this one and will fail until the config names it again")
+	}
+
+	b.keysMu.Lock()
+	_, created, err := b.createKeyLocked(ctx, req, client, conf, keyParams{
+		name: conf.DefaultKey, keyType: keyTypes[defaultKeyType], operations: keyTypes[defaultKeyType].defaultOps,
+		description: "default key of this mount; cannot be deleted", residency: residencyHSM,
+	})
+	b.keysMu.Unlock()
+	if err != nil {
+		client.Close()
+		var ue userError
+		if errors.As(err, &ue) {
+			return logical.ErrorResponse("default_key %q: %s", conf.DefaultKey, ue.msg), logical.ErrInvalidRequest
+		}
+		return nil, fmt.Errorf("creating the default key %q: %w", conf.DefaultKey, err)
+	}
+	if err := storeConfig(ctx, req.Storage, conf); err != nil {
+		client.Close()
+		return nil, err
+	}
+	b.swapClient(client, conf)
+	if created {
+		resp.AddWarning(fmt.Sprintf("created the default key %q", conf.DefaultKey))
+	}
+	if len(resp.Warnings) == 0 {
+		return nil, nil
+	}
+	return resp, nil
+}
+
+// applyConfigFields copies the given fields into conf and returns a message
+// for the caller when one is invalid.
+func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
+	if v, ok := d.GetOk("library"); ok {
+		conf.Library = v.(string)
+	}
+	label, labelOK := d.GetOk("token_label")
+	slot, slotOK := d.GetOk("slot")
+	switch {
+	case labelOK && slotOK && label.(string) != "":
+		return "give token_label or slot, not both"
+	case labelOK && label.(string) != "":
+		conf.TokenLabel, conf.Slot = label.(string), nil
+	case slotOK:
+		if slot.(int) < 0 {
+			return "slot must not be negative"
+		}
+		s := uint(slot.(int))
+		conf.TokenLabel, conf.Slot = "", &s
+	}
+	if conf.Library == "" {
+		return "library is required: the absolute path of the PKCS#11 module"
+	}
+	if conf.TokenLabel == "" && conf.Slot == nil {
+		return "token_label or slot is required"
+	}
+	if v, ok := d.GetOk("pool_size"); ok {
+		conf.PoolSize = v.(int)
+	}
+	if conf.PoolSize < 1 || conf.PoolSize > maxPoolSize {
+		return fmt.Sprintf("pool_size must be between 1 and %d", maxPoolSize)
+	}
+	if v, ok := d.GetOk("max_keys"); ok {
+		conf.MaxKeys = v.(int)
+	}
+	if conf.MaxKeys < 0 {
+		return "max_keys must be 0 (no quota) or more"
+	}
+	if v, ok := d.GetOk("max_plaintext_bytes"); ok {
+		conf.MaxPlaintextBytes = v.(int)
+	}
+	if conf.MaxPlaintextBytes < 1 || conf.MaxPlaintextBytes > maxMaxPlaintextBytes {
+		return fmt.Sprintf("max_plaintext_bytes must be between 1 and %d", maxMaxPlaintextBytes)
+	}
+	if v, ok := d.GetOk("default_key"); ok {
+		conf.DefaultKey = v.(string)
+	}
+	if msg := checkKeyName(conf.DefaultKey); msg != "" {
+		return "default_key: " + msg
+	}
+	if v, ok := d.GetOk("default_residency"); ok {
+		conf.DefaultResidency = strings.ToLower(v.(string))
+	}
+	switch conf.DefaultResidency {
+	case residencyHSM:
+	case residencyWrapped:
+		return "default_residency 'wrapped' is not available in this version; use 'hsm'"
+	default:
+		return fmt.Sprintf("default_residency %q is not one of: hsm, wrapped", conf.DefaultResidency)
+	}
+	if v, ok := d.GetOk("kek_label"); ok {
+		conf.KEKLabel = v.(string)
+	}
+	if conf.KEKLabel == "" {
+		return "kek_label must not be empty"
+	}
+	if v, ok := d.GetOk("unwrapped_cache_ttl"); ok {
+		conf.UnwrappedCacheTTL = time.Duration(v.(int)) * time.Second
+	}
+	if conf.UnwrappedCacheTTL < 0 {
+		return "unwrapped_cache_ttl must not be negative"
+	}
+	return ""
+}
+
+// configOpenError explains why the token refused a config; the previous
+// config stays in force.
+func configOpenError(conf *mountConfig, err error) (*logical.Response, error) {
+	var msg string
+	switch {
+	case errors.Is(err, hsm.ErrLibrary):
+		msg = fmt.Sprintf("library %q could not be loaded as a PKCS#11 module", conf.Library)
+	case errors.Is(err, hsm.ErrTokenNotFound):
+		msg = err.Error()
+	case errors.Is(err, hsm.ErrPINLocked):
+		msg = "the token's PIN is locked; unlock it with the SO PIN before configuring"
+	case errors.Is(err, hsm.ErrPINIncorrect):
+		msg = "the token refused the PIN"
+	default:
+		return nil, fmt.Errorf("checking the config against the token: %w", err)
+	}
+	return logical.ErrorResponse(msg + "; the previous config (if any) stays in force"), logical.ErrInvalidRequest
+}
+
+func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	if err := req.Storage.Delete(ctx, configStoragePath); err != nil {
+		return nil, fmt.Errorf("deleting config: %w", err)
+	}
+	b.resetClient()
+	return nil, nil
+}
+
+const pathConfigHelpSyn = `Configure the PKCS#11 module, token and PIN this mount uses.`
+
+const pathConfigHelpDesc = `
+Names the PKCS#11 module (library), the token (token_label or slot) and the
+user PIN, and the mount's limits. A write is checked against the token before
+it is stored: a wrong library, token or PIN is a 400 and the previous config
+stays in force. The PIN is write-only. Writing the config also creates the
+default key, which can never be deleted.
+
+Example:
+
+    $ vault write kms/config library=/usr/lib/softhsm/libsofthsm2.so \
+        token_label=hsmkms pin=@pin.txt
+
+Reading returns the settings (never the PIN) and what the token reports:
+manufacturer, model, serial number, label, and the mechanisms in use.
+`

@@ -1,0 +1,282 @@
+package hsmkms
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+// contextFields are the three ways to bind data to a context; all of them
+// go into the AEAD's associated data.
+func contextFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"context": {
+			Type:        framework.TypeString,
+			Description: "Base64 context (Transit). Bound into the authenticated data: decrypt needs the same value.",
+		},
+		"associated_data": {
+			Type:        framework.TypeString,
+			Description: "Base64 associated data (Transit). Bound into the authenticated data: decrypt needs the same value.",
+		},
+		"encryption_context": {
+			Type: framework.TypeKVPairs,
+			Description: "Map of strings (OKMS encryption context), or key=value pairs. Bound into the authenticated data " +
+				"(order does not matter): decrypt needs the same pairs.",
+		},
+		"batch_input": {
+			Type: framework.TypeSlice,
+			Description: "List of items, each an object with this path's fields and an optional 'reference' echoed in its result. " +
+				"When given, the top-level item fields are ignored. Results keep the input order.",
+		},
+		"partial_failure_response_code": {
+			Type: framework.TypeInt,
+			Description: "HTTP status to answer when some batch items failed and others succeeded (default 400, as Transit). " +
+				"If every item failed the status stays 400.",
+		},
+	}
+}
+
+func (b *backend) pathEncrypt() *framework.Path {
+	fields := contextFields()
+	fields["name"] = nameField
+	fields["plaintext"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Base64 plaintext to encrypt; at most max_plaintext_bytes (default 4096) after decoding, and not empty.",
+	}
+	fields["key_version"] = &framework.FieldSchema{
+		Type:        framework.TypeInt,
+		Description: "Key version to encrypt with; 0 (default) means the latest. Must be at least min_encryption_version.",
+	}
+	return &framework.Path{
+		Pattern:      "encrypt/" + keyNamePattern,
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "encrypt"},
+		Fields:       fields,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathEncryptWrite,
+				Summary:  "Encrypt data with a key in the HSM (AES-GCM).",
+			},
+		},
+		HelpSynopsis:    "Encrypt data with a key that never leaves the HSM.",
+		HelpDescription: pathEncryptHelpDesc,
+	}
+}
+
+func (b *backend) pathDecrypt() *framework.Path {
+	fields := contextFields()
+	fields["name"] = nameField
+	fields["ciphertext"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Ciphertext as encrypt returned it: vault:v<version>:<base64>.",
+	}
+	return &framework.Path{
+		Pattern:      "decrypt/" + keyNamePattern,
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "decrypt"},
+		Fields:       fields,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathDecryptWrite,
+				Summary:  "Decrypt data with a key in the HSM.",
+			},
+		},
+		HelpSynopsis:    "Decrypt data with a key that never leaves the HSM.",
+		HelpDescription: pathDecryptHelpDesc,
+	}
+}
+
+var (
+	encryptFields = []string{"plaintext", "context", "associated_data", "encryption_context", "key_version", "reference"}
+	decryptFields = []string{"ciphertext", "context", "associated_data", "encryption_context", "reference"}
+)
+
+// cryptoRequest loads what every encrypt or decrypt needs, or says why the
+// request cannot go on.
+func (b *backend) cryptoRequest(ctx context.Context, req *logical.Request, d *framework.FieldData, op string, fields []string) (*hsm.Client, *mountConfig, *keyEntry, []cryptoItem, bool, *logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	items, batch, msg := readItems(d, fields)
+	if msg != "" {
+		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	client, conf, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		resp, err := respondError(op, err)
+		return nil, nil, nil, nil, false, resp, err
+	}
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return nil, nil, nil, nil, false, nil, err
+	}
+	if k == nil {
+		return nil, nil, nil, nil, false, logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+	}
+	if msg := k.usable(op); msg != "" {
+		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	return client, conf, k, items, batch, nil, nil
+}
+
+func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, conf, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opEncrypt, encryptFields)
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	results := make([]batchResult, len(items))
+	for i, item := range items {
+		ciphertext, version, err := encryptItem(ctx, client, conf, k, item)
+		if err != nil {
+			results[i] = itemFailure(err)
+			continue
+		}
+		results[i] = batchResult{Ciphertext: ciphertext, KeyVersion: version}
+	}
+	if batch {
+		return batchResponse(req, d, results, items)
+	}
+	if r := results[0]; r.Error != "" {
+		return singleFailure("encrypt", r)
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"ciphertext":  results[0].Ciphertext,
+		"key_version": results[0].KeyVersion,
+	}}, nil
+}
+
+func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opDecrypt, decryptFields)
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	results := make([]batchResult, len(items))
+	for i, item := range items {
+		plaintext, err := decryptItem(ctx, client, k, item)
+		if err != nil {
+			results[i] = itemFailure(err)
+			continue
+		}
+		results[i] = batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext)}
+	}
+	if batch {
+		return batchResponse(req, d, results, items)
+	}
+	if r := results[0]; r.Error != "" {
+		return singleFailure("decrypt", r)
+	}
+	return &logical.Response{Data: map[string]interface{}{"plaintext": results[0].Plaintext}}, nil
+}
+
+// itemAAD decodes an item's context fields into the AAD.
+func itemAAD(item cryptoItem) ([]byte, error) {
+	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
+	if err != nil {
+		return nil, userErrorf("context is not valid base64")
+	}
+	ad, err := base64.StdEncoding.DecodeString(item.AssociatedData)
+	if err != nil {
+		return nil, userErrorf("associated_data is not valid base64")
+	}
+	return buildAAD(ctxBytes, ad, item.EncryptionContext), nil
+}
+
+func encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
+	if item.Plaintext == "" {
+		return "", 0, userErrorf("plaintext is missing or empty: give base64 of at least one byte")
+	}
+	if base64.StdEncoding.DecodedLen(len(item.Plaintext)) > conf.MaxPlaintextBytes+2 {
+		return "", 0, userErrorf("plaintext is larger than max_plaintext_bytes (%d bytes); encrypt a data key instead (envelope encryption)", conf.MaxPlaintextBytes)
+	}
+	plaintext, err := base64.StdEncoding.DecodeString(item.Plaintext)
+	if err != nil {
+		return "", 0, userErrorf("plaintext is not valid base64")
+	}
+	if len(plaintext) == 0 {
+		return "", 0, userErrorf("plaintext is empty")
+	}
+	if len(plaintext) > conf.MaxPlaintextBytes {
+		return "", 0, userErrorf("plaintext is %d bytes, larger than max_plaintext_bytes (%d); encrypt a data key instead (envelope encryption)", len(plaintext), conf.MaxPlaintextBytes)
+	}
+	aad, err := itemAAD(item)
+	if err != nil {
+		return "", 0, err
+	}
+	version, kv, msg := k.encryptionVersion(item.KeyVersion)
+	if msg != "" {
+		return "", 0, userError{msg: msg}
+	}
+	blob, err := client.EncryptGCM(ctx, kv.ObjectID, plaintext, aad)
+	if err != nil {
+		return "", 0, err
+	}
+	return formatCiphertext(version, blob), version, nil
+}
+
+func decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, error) {
+	version, blob, msg := parseCiphertext(item.Ciphertext)
+	if msg != "" {
+		return nil, userError{msg: msg}
+	}
+	kv, msg := k.decryptionVersion(version)
+	if msg != "" {
+		return nil, userError{msg: msg}
+	}
+	aad, err := itemAAD(item)
+	if err != nil {
+		return nil, err
+	}
+	return client.DecryptGCM(ctx, kv.ObjectID, blob, aad)
+}
+
+// itemFailure turns an item's error into its batch result.
+func itemFailure(err error) batchResult {
+	var ue userError
+	switch {
+	case errors.As(err, &ue):
+		return batchResult{Error: ue.msg}
+	case errors.Is(err, hsm.ErrDecrypt):
+		return batchResult{Error: decryptFailedMsg}
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return batchResult{Error: err.Error()}
+	}
+	return batchResult{Error: fmt.Sprintf("internal error: %v", err), internal: true}
+}
+
+const decryptFailedMsg = "ciphertext could not be decrypted: it was altered, made by another key, or the context, associated_data or encryption_context differ"
+
+func singleFailure(op string, r batchResult) (*logical.Response, error) {
+	if r.internal {
+		return nil, fmt.Errorf("%s: %s", op, r.Error)
+	}
+	return logical.ErrorResponse(r.Error), logical.ErrInvalidRequest
+}
+
+const pathEncryptHelpDesc = `
+Encrypts base64 plaintext with AES-256/192/128-GCM inside the HSM, under a
+fresh 96-bit IV made by the plugin, and returns Transit's ciphertext form
+vault:v<version>:<base64 of IV, ciphertext and tag>. context,
+associated_data and encryption_context are bound into the authenticated
+data: decrypt needs the same values. batch_input encrypts many items in one
+request; results keep the input order and each failed item has an 'error'.
+
+Example:
+
+    $ vault write kms/encrypt/app1 plaintext=$(echo -n secret | base64)
+`
+
+const pathDecryptHelpDesc = `
+Decrypts a ciphertext made by encrypt with the same key, inside the HSM.
+A tampered ciphertext, another key's ciphertext or a different context is a
+400 that does not say which part was wrong. Versions below the key's
+min_decryption_version are refused.
+
+Example:
+
+    $ vault write kms/decrypt/app1 ciphertext=vault:v1:...
+`

@@ -1,0 +1,463 @@
+package hsmkms
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/mitchellh/mapstructure"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+// keyNamePattern matches any single path segment; names are checked in the
+// handlers so that a bad one gets a 400 that says what is wrong, not a 404.
+const keyNamePattern = `(?P<name>[^/]+)`
+
+var nameField = &framework.FieldSchema{
+	Type:        framework.TypeString,
+	Description: "Name of the key: letters, digits, '_', '-' and '.', at most 128 characters.",
+	Required:    true,
+}
+
+func (b *backend) pathKeys() []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern:      "keys/?$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationSuffix: "keys"},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathKeysList,
+					Summary:  "List the keys of this mount.",
+				},
+			},
+			HelpSynopsis:    "List the keys of this mount.",
+			HelpDescription: "Lists the names of the keys this mount manages.",
+		},
+		{
+			Pattern:      "keys/" + keyNamePattern + "/activate",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "activate", OperationSuffix: "key"},
+			Fields:       map[string]*framework.FieldSchema{"name": nameField},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathKeyState(stateActive),
+					Summary:  "Activate a key so that it can be used again.",
+				},
+			},
+			HelpSynopsis:    "Activate a deactivated key.",
+			HelpDescription: "An active key can be used for every operation it allows. Keys are active when created.",
+		},
+		{
+			Pattern:      "keys/" + keyNamePattern + "/deactivate",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "deactivate", OperationSuffix: "key"},
+			Fields:       map[string]*framework.FieldSchema{"name": nameField},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathKeyState(stateDeactivated),
+					Summary:  "Deactivate a key: it refuses every operation until activated again.",
+				},
+			},
+			HelpSynopsis:    "Deactivate a key.",
+			HelpDescription: "A deactivated key stays on the HSM but refuses every operation with a 400. Only a deactivated key can be deleted.",
+		},
+		{
+			Pattern:      "keys/" + keyNamePattern,
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationSuffix: "key"},
+			Fields: map[string]*framework.FieldSchema{
+				"name": nameField,
+				"type": {
+					Type: framework.TypeString,
+					Description: "Key type: aes128-gcm96, aes192-gcm96 or aes256-gcm96 (Transit's names), or the JWK form 'oct' with size. " +
+						"Default aes256-gcm96.",
+					Default: defaultKeyType,
+				},
+				"size": {
+					Type:        framework.TypeInt,
+					Description: "Key size in bits with type=oct: 128, 192 or 256.",
+				},
+				"curve": {
+					Type:        framework.TypeString,
+					Description: "Curve with type=EC (P-256, P-384, P-521); EC keys are not available in this version.",
+				},
+				"operations": {
+					Type: framework.TypeCommaStringSlice,
+					Description: "What the key may be used for: any of encrypt, decrypt, wrapKey, unwrapKey for AES keys. " +
+						"Default: all four.",
+				},
+				"description": {
+					Type:        framework.TypeString,
+					Description: "Free text describing the key.",
+				},
+				"residency": {
+					Type:        framework.TypeString,
+					Description: "Where the key lives: 'hsm' (an HSM object). Default: the mount's default_residency.",
+				},
+				"deletion_allowed": {
+					Type:        framework.TypeBool,
+					Description: "Transit's flag, kept for Transit clients; deletion here requires the key to be deactivated.",
+				},
+				"auto_rotate_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Transit's automatic rotation period, stored for a later version; 0 disables.",
+				},
+			},
+			ExistenceCheck: b.keyExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:     b.pathKeyWrite,
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "create"},
+					Summary:      "Create a key in the HSM.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:     b.pathKeyWrite,
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "create"},
+					Summary:      "Create a key in the HSM; with the same parameters as an existing key, nothing changes.",
+				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathKeyRead,
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"},
+					Summary:      "Read a key's metadata (never its material).",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:     b.pathKeyDelete,
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete"},
+					Summary:      "Delete a deactivated key and destroy its HSM objects.",
+				},
+			},
+			HelpSynopsis:    pathKeysHelpSyn,
+			HelpDescription: pathKeysHelpDesc,
+		},
+	}
+}
+
+// keyExists lets Vault tell create from update in policies; both write the
+// same way.
+func (b *backend) keyExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	name := d.Get("name").(string)
+	if checkKeyName(name) != "" {
+		return false, nil
+	}
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return false, err
+	}
+	return k != nil, nil
+}
+
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil || k == nil {
+		return nil, err
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// keyParams is what a create request asks for.
+type keyParams struct {
+	name             string
+	keyType          keyType
+	operations       []string
+	description      string
+	residency        string
+	deletionAllowed  bool
+	autoRotatePeriod time.Duration
+}
+
+func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	client, conf, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("create key", err)
+	}
+	kt, msg := resolveKeyType(d.Get("type").(string), d.Get("size").(int), d.Get("curve").(string))
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	p := keyParams{
+		name:             name,
+		keyType:          kt,
+		operations:       kt.defaultOps,
+		description:      d.Get("description").(string),
+		residency:        conf.DefaultResidency,
+		deletionAllowed:  d.Get("deletion_allowed").(bool),
+		autoRotatePeriod: time.Duration(d.Get("auto_rotate_period").(int)) * time.Second,
+	}
+	if ops, ok := d.GetOk("operations"); ok && len(ops.([]string)) > 0 {
+		if p.operations, msg = normaliseOperations(ops.([]string), kt); msg != "" {
+			return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		}
+	}
+	if r, ok := d.GetOk("residency"); ok && r.(string) != "" {
+		p.residency = strings.ToLower(r.(string))
+	}
+	if p.residency != residencyHSM {
+		return logical.ErrorResponse("residency %q is not available in this version; use 'hsm'", p.residency), logical.ErrInvalidRequest
+	}
+	if p.autoRotatePeriod < 0 {
+		return logical.ErrorResponse("auto_rotate_period must not be negative"), logical.ErrInvalidRequest
+	}
+
+	b.keysMu.Lock()
+	k, _, err := b.createKeyLocked(ctx, req, client, conf, p)
+	b.keysMu.Unlock()
+	if err != nil {
+		var ue userError
+		if errors.As(err, &ue) {
+			return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
+		}
+		return respondError(fmt.Sprintf("create key %q", name), err)
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// normaliseOperations checks requested operations against the key type,
+// accepting any letter case, and returns them in a fixed order.
+func normaliseOperations(requested []string, kt keyType) ([]string, string) {
+	var out []string
+	for _, r := range requested {
+		r = strings.TrimSpace(r)
+		idx := slices.IndexFunc(kt.allowedOps, func(op string) bool { return strings.EqualFold(op, r) })
+		if idx < 0 {
+			return nil, fmt.Sprintf("operation %q is not allowed for %s keys; allowed: %s", r, kt.name, strings.Join(kt.allowedOps, ", "))
+		}
+		if !slices.Contains(out, kt.allowedOps[idx]) {
+			out = append(out, kt.allowedOps[idx])
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		return slices.Index(kt.allowedOps, a) - slices.Index(kt.allowedOps, b)
+	})
+	return out, ""
+}
+
+// walObject is the WAL entry written before an HSM object is created, so
+// that a crash before the key's storage entry exists can be rolled back.
+type walObject struct {
+	Name     string `json:"name" mapstructure:"name"`
+	ObjectID string `json:"object_id" mapstructure:"object_id"` // hex
+}
+
+const walKindObject = "hsm-object"
+
+// walRollbackMinAge leaves a WAL entry alone while the request that wrote
+// it may still be running.
+const walRollbackMinAge = 5 * time.Minute
+
+// createKeyLocked creates the key described by p, or returns the existing
+// one when it has the same parameters. Callers hold keysMu. A failure at any
+// step leaves neither an HSM object nor a storage entry behind; a crash
+// leaves a WAL entry that walRollback resolves.
+func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, client *hsm.Client, conf *mountConfig, p keyParams) (*keyEntry, bool, error) {
+	existing, err := loadKey(ctx, req.Storage, p.name)
+	if err != nil {
+		return nil, false, err
+	}
+	if existing != nil {
+		if existing.Type != p.keyType.name || !slices.Equal(existing.Operations, p.operations) || existing.Residency != p.residency {
+			return nil, false, userErrorf("key %q already exists as type %s with operations %s; delete it or use another name",
+				p.name, existing.Type, strings.Join(existing.Operations, ", "))
+		}
+		return existing, false, nil
+	}
+	if conf.MaxKeys > 0 {
+		names, err := req.Storage.List(ctx, keyStoragePrefix)
+		if err != nil {
+			return nil, false, fmt.Errorf("counting keys: %w", err)
+		}
+		if len(names) >= conf.MaxKeys {
+			return nil, false, userErrorf("the quota of %d keys (max_keys) is reached; delete a key or raise max_keys in config", conf.MaxKeys)
+		}
+	}
+
+	id, err := client.NewObjectID(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	walID, err := framework.PutWAL(ctx, req.Storage, walKindObject, &walObject{Name: p.name, ObjectID: hex.EncodeToString(id)})
+	if err != nil {
+		return nil, false, fmt.Errorf("writing WAL: %w", err)
+	}
+	label := fmt.Sprintf("hsmkms %s%s v1", req.MountPoint, p.name)
+	use := hsm.Usage{
+		Encrypt: slices.Contains(p.operations, opEncrypt) || slices.Contains(p.operations, opWrapKey),
+		Decrypt: slices.Contains(p.operations, opDecrypt) || slices.Contains(p.operations, opUnwrapKey),
+	}
+	if err := client.GenerateAESKey(ctx, id, label, p.keyType.bits, use); err != nil {
+		b.undoObject(ctx, req.Storage, client, walID, id)
+		return nil, false, err
+	}
+	k := &keyEntry{
+		Name:                 p.name,
+		Type:                 p.keyType.name,
+		Operations:           p.operations,
+		State:                stateActive,
+		Description:          p.description,
+		Residency:            p.residency,
+		DeletionAllowed:      p.deletionAllowed,
+		AutoRotatePeriod:     p.autoRotatePeriod,
+		LatestVersion:        1,
+		MinDecryptionVersion: 1,
+		MinEncryptionVersion: 0,
+		Versions:             map[int]*keyVersion{1: {ObjectID: id, Label: label, CreationTime: time.Now().UTC()}},
+	}
+	if err := storeKey(ctx, req.Storage, k); err != nil {
+		b.undoObject(ctx, req.Storage, client, walID, id)
+		return nil, false, err
+	}
+	if err := framework.DeleteWAL(ctx, req.Storage, walID); err != nil {
+		// The key is complete; the rollback will find it in storage and
+		// leave its object alone.
+		b.Logger().Warn("could not delete WAL entry after creating a key", "key", p.name, "error", err)
+	}
+	return k, true, nil
+}
+
+// undoObject destroys an object whose key could not be completed and drops
+// its WAL entry; if the HSM cannot be reached the entry stays for the
+// rollback to retry.
+func (b *backend) undoObject(ctx context.Context, s logical.Storage, client *hsm.Client, walID string, id []byte) {
+	if err := client.DestroyObjects(ctx, id); err != nil {
+		b.Logger().Warn("could not destroy the HSM object of a failed key creation; the WAL rollback will retry", "error", err)
+		return
+	}
+	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
+		b.Logger().Warn("could not delete WAL entry", "error", err)
+	}
+}
+
+// walRollback destroys an HSM object recorded in a WAL entry unless a key
+// in storage uses it (the request finished but could not delete its entry).
+func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind string, data interface{}) error {
+	if kind != walKindObject {
+		return fmt.Errorf("unknown WAL kind %q", kind)
+	}
+	var entry walObject
+	if err := mapstructure.Decode(data, &entry); err != nil {
+		return fmt.Errorf("decoding WAL entry: %w", err)
+	}
+	objectID, err := hex.DecodeString(entry.ObjectID)
+	if err != nil || len(objectID) == 0 {
+		return fmt.Errorf("WAL entry for key %q has no valid object id", entry.Name)
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	k, err := loadKey(ctx, req.Storage, entry.Name)
+	if err != nil {
+		return err
+	}
+	if k != nil {
+		for _, v := range k.Versions {
+			if bytes.Equal(v.ObjectID, objectID) {
+				return nil
+			}
+		}
+	}
+	client, _, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return err
+	}
+	return client.DestroyObjects(ctx, objectID)
+}
+
+func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	client, conf, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("delete key", err)
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil {
+		return nil, nil
+	}
+	if name == conf.DefaultKey {
+		return logical.ErrorResponse("key %q is this mount's default key and can never be deleted", name), logical.ErrInvalidRequest
+	}
+	if k.State != stateDeactivated {
+		return logical.ErrorResponse("key %q is active; deactivate it (keys/%s/deactivate) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name), logical.ErrInvalidRequest
+	}
+	for v, kv := range k.Versions {
+		if err := client.DestroyObjects(ctx, kv.ObjectID); err != nil {
+			return respondError(fmt.Sprintf("destroy version %d of key %q", v, name), err)
+		}
+	}
+	if err := req.Storage.Delete(ctx, keyStoragePrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting key %q: %w", name, err)
+	}
+	return nil, nil
+}
+
+func (b *backend) pathKeyState(state string) framework.OperationFunc {
+	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+		name := d.Get("name").(string)
+		if msg := checkKeyName(name); msg != "" {
+			return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		}
+		b.keysMu.Lock()
+		defer b.keysMu.Unlock()
+		k, err := loadKey(ctx, req.Storage, name)
+		if err != nil {
+			return nil, err
+		}
+		if k == nil {
+			return logical.ErrorResponse("no key named %q", name), logical.ErrInvalidRequest
+		}
+		if k.State != state {
+			k.State = state
+			if err := storeKey(ctx, req.Storage, k); err != nil {
+				return nil, err
+			}
+		}
+		return &logical.Response{Data: k.keyResponse()}, nil
+	}
+}
+
+const pathKeysHelpSyn = `Create, read and delete keys that live in the HSM.`
+
+const pathKeysHelpDesc = `
+A key is an HSM object (CKA_SENSITIVE, never extractable) and a metadata entry
+in Vault storage that names it by CKA_ID. Creating a key that exists with the
+same parameters changes nothing; with other parameters it is a 400. Creation
+past the mount's max_keys quota is a 400.
+
+Deleting needs the key to be deactivated first and destroys its HSM objects:
+data encrypted under it can no longer be decrypted. The mount's default key
+can never be deleted.
+
+Examples:
+
+    $ vault write kms/keys/app1 type=aes256-gcm96
+    $ vault write kms/keys/app2 type=oct size=128 operations=encrypt,decrypt
+    $ vault read kms/keys/app1
+    $ vault write -f kms/keys/app1/deactivate
+    $ vault delete kms/keys/app1
+`

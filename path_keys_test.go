@@ -1,0 +1,208 @@
+package hsmkms
+
+import (
+	"context"
+	"encoding/hex"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+func TestCreateEveryAESSizeBothForms(t *testing.T) {
+	m := configuredMount(t, map[string]interface{}{"max_keys": 0})
+	for _, tc := range []struct {
+		name string
+		data map[string]interface{}
+		typ  string
+	}{
+		{"t128", map[string]interface{}{"type": "aes128-gcm96"}, "aes128-gcm96"},
+		{"t192", map[string]interface{}{"type": "aes192-gcm96"}, "aes192-gcm96"},
+		{"t256", map[string]interface{}{"type": "aes256-gcm96"}, "aes256-gcm96"},
+		{"default-type", nil, "aes256-gcm96"},
+		{"jwk128", map[string]interface{}{"type": "oct", "size": 128}, "aes128-gcm96"},
+		{"jwk192", map[string]interface{}{"type": "oct", "size": 192}, "aes192-gcm96"},
+		{"jwk256", map[string]interface{}{"type": "oct", "size": 256}, "aes256-gcm96"},
+	} {
+		resp := m.mustOK(logical.UpdateOperation, "keys/"+tc.name, tc.data)
+		if resp.Data["type"] != tc.typ || resp.Data["state"] != stateActive || resp.Data["latest_version"] != 1 {
+			t.Fatalf("%s: %v", tc.name, resp.Data)
+		}
+		if got := decrypt(t, m, tc.name, encrypt(t, m, tc.name, "hello "+tc.name, nil), nil); got != "hello "+tc.name {
+			t.Fatalf("%s: round trip gave %q", tc.name, got)
+		}
+	}
+	list := m.mustOK(logical.ListOperation, "keys/", nil)
+	if keys := list.Data["keys"].([]string); len(keys) != 8 { // 7 + default
+		t.Fatalf("list: %v", keys)
+	}
+}
+
+func TestCreateIsIdempotentAndRefusesConflicts(t *testing.T) {
+	m := configuredMount(t, nil)
+	first := m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes128-gcm96"})
+	again := m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct", "size": 128})
+	if dump(first.Data["keys"]) != dump(again.Data["keys"]) {
+		t.Fatalf("second create changed the key: %v -> %v", first.Data["keys"], again.Data["keys"])
+	}
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes256-gcm96"}, "already exists")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes128-gcm96", "operations": "encrypt"}, "already exists")
+}
+
+func TestCreateRejectsBadParameters(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "des"}, "unknown key type")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct", "size": 100}, "not an AES key size")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct"}, "needs size")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "rsa-2048"}, "not available in this version")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"operations": "encrypt,sign"}, `operation "sign" is not allowed`)
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"residency": "wrapped"}, "residency")
+	if resp, _ := m.do(logical.ReadOperation, "keys/k", nil); resp != nil {
+		t.Fatal("a refused create left a key")
+	}
+}
+
+func TestBadKeyNames(t *testing.T) {
+	m := configuredMount(t, nil)
+	long := strings.Repeat("a", 1024)
+	for name, want := range map[string]string{
+		"..":      "must not contain '..'",
+		"a..b":    "must not contain '..'",
+		".hidden": "must start with a letter or digit",
+		"a b":     "may hold only",
+		long:      "1024 characters long",
+	} {
+		m.mustFail(logical.UpdateOperation, "keys/"+name, nil, want)
+		m.mustFail(logical.UpdateOperation, "encrypt/"+name, map[string]interface{}{"plaintext": "aGk="}, want)
+		m.mustFail(logical.UpdateOperation, "decrypt/"+name, map[string]interface{}{"ciphertext": "vault:v1:aGk="}, want)
+	}
+}
+
+func TestQuotaCountsTheDefaultKey(t *testing.T) {
+	m := configuredMount(t, map[string]interface{}{"max_keys": 3})
+	m.mustOK(logical.UpdateOperation, "keys/a", nil)
+	m.mustOK(logical.UpdateOperation, "keys/b", nil)
+	m.mustFail(logical.UpdateOperation, "keys/c", nil, "quota of 3 keys")
+	// An existing key can still be "created" again past the quota.
+	m.mustOK(logical.UpdateOperation, "keys/a", nil)
+	m.mustOK(logical.UpdateOperation, "keys/b/deactivate", nil)
+	m.mustOK(logical.DeleteOperation, "keys/b", nil)
+	m.mustOK(logical.UpdateOperation, "keys/c", nil)
+}
+
+func TestDeleteRules(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustFail(logical.DeleteOperation, "keys/default", nil, "default key and can never be deleted")
+	m.mustOK(logical.UpdateOperation, "keys/default/deactivate", nil)
+	m.mustFail(logical.DeleteOperation, "keys/default", nil, "default key and can never be deleted")
+	m.mustOK(logical.UpdateOperation, "keys/default/activate", nil)
+
+	resp := m.mustOK(logical.UpdateOperation, "keys/gone", nil)
+	m.mustFail(logical.DeleteOperation, "keys/gone", nil, "is active; deactivate it")
+	id := m.objectID("gone", 1)
+	m.mustOK(logical.UpdateOperation, "keys/gone/deactivate", nil)
+	m.mustOK(logical.DeleteOperation, "keys/gone", nil)
+	if r, _ := m.do(logical.ReadOperation, "keys/gone", nil); r != nil {
+		t.Fatal("key still readable after delete")
+	}
+	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
+	if ok, err := client.ObjectExists(context.Background(), id); err != nil || ok {
+		t.Fatalf("HSM object survived delete: %v %v (%v)", ok, err, resp.Data)
+	}
+	m.mustFail(logical.UpdateOperation, "keys/gone/activate", nil, `no key named "gone"`)
+}
+
+func TestDeactivatedKeyRefusesCrypto(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	ct := encrypt(t, m, "k", "data", nil)
+	m.mustOK(logical.UpdateOperation, "keys/k/deactivate", nil)
+	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": "ZGF0YQ=="}, "is deactivated")
+	m.mustFail(logical.UpdateOperation, "decrypt/k", map[string]interface{}{"ciphertext": ct}, "is deactivated")
+	resp := m.mustOK(logical.ReadOperation, "keys/k", nil)
+	if resp.Data["state"] != stateDeactivated {
+		t.Fatalf("state %v", resp.Data["state"])
+	}
+	m.mustOK(logical.UpdateOperation, "keys/k/activate", nil)
+	if decrypt(t, m, "k", ct, nil) != "data" {
+		t.Fatal("reactivated key does not decrypt")
+	}
+}
+
+func TestOperationsAreEnforced(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/enc-only", map[string]interface{}{"operations": "encrypt"})
+	ct := encrypt(t, m, "enc-only", "x", nil)
+	m.mustFail(logical.UpdateOperation, "decrypt/enc-only", map[string]interface{}{"ciphertext": ct}, "does not allow the decrypt operation")
+}
+
+func TestKeyReadHasTransitFields(t *testing.T) {
+	m := configuredMount(t, nil)
+	resp := m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{"description": "for app1"})
+	for _, field := range []string{"name", "type", "keys", "latest_version", "min_available_version", "min_decryption_version",
+		"min_encryption_version", "deletion_allowed", "supports_encryption", "supports_decryption", "supports_signing",
+		"state", "operations", "description", "residency"} {
+		if _, ok := resp.Data[field]; !ok {
+			t.Errorf("key read lacks %q", field)
+		}
+	}
+	if _, ok := resp.Data["keys"].(map[string]int64)["1"]; !ok {
+		t.Errorf("keys map: %v", resp.Data["keys"])
+	}
+	if resp.Data["description"] != "for app1" || resp.Data["supports_encryption"] != true {
+		t.Errorf("read: %v", resp.Data)
+	}
+}
+
+// A crash between creating the HSM object and storing the key leaves a WAL
+// entry; the rollback destroys the orphan and leaves complete keys alone.
+func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
+	m := configuredMount(t, nil)
+	ctx := context.Background()
+	client, _, err := m.b.hsmClient(ctx, m.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := client.NewObjectID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := framework.PutWAL(ctx, m.storage, walKindObject, &walObject{Name: "crashed", ObjectID: hex.EncodeToString(orphan)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.GenerateAESKey(ctx, orphan, "orphan", 256, hsm.Usage{Encrypt: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A finished key whose WAL entry was not deleted.
+	m.mustOK(logical.UpdateOperation, "keys/finished", nil)
+	finished := m.objectID("finished", 1)
+	if _, err := framework.PutWAL(ctx, m.storage, walKindObject, &walObject{Name: "finished", ObjectID: hex.EncodeToString(finished)}); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := m.do(logical.RollbackOperation, "", map[string]interface{}{"immediate": true}); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if ok, err := client.ObjectExists(ctx, orphan); err != nil || ok {
+		t.Fatalf("orphan object survived the rollback: %v %v", ok, err)
+	}
+	if ok, err := client.ObjectExists(ctx, finished); err != nil || !ok {
+		t.Fatalf("the rollback destroyed a live key: %v %v", ok, err)
+	}
+	if ids, _ := framework.ListWAL(ctx, m.storage); len(ids) != 0 {
+		t.Fatalf("WAL entries left: %v", ids)
+	}
+	encrypt(t, m, "finished", "still works", nil)
+}
+
+func (m *testMount) objectID(name string, version int) []byte {
+	m.t.Helper()
+	k, err := loadKey(context.Background(), m.storage, name)
+	if err != nil || k == nil {
+		m.t.Fatalf("load %s: %v", name, err)
+	}
+	return k.Versions[version].ObjectID
+}
