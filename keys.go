@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"slices"
@@ -218,8 +219,10 @@ func storeKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 // keyResponse is the read form: Transit's fields plus the seeds'.
 func (k *keyEntry) keyResponse() map[string]interface{} {
 	versions := make(map[string]int64, len(k.Versions))
+	objects := make(map[string]map[string]string, len(k.Versions))
 	for v, kv := range k.Versions {
 		versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
+		objects[strconv.Itoa(v)] = map[string]string{"id": hex.EncodeToString(kv.ObjectID), "label": kv.Label}
 	}
 	return map[string]interface{}{
 		"name":                   k.Name,
@@ -244,6 +247,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"operations":             k.Operations,
 		"description":            k.Description,
 		"residency":              k.Residency,
+		"hsm_objects":            objects,
 	}
 }
 

@@ -78,19 +78,19 @@ func (b *backend) pathConfig() *framework.Path {
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback:    b.pathConfigRead,
+				Callback:     b.pathConfigRead,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
-				Summary:     "Read the HSM configuration (never the PIN) and what the token reports.",
+				Summary:      "Read the HSM configuration (never the PIN) and what the token reports.",
 			},
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback:    b.pathConfigWrite,
+				Callback:     b.pathConfigWrite,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
-				Summary:     "Configure the HSM; the settings are checked against the token before they are stored.",
+				Summary:      "Configure the HSM; the settings are checked against the token before they are stored.",
 			},
 			logical.DeleteOperation: &framework.PathOperation{
-				Callback:    b.pathConfigDelete,
+				Callback:     b.pathConfigDelete,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
-				Summary:     "Forget the HSM configuration; keys stay on the token and in storage.",
+				Summary:      "Forget the HSM configuration; keys stay on the token and in storage.",
 			},
 		},
 		HelpSynopsis:    pathConfigHelpSyn,

@@ -1,0 +1,34 @@
+# hsmkms: `make dev` runs a dev Vault with the plugin on SoftHSM; `make test`
+# runs every test. Both install what is missing on a Debian machine with Go.
+SHELL := /bin/bash
+export CGO_ENABLED := 1
+
+.PHONY: dev test deps vault plugin unit e2e lint clean
+
+dev:
+	bash scripts/dev.sh
+
+deps:
+	bash scripts/deps.sh
+
+vault: deps
+	bash scripts/build-vault.sh >/dev/null
+
+plugin:
+	source scripts/lib.sh && build_plugin
+
+test: deps vault
+	bash scripts/test.sh
+
+unit: deps
+	go test -count=1 ./hsm/... ./internal/... .
+
+e2e: deps vault
+	HSMKMS_VAULT_BIN=$$(bash scripts/build-vault.sh) go test -count=1 -timeout 20m -v ./e2e/
+
+lint:
+	test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	go vet ./...
+
+clean:
+	rm -rf bin .dev

@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Data encrypted before a restart of Vault (persistent storage, unseal, the
+// same SoftHSM token) decrypts after it, with the plugin re-opening the HSM
+// from its stored config.
+func TestDataSurvivesVaultRestart(t *testing.T) {
+	dataDir := t.TempDir()
+	port := freePort(t)
+	v, unsealKey, rootToken := startPersistentVault(t, dataDir, port, "", "")
+	v.registerAndMount("kms")
+	v.configure("kms")
+	v.cli("write", "kms/keys/durable", "type=aes256-gcm96")
+	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/durable",
+		"plaintext="+b64("survives restarts"), "context="+b64("ctx")))
+	v.stop()
+
+	v2, _, _ := startPersistentVault(t, dataDir, port, unsealKey, rootToken)
+	out := strings.TrimSpace(v2.cli("write", "-field=plaintext", "kms/decrypt/durable", "ciphertext="+ct, "context="+b64("ctx")))
+	if out != b64("survives restarts") {
+		t.Fatalf("after restart: %q", out)
+	}
+	// Config and keys are both still there; the PIN still is not readable.
+	if out := v2.cli("read", "-format=json", "kms/config"); strings.Contains(out, token.PIN) {
+		t.Fatal("config read shows the PIN after restart")
+	}
+	v2.cli("write", "kms/keys/after-restart", "type=aes128-gcm96")
+}
+
+// Vault restarts a plugin process that died; the next request succeeds.
+func TestPluginProcessKilledIsRestartedByVault(t *testing.T) {
+	v := startDevVault(t)
+	v.configure("kms")
+	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
+	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/k", "plaintext="+b64("before the crash")))
+
+	pid := pluginPID(t, v.cmd.Process.Pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the process is gone, so the next request meets the dead plugin.
+	for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	out, err := v.cliErr("write", "-field=plaintext", "kms/decrypt/k", "ciphertext="+ct)
+	if err != nil {
+		t.Fatalf("first request after the plugin was killed failed: %v\n%s", err, out)
+	}
+	if strings.TrimSpace(out) != b64("before the crash") {
+		t.Fatalf("decrypt after plugin restart: %q", out)
+	}
+	if newPID := pluginPID(t, v.cmd.Process.Pid); newPID == pid {
+		t.Fatalf("plugin pid unchanged (%d): it was not restarted", pid)
+	}
+}
+
+// pluginPID finds the plugin process started by the Vault with pid parent.
+func pluginPID(t *testing.T, parent int) int {
+	t.Helper()
+	var out []byte
+	var err error
+	for i := 0; i < 50; i++ {
+		out, err = exec.Command("pgrep", "-P", strconv.Itoa(parent), "-f", pluginName).Output()
+		if err == nil && len(strings.Fields(string(out))) > 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) != 1 {
+		t.Fatalf("plugin processes under vault %d: %q (%v)", parent, out, err)
+	}
+	pid, err := strconv.Atoi(fields[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}

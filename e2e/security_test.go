@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/miekg/pkcs11"
+)
+
+func readFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	return string(b), err
+}
+
+func TestPolicyLimitsATokenToOnePath(t *testing.T) {
+	v := startDevVault(t)
+	v.configure("kms")
+	v.cli("write", "kms/keys/app1", "type=aes256-gcm96")
+	v.cli("write", "kms/keys/app2", "type=aes256-gcm96")
+	policy := filepath.Join(t.TempDir(), "app1.hcl")
+	writeFile(t, policy, `path "kms/encrypt/app1" { capabilities = ["update"] }`)
+	v.cli("policy", "write", "app1-encrypt", policy)
+	appToken := strings.TrimSpace(v.cli("token", "create", "-policy=app1-encrypt", "-field=token"))
+
+	status, resp := v.raw("POST", "kms/encrypt/app1", appToken, map[string]interface{}{"plaintext": b64("ok")})
+	if status != 200 {
+		t.Fatalf("allowed encrypt: %d %v", status, resp)
+	}
+	ct := resp["data"].(map[string]interface{})["ciphertext"]
+	for _, tc := range []struct {
+		method, path string
+		body         map[string]interface{}
+	}{
+		{"POST", "kms/decrypt/app1", map[string]interface{}{"ciphertext": ct}},
+		{"POST", "kms/encrypt/app2", map[string]interface{}{"plaintext": b64("no")}},
+		{"GET", "kms/config", nil},
+		{"POST", "kms/config", map[string]interface{}{"pool_size": 2}},
+		{"POST", "kms/keys/app3", nil},
+	} {
+		if status, resp := v.raw(tc.method, tc.path, appToken, tc.body); status != http.StatusForbidden {
+			t.Errorf("%s %s with the app1 token: %d %v, want 403", tc.method, tc.path, status, resp)
+		}
+	}
+}
+
+func TestConfigRefusesLibrariesOutsideTheAllowList(t *testing.T) {
+	v := startDevVault(t)
+	dir := t.TempDir()
+	evil := filepath.Join(dir, "evil.so")
+	writeFile(t, evil, "not a module")
+	link := filepath.Join(dir, "softhsm-looking.so")
+	if err := os.Symlink(evil, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, lib := range []string{"/tmp/evil.so", evil, "libsofthsm2.so", "../softhsm/libsofthsm2.so", link} {
+		status, resp := v.raw("POST", "kms/config", v.token, map[string]interface{}{
+			"library": lib, "token_label": token.Label, "pin": token.PIN,
+		})
+		if status != http.StatusBadRequest {
+			t.Errorf("library %q: %d %v, want 400", lib, status, resp)
+		}
+	}
+	if secret, err := v.client.Logical().Read("kms/config"); err != nil || secret != nil {
+		t.Fatalf("a refused library left a config: %v %v", secret, err)
+	}
+}
+
+// Opens the token from this process, as an auditor would, and checks the key
+// objects the plugin made through Vault.
+func TestKeyObjectsOnTheTokenAreSensitive(t *testing.T) {
+	v := startDevVault(t)
+	v.configure("kms")
+	var ids [][]byte
+	for _, typ := range []string{"aes128-gcm96", "aes192-gcm96", "aes256-gcm96"} {
+		name := "material-" + typ
+		v.cli("write", "kms/keys/"+name, "type="+typ)
+		secret, err := v.client.Logical().Read("kms/keys/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objects := secret.Data["hsm_objects"].(map[string]interface{})
+		id, err := hex.DecodeString(objects["1"].(map[string]interface{})["id"].(string))
+		if err != nil || len(id) == 0 {
+			t.Fatalf("object id of %s: %v", name, objects)
+		}
+		ids = append(ids, id)
+	}
+
+	p11 := pkcs11.New(token.Library)
+	if p11 == nil {
+		t.Fatal("loading SoftHSM")
+	}
+	if err := p11.Initialize(); err != nil {
+		t.Fatal(err)
+	}
+	defer p11.Destroy()
+	defer p11.Finalize()
+	slot := findSlot(t, p11, token.Label)
+	sh, err := p11.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p11.CloseSession(sh)
+	if err := p11.Login(sh, pkcs11.CKU_USER, token.PIN); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := p11.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
+			t.Fatal(err)
+		}
+		handles, _, err := p11.FindObjects(sh, 4)
+		_ = p11.FindObjectsFinal(sh)
+		if err != nil || len(handles) != 1 {
+			t.Fatalf("object %x: %d found, %v", id, len(handles), err)
+		}
+		attrs, err := p11.GetAttributeValue(sh, handles[0], []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if attrs[0].Value[0] != 1 || attrs[1].Value[0] != 0 || attrs[2].Value[0] != 1 {
+			t.Errorf("object %x: sensitive=%v extractable=%v token=%v", id, attrs[0].Value, attrs[1].Value, attrs[2].Value)
+		}
+		if _, err := p11.GetAttributeValue(sh, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); err == nil {
+			t.Errorf("object %x: CKA_VALUE was readable", id)
+		}
+	}
+}
+
+func findSlot(t *testing.T, p11 *pkcs11.Ctx, label string) uint {
+	t.Helper()
+	slots, err := p11.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		info, err := p11.GetTokenInfo(s)
+		if err == nil && strings.TrimRight(info.Label, " \x00") == label {
+			return s
+		}
+	}
+	t.Fatalf("no token %q", label)
+	return 0
+}
+
+// Every caller mistake is a 4xx with a message, never a 5xx.
+func TestBadInputGets4xxThroughVault(t *testing.T) {
+	v := startDevVault(t)
+	v.configure("kms", "max_plaintext_bytes=4096")
+	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
+	v.cli("write", "kms/keys/other", "type=aes256-gcm96")
+	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/k", "plaintext="+b64("x")))
+	otherCT := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/other", "plaintext="+b64("x")))
+	cases := []struct {
+		name, path string
+		body       map[string]interface{}
+	}{
+		{"invalid base64", "kms/encrypt/k", map[string]interface{}{"plaintext": "%%%"}},
+		{"empty plaintext", "kms/encrypt/k", map[string]interface{}{"plaintext": ""}},
+		{"oversized plaintext", "kms/encrypt/k", map[string]interface{}{"plaintext": b64(strings.Repeat("z", 4097))}},
+		{"unknown key", "kms/encrypt/missing", map[string]interface{}{"plaintext": b64("x")}},
+		{"name with ..", "kms/encrypt/..%2Fx", map[string]interface{}{"plaintext": b64("x")}},
+		{"dot-dot path", "kms/encrypt/../x", map[string]interface{}{"plaintext": b64("x")}},
+		{"empty name", "kms/encrypt/", map[string]interface{}{"plaintext": b64("x")}},
+		{"1 KB name", "kms/encrypt/" + strings.Repeat("n", 1024), map[string]interface{}{"plaintext": b64("x")}},
+		{"1 KB key create", "kms/keys/" + strings.Repeat("n", 1024), nil},
+		{"vault:v0:", "kms/decrypt/k", map[string]interface{}{"ciphertext": "vault:v0:" + b64("x")}},
+		{"vault:vX:", "kms/decrypt/k", map[string]interface{}{"ciphertext": "vault:vX:" + b64("x")}},
+		{"truncated", "kms/decrypt/k", map[string]interface{}{"ciphertext": ct[:len(ct)-10]}},
+		{"too short", "kms/decrypt/k", map[string]interface{}{"ciphertext": "vault:v1:" + b64("short")}},
+		{"other key's", "kms/decrypt/k", map[string]interface{}{"ciphertext": otherCT}},
+		{"not a ciphertext", "kms/decrypt/k", map[string]interface{}{"ciphertext": "hello"}},
+		{"unknown type", "kms/keys/t", map[string]interface{}{"type": "aes512"}},
+		{"batch not a list", "kms/encrypt/k", map[string]interface{}{"batch_input": "x"}},
+	}
+	for _, tc := range cases {
+		status, resp := v.raw("POST", tc.path, v.token, tc.body)
+		msg := fmt.Sprint(resp["errors"])
+		t.Logf("%s: %d %s", tc.name, status, msg)
+		if status < 400 || status >= 500 || len(msg) < 5 {
+			t.Errorf("%s: status %d, body %v; want a 4xx with a message", tc.name, status, resp)
+		}
+	}
+}

@@ -1,0 +1,319 @@
+// Package e2e runs hsmkms inside a real Vault server, built by
+// scripts/build-vault.sh, on a real SoftHSM2 token, and talks to it over HTTP
+// with the vault CLI and the Go api client.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/softhsmtest"
+)
+
+const pluginName = "vault-plugin-secrets-hsmkms"
+
+var (
+	vaultBin   string
+	pluginDir  string
+	pluginSHA  string
+	token      *softhsmtest.Token
+	libraryDir string // the real directory of SoftHSM's module
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func setup(m *testing.M) (int, error) {
+	vaultBin = os.Getenv("HSMKMS_VAULT_BIN")
+	if vaultBin == "" {
+		out, err := exec.Command("bash", "../scripts/build-vault.sh").Output()
+		if err != nil {
+			return 1, fmt.Errorf("no HSMKMS_VAULT_BIN and scripts/build-vault.sh failed: %w", err)
+		}
+		vaultBin = strings.TrimSpace(string(out))
+	}
+	work, err := os.MkdirTemp("", "hsmkms-e2e-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(work)
+
+	pluginDir = filepath.Join(work, "plugins")
+	build := exec.Command("go", "build", "-o", filepath.Join(pluginDir, pluginName), "../cmd/"+pluginName)
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		return 1, fmt.Errorf("building the plugin: %w: %s", err, out)
+	}
+	bin, err := os.ReadFile(filepath.Join(pluginDir, pluginName))
+	if err != nil {
+		return 1, err
+	}
+	sum := sha256.Sum256(bin)
+	pluginSHA = hex.EncodeToString(sum[:])
+
+	token, err = softhsmtest.New(filepath.Join(work, "softhsm"), "e2e", "e2e-pin-2468")
+	if err != nil {
+		return 1, err
+	}
+	real, err := filepath.EvalSymlinks(token.Library)
+	if err != nil {
+		return 1, err
+	}
+	libraryDir = filepath.Dir(real)
+	return m.Run(), nil
+}
+
+// vaultServer is one running Vault process.
+type vaultServer struct {
+	t       *testing.T
+	addr    string
+	cmd     *exec.Cmd
+	logPath string
+	token   string
+	client  *api.Client
+	dataDir string // persistent storage, "" in dev mode
+	port    int
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startDevVault starts `vault server -dev` with the plugin directory set,
+// registers the plugin by SHA-256 and mounts it at kms/.
+func startDevVault(t *testing.T) *vaultServer {
+	t.Helper()
+	v := &vaultServer{t: t, port: freePort(t), token: "e2e-root"}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vault.hcl")
+	writeFile(t, cfg, fmt.Sprintf("plugin_directory = %q\n", pluginDir))
+	v.start(dir, "server", "-dev", "-dev-root-token-id="+v.token,
+		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port), "-config="+cfg)
+	v.registerAndMount("kms")
+	return v
+}
+
+// startPersistentVault starts a Vault with file storage in dataDir,
+// initialising it on first use, and unseals it.
+func startPersistentVault(t *testing.T, dataDir string, port int, unsealKey, rootToken string) (*vaultServer, string, string) {
+	t.Helper()
+	v := &vaultServer{t: t, port: port, dataDir: dataDir}
+	cfg := filepath.Join(dataDir, "vault.hcl")
+	writeFile(t, cfg, fmt.Sprintf(`
+plugin_directory = %q
+disable_mlock = true
+api_addr = "http://127.0.0.1:%d"
+storage "file" { path = %q }
+listener "tcp" {
+  address = "127.0.0.1:%d"
+  tls_disable = true
+}
+`, pluginDir, port, filepath.Join(dataDir, "storage"), port))
+	v.start(dataDir, "server", "-config="+cfg)
+	if unsealKey == "" {
+		out := v.cli("operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
+		var init struct {
+			Keys      []string `json:"unseal_keys_b64"`
+			RootToken string   `json:"root_token"`
+		}
+		if err := json.Unmarshal([]byte(out), &init); err != nil {
+			t.Fatalf("operator init: %v: %s", err, out)
+		}
+		unsealKey, rootToken = init.Keys[0], init.RootToken
+	}
+	v.cli("operator", "unseal", unsealKey)
+	v.token = rootToken
+	v.client.SetToken(rootToken)
+	v.waitActive()
+	return v, unsealKey, rootToken
+}
+
+func (v *vaultServer) start(dir string, args ...string) {
+	t := v.t
+	v.addr = fmt.Sprintf("http://127.0.0.1:%d", v.port)
+	v.logPath = filepath.Join(dir, fmt.Sprintf("vault-%d.log", time.Now().UnixNano()))
+	logFile, err := os.Create(v.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(vaultBin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+token.Conf, "VAULT_ADDR="+v.addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v.cmd = cmd
+	t.Cleanup(func() {
+		v.stop()
+		logFile.Close()
+		if t.Failed() {
+			log, _ := os.ReadFile(v.logPath)
+			t.Logf("vault log (%s):\n%s", v.logPath, tail(string(log), 6000))
+		}
+	})
+	cfg := api.DefaultConfig()
+	cfg.Address = v.addr
+	cfg.MaxRetries = 0
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.SetToken(v.token)
+	v.client = client
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(v.addr + "/v1/sys/seal-status")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(v.logPath)
+	t.Fatalf("vault did not come up at %s:\n%s", v.addr, tail(string(log), 4000))
+}
+
+func (v *vaultServer) waitActive() {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := v.client.Sys().ListMounts(); err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	v.t.Fatal("vault did not become active")
+}
+
+// stop ends the Vault process (and, through its process group, its plugins).
+func (v *vaultServer) stop() {
+	if v.cmd == nil || v.cmd.Process == nil {
+		return
+	}
+	_ = v.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = v.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	_ = syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL) // stray plugin processes
+	v.cmd = nil
+}
+
+func (v *vaultServer) registerAndMount(path string) {
+	v.cli("plugin", "register", "-sha256="+pluginSHA, "-command="+pluginName,
+		"-env="+"HSMKMS_LIBRARY_DIRS="+libraryDir+":"+filepath.Dir(token.Library), "secret", "hsmkms")
+	v.cli("secrets", "enable", "-path="+path, "hsmkms")
+}
+
+// configure writes the mount's config with the token's PIN, read by the
+// CLI from a file so that it is not on a command line.
+func (v *vaultServer) configure(mount string, extra ...string) {
+	pinFile := filepath.Join(v.t.TempDir(), "pin")
+	writeFile(v.t, pinFile, token.PIN)
+	args := append([]string{"write", mount + "/config", "library=" + token.Library, "token_label=" + token.Label, "pin=@" + pinFile}, extra...)
+	v.cli(args...)
+}
+
+// cli runs the vault CLI against this server and fails the test on error.
+func (v *vaultServer) cli(args ...string) string {
+	v.t.Helper()
+	out, err := v.cliErr(args...)
+	if err != nil {
+		v.t.Fatalf("vault %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (v *vaultServer) cliErr(args ...string) (string, error) {
+	cmd := exec.Command(vaultBin, args...)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.addr, "VAULT_TOKEN="+v.token, "VAULT_FORMAT=")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// raw sends one HTTP request with a token and returns the status and the
+// decoded body, so tests can see 4xx bodies that the api client hides.
+func (v *vaultServer) raw(method, path, tok string, body interface{}) (int, map[string]interface{}) {
+	v.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			v.t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(context.Background(), method, v.addr+"/v1/"+path, rd)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	req.Header.Set("X-Vault-Token", tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		v.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var decoded map[string]interface{}
+	if len(raw) > 0 {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		if err := d.Decode(&decoded); err != nil {
+			decoded = map[string]interface{}{"raw": string(raw)}
+		}
+	}
+	return resp.StatusCode, decoded
+}
+
+func writeFile(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what hsmkms needs on a Debian machine that has Go: SoftHSM2 (the
+# development HSM), opensc (pkcs11-tool) and a C compiler for cgo. Uses sudo
+# when not root. Installs nothing that is already there.
+set -euo pipefail
+
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v go >/dev/null 2>&1 || { echo "deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
+
+if ((${#need[@]})); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "deps: installing ${need[*]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make test`: formatting and vet, unit tests of hsm/ and the backend on
+# SoftHSM2, then end-to-end tests against a real Vault built by
+# scripts/build-vault.sh. Run after scripts/deps.sh.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+unformatted=$(gofmt -l . | grep -v '^vendor/' || true)
+if [[ -n $unformatted ]]; then
+  echo "gofmt wants to change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh)
+export HSMKMS_VAULT_BIN
+go test -count=1 -timeout 30m ./...
