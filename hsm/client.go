@@ -39,6 +39,7 @@ type Client struct {
 	mod   *module
 	token *tokenSession
 	pool  *pool
+	oaep  oaepProbe
 
 	closeOnce sync.Once
 	closed    chan struct{}

@@ -33,3 +33,36 @@ func secretKeyTemplate(keyType uint, valueLen int, id []byte, label string, use 
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}
 }
+
+// keyPairTemplates are the one builder of key-pair templates: the private
+// half is a private, sensitive, never-extractable token object; the public
+// half is a public token object. Both carry the same CKA_ID.
+func keyPairTemplates(keyType uint, id []byte, label string, use Usage, public, private []*pkcs11.Attribute) (pub, priv []*pkcs11.Attribute) {
+	pub = append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, use.Verify),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, use.Encrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}, public...)
+	priv = append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, use.Sign),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, use.Decrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}, private...)
+	return pub, priv
+}
