@@ -41,6 +41,9 @@ type backend struct {
 	client   *hsm.Client // nil until a config is loaded
 	conf     *mountConfig
 
+	// publicKeys caches parsed public keys by their DER bytes.
+	publicKeys sync.Map
+
 	// keysMu serialises changes to key entries (create, delete, state,
 	// quota); reads and crypto take it for reading.
 	keysMu sync.RWMutex
@@ -58,7 +61,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig()},
 			b.pathKeys(),
-			[]*framework.Path{b.pathEncrypt(), b.pathDecrypt()},
+			[]*framework.Path{b.pathEncrypt(), b.pathDecrypt(), b.pathSign(), b.pathVerify(), b.pathExport()},
 		),
 		Secrets:           []*framework.Secret{},
 		Invalidate:        b.invalidate,

@@ -19,6 +19,9 @@ const maxBatchItems = 10000
 type cryptoItem struct {
 	Plaintext         string
 	Ciphertext        string
+	Input             string
+	Signature         string
+	PaddingScheme     string
 	Context           string
 	AssociatedData    string
 	EncryptionContext map[string]string
@@ -31,6 +34,8 @@ type cryptoItem struct {
 type batchResult struct {
 	Ciphertext string `json:"ciphertext,omitempty"`
 	Plaintext  string `json:"plaintext,omitempty"`
+	Signature  string `json:"signature,omitempty"`
+	Valid      *bool  `json:"valid,omitempty"`
 	KeyVersion int    `json:"key_version,omitempty"`
 	Error      string `json:"error,omitempty"`
 	Reference  string `json:"reference"`
@@ -62,6 +67,11 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 			if msg != "" {
 				return nil, true, fmt.Sprintf("batch_input[%d]: %s", i, msg)
 			}
+			if item.PaddingScheme == "" {
+				if p, ok := d.GetOk("padding_scheme"); ok {
+					item.PaddingScheme = p.(string)
+				}
+			}
 			items[i] = item
 		}
 		return items, true, ""
@@ -87,6 +97,12 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 			item.KeyVersion = v.(int)
 		case "reference":
 			item.Reference = v.(string)
+		case "input":
+			item.Input = v.(string)
+		case "signature":
+			item.Signature = v.(string)
+		case "padding_scheme":
+			item.PaddingScheme = v.(string)
 		}
 	}
 	return []cryptoItem{item}, false, ""
@@ -109,6 +125,7 @@ func itemFromMap(m map[string]interface{}) (cryptoItem, string) {
 	for name, dst := range map[string]*string{
 		"plaintext": &item.Plaintext, "ciphertext": &item.Ciphertext, "context": &item.Context,
 		"associated_data": &item.AssociatedData, "reference": &item.Reference,
+		"input": &item.Input, "signature": &item.Signature, "padding_scheme": &item.PaddingScheme,
 	} {
 		if msg := str(name, dst); msg != "" {
 			return item, msg
@@ -163,10 +180,10 @@ func toInt(v interface{}) (int, string) {
 	return 0, "must be a whole number"
 }
 
-// batchResponse follows Transit: results in input order with references
-// echoed; any failed item makes the status 400 (or 500 when only internal
-// errors failed), which partial_failure_response_code may override when
-// some items succeeded.
+// batchResponse follows Transit's encrypt and decrypt: results in input
+// order with references echoed; any failed item makes the status 400 (or
+// 500 when only internal errors failed), which partial_failure_response_code
+// may override when some items succeeded.
 func batchResponse(req *logical.Request, d *framework.FieldData, results []batchResult, items []cryptoItem) (*logical.Response, error) {
 	var userErr, internalErr, success bool
 	for i := range results {
@@ -196,4 +213,14 @@ func batchResponse(req *logical.Request, d *framework.FieldData, results []batch
 		}
 	}
 	return logical.RespondWithStatusCode(resp, req, code)
+}
+
+// okBatchResponse follows Transit's sign and verify: results in input order
+// with references echoed, status 200 whatever failed, each failure in its
+// item's error.
+func okBatchResponse(results []batchResult, items []cryptoItem) *logical.Response {
+	for i := range results {
+		results[i].Reference = items[i].Reference
+	}
+	return &logical.Response{Data: map[string]interface{}{"batch_results": results}}
 }

@@ -25,12 +25,9 @@ func parseCiphertext(s string) (int, []byte, string) {
 	if len(parts) != 3 || parts[0] != ciphertextPrefix {
 		return 0, nil, "ciphertext must have the form vault:v<version>:<base64>"
 	}
-	if !strings.HasPrefix(parts[1], "v") {
-		return 0, nil, "ciphertext version must have the form v<number>"
-	}
-	version, err := strconv.Atoi(parts[1][1:])
-	if err != nil || version < 1 || parts[1][1:] != strconv.Itoa(version) {
-		return 0, nil, "ciphertext version must be v1 or higher"
+	version, msg := parseVersionPart(parts[1])
+	if msg != "" {
+		return 0, nil, msg
 	}
 	blob, err := base64.StdEncoding.DecodeString(parts[2])
 	if err != nil {
@@ -40,6 +37,18 @@ func parseCiphertext(s string) (int, []byte, string) {
 		return 0, nil, "ciphertext payload is empty"
 	}
 	return version, blob, ""
+}
+
+// parseVersionPart reads the "v<N>" between the colons.
+func parseVersionPart(s string) (int, string) {
+	if !strings.HasPrefix(s, "v") {
+		return 0, "ciphertext version must have the form v<number>"
+	}
+	version, err := strconv.Atoi(s[1:])
+	if err != nil || version < 1 || s[1:] != strconv.Itoa(version) {
+		return 0, "ciphertext version must be v1 or higher"
+	}
+	return version, ""
 }
 
 // aadDomain starts every AAD: it keeps the AAD non-empty whatever the

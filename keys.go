@@ -33,25 +33,44 @@ const (
 // keyType describes one key type the mount can create.
 type keyType struct {
 	name       string
-	family     string // "aes"
-	bits       int
+	family     string // familyAES, familyRSA or familyEC
+	bits       int    // AES and RSA key size
+	curve      string // EC curve name
 	allowedOps []string
 	defaultOps []string
 }
 
+const (
+	familyAES = "aes"
+	familyRSA = "rsa"
+	familyEC  = "ec"
+)
+
+func (kt keyType) asymmetric() bool { return kt.family == familyRSA || kt.family == familyEC }
+
 const defaultKeyType = "aes256-gcm96"
 
-var symmetricOps = []string{opEncrypt, opDecrypt, opWrapKey, opUnwrapKey}
+var (
+	symmetricOps  = []string{opEncrypt, opDecrypt, opWrapKey, opUnwrapKey}
+	signingOps    = []string{opSign, opVerify}
+	rsaAllowedOps = []string{opSign, opVerify, opEncrypt, opDecrypt}
+)
 
 var keyTypes = map[string]keyType{
-	"aes128-gcm96": {name: "aes128-gcm96", family: "aes", bits: 128, allowedOps: symmetricOps, defaultOps: symmetricOps},
-	"aes192-gcm96": {name: "aes192-gcm96", family: "aes", bits: 192, allowedOps: symmetricOps, defaultOps: symmetricOps},
-	"aes256-gcm96": {name: "aes256-gcm96", family: "aes", bits: 256, allowedOps: symmetricOps, defaultOps: symmetricOps},
+	"aes128-gcm96": {name: "aes128-gcm96", family: familyAES, bits: 128, allowedOps: symmetricOps, defaultOps: symmetricOps},
+	"aes192-gcm96": {name: "aes192-gcm96", family: familyAES, bits: 192, allowedOps: symmetricOps, defaultOps: symmetricOps},
+	"aes256-gcm96": {name: "aes256-gcm96", family: familyAES, bits: 256, allowedOps: symmetricOps, defaultOps: symmetricOps},
+	"rsa-2048":     {name: "rsa-2048", family: familyRSA, bits: 2048, allowedOps: rsaAllowedOps, defaultOps: signingOps},
+	"rsa-3072":     {name: "rsa-3072", family: familyRSA, bits: 3072, allowedOps: rsaAllowedOps, defaultOps: signingOps},
+	"rsa-4096":     {name: "rsa-4096", family: familyRSA, bits: 4096, allowedOps: rsaAllowedOps, defaultOps: signingOps},
+	"ecdsa-p256":   {name: "ecdsa-p256", family: familyEC, curve: "P-256", allowedOps: signingOps, defaultOps: signingOps},
+	"ecdsa-p384":   {name: "ecdsa-p384", family: familyEC, curve: "P-384", allowedOps: signingOps, defaultOps: signingOps},
+	"ecdsa-p521":   {name: "ecdsa-p521", family: familyEC, curve: "P-521", allowedOps: signingOps, defaultOps: signingOps},
 }
 
 // plannedKeyTypes are in the API contract but not built yet; naming one is
 // a 400 that says so rather than "unknown type".
-var plannedKeyTypes = []string{"rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "hmac"}
+var plannedKeyTypes = []string{"hmac"}
 
 func keyTypeNames() string {
 	names := make([]string, 0, len(keyTypes))
@@ -77,11 +96,25 @@ func resolveKeyType(typ string, size int, curve string) (keyType, string) {
 		default:
 			return keyType{}, fmt.Sprintf("size %d is not an AES key size; use 128, 192 or 256", size)
 		}
-	case "rsa", "ec":
-		return keyType{}, fmt.Sprintf("type %s keys are not available in this version; available: oct (size 128, 192, 256) or %s", typ, keyTypeNames())
+	case "rsa":
+		switch size {
+		case 2048, 3072, 4096:
+			typ = fmt.Sprintf("rsa-%d", size)
+		default:
+			return keyType{}, fmt.Sprintf("type RSA needs size 2048, 3072 or 4096, not %d", size)
+		}
+		size = 0
+	case "ec":
+		switch strings.ToUpper(curve) {
+		case "P-256", "P-384", "P-521":
+			typ = "ecdsa-p" + curve[2:]
+		default:
+			return keyType{}, fmt.Sprintf("type EC needs curve P-256, P-384 or P-521, not %q", curve)
+		}
+		curve = ""
 	}
 	if curve != "" {
-		return keyType{}, "curve applies only to EC keys"
+		return keyType{}, "curve applies only to type EC"
 	}
 	kt, ok := keyTypes[strings.ToLower(typ)]
 	if !ok {
@@ -115,11 +148,14 @@ func checkKeyName(name string) string {
 	return ""
 }
 
-// keyVersion is one HSM object of a key.
+// keyVersion is one HSM object (or key pair) of a key.
 type keyVersion struct {
 	ObjectID     []byte    `json:"object_id"` // CKA_ID on the token
 	Label        string    `json:"label"`     // CKA_LABEL, for people looking at the token
 	CreationTime time.Time `json:"creation_time"`
+	// PublicKey is the PKIX DER public key of an asymmetric version, kept so
+	// that verification, encryption and export need no HSM call.
+	PublicKey []byte `json:"public_key,omitempty"`
 }
 
 // keyEntry is a key's metadata in Vault storage. The key itself is only on
@@ -218,11 +254,25 @@ func storeKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 
 // keyResponse is the read form: Transit's fields plus the seeds'.
 func (k *keyEntry) keyResponse() map[string]interface{} {
-	versions := make(map[string]int64, len(k.Versions))
+	versions := make(map[string]interface{}, len(k.Versions))
 	objects := make(map[string]map[string]string, len(k.Versions))
+	kt := k.keyType()
 	for v, kv := range k.Versions {
-		versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
 		objects[strconv.Itoa(v)] = map[string]string{"id": hex.EncodeToString(kv.ObjectID), "label": kv.Label}
+		if !kt.asymmetric() {
+			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
+			continue
+		}
+		entry := map[string]interface{}{
+			"name":              transitKeyName(kt),
+			"creation_time":     kv.CreationTime.Format(time.RFC3339Nano),
+			"public_key":        publicKeyPEM(kv.PublicKey),
+			"certificate_chain": "",
+		}
+		if jwk, err := publicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
+			entry["public_jwk"] = jwk
+		}
+		versions[strconv.Itoa(v)] = entry
 	}
 	return map[string]interface{}{
 		"name":                   k.Name,

@@ -117,13 +117,21 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"default_residency":   conf.DefaultResidency,
 		"kek_label":           conf.KEKLabel,
 		"unwrapped_cache_ttl": int64(conf.UnwrappedCacheTTL.Seconds()),
-		"mechanisms": map[string]string{
-			"encrypt": "CKM_AES_GCM (96-bit IV made by the plugin, 128-bit tag)",
-			"decrypt": "CKM_AES_GCM",
-			"keygen":  "CKM_AES_KEY_GEN",
-			"random":  "C_GenerateRandom",
-		},
 	}
+	mechanisms := map[string]string{
+		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, 128-bit tag)",
+		"aes_decrypt":      "CKM_AES_GCM",
+		"aes_keygen":       "CKM_AES_KEY_GEN",
+		"rsa_keygen":       "CKM_RSA_PKCS_KEY_PAIR_GEN",
+		"ec_keygen":        "CKM_EC_KEY_PAIR_GEN",
+		"rsa_sign":         "CKM_RSA_PKCS on a DigestInfo made by the plugin; CKM_RSA_PKCS_PSS on a digest",
+		"ecdsa_sign":       "CKM_ECDSA on a digest computed by the plugin",
+		"verify":           "the public key, in the plugin",
+		"rsa_encrypt":      "the public key, in the plugin",
+		"rsa_decrypt_pkcs": "CKM_RSA_PKCS",
+		"random":           "C_GenerateRandom",
+	}
+	data["mechanisms"] = mechanisms
 	if conf.Slot != nil {
 		data["slot"] = *conf.Slot
 	}
@@ -132,6 +140,11 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		resp.AddWarning(fmt.Sprintf("the token could not be reached: %v", err))
 		return resp, nil
+	}
+	if mode, err := client.OAEPMode(ctx); err == nil {
+		mechanisms["rsa_decrypt_oaep"] = string(mode)
+	} else {
+		resp.AddWarning(fmt.Sprintf("the token's RSA-OAEP support could not be probed: %v", err))
 	}
 	info, err := client.TokenInfo()
 	if err != nil {
@@ -180,6 +193,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return configOpenError(conf, err)
 	}
 	resp := &logical.Response{}
+	if _, err := client.OAEPMode(ctx); err != nil {
+		resp.AddWarning(fmt.Sprintf("the token's RSA-OAEP support could not be probed: %v; RSA decryption will try again", err))
+	}
 	if old != nil && !old.sameToken(conf) {
 		resp.AddWarning("the token changed: keys created on the previous token are not on this one and will fail until the config names it again")
 	}

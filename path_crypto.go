@@ -53,6 +53,7 @@ func (b *backend) pathEncrypt() *framework.Path {
 		Type:        framework.TypeInt,
 		Description: "Key version to encrypt with; 0 (default) means the latest. Must be at least min_encryption_version.",
 	}
+	fields["padding_scheme"] = paddingField
 	return &framework.Path{
 		Pattern:      "encrypt/" + keyNamePattern,
 		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "encrypt"},
@@ -75,6 +76,7 @@ func (b *backend) pathDecrypt() *framework.Path {
 		Type:        framework.TypeString,
 		Description: "Ciphertext as encrypt returned it: vault:v<version>:<base64>.",
 	}
+	fields["padding_scheme"] = paddingField
 	return &framework.Path{
 		Pattern:      "decrypt/" + keyNamePattern,
 		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "decrypt"},
@@ -90,9 +92,15 @@ func (b *backend) pathDecrypt() *framework.Path {
 	}
 }
 
+var paddingField = &framework.FieldSchema{
+	Type: framework.TypeString,
+	Description: "RSA keys only: oaep (default; SHA-256, MGF1-SHA-256, empty label) or pkcs1v15. Decrypt needs the scheme " +
+		"encrypt used. May also be set per batch item.",
+}
+
 var (
-	encryptFields = []string{"plaintext", "context", "associated_data", "encryption_context", "key_version", "reference"}
-	decryptFields = []string{"ciphertext", "context", "associated_data", "encryption_context", "reference"}
+	encryptFields = []string{"plaintext", "context", "associated_data", "encryption_context", "key_version", "reference", "padding_scheme"}
+	decryptFields = []string{"ciphertext", "context", "associated_data", "encryption_context", "reference", "padding_scheme"}
 )
 
 // cryptoRequest loads what every encrypt or decrypt needs, or says why the
@@ -131,7 +139,7 @@ func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	results := make([]batchResult, len(items))
 	for i, item := range items {
-		ciphertext, version, err := encryptItem(ctx, client, conf, k, item)
+		ciphertext, version, err := b.encryptItem(ctx, client, conf, k, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
@@ -157,7 +165,7 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	results := make([]batchResult, len(items))
 	for i, item := range items {
-		plaintext, err := decryptItem(ctx, client, k, item)
+		plaintext, err := b.decryptItem(ctx, client, k, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
@@ -186,7 +194,13 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	return buildAAD(ctxBytes, ad, item.EncryptionContext), nil
 }
 
-func encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
+func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
+	if k.keyType().family == familyRSA {
+		return b.encryptRSA(k, item)
+	}
+	if item.PaddingScheme != "" {
+		return "", 0, userErrorf("padding_scheme applies only to RSA keys")
+	}
 	if item.Plaintext == "" {
 		return "", 0, userErrorf("plaintext is missing or empty: give base64 of at least one byte")
 	}
@@ -218,7 +232,7 @@ func encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *
 	return formatCiphertext(version, blob), version, nil
 }
 
-func decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, error) {
+func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, error) {
 	version, blob, msg := parseCiphertext(item.Ciphertext)
 	if msg != "" {
 		return nil, userError{msg: msg}
@@ -226,6 +240,12 @@ func decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryp
 	kv, msg := k.decryptionVersion(version)
 	if msg != "" {
 		return nil, userError{msg: msg}
+	}
+	if k.keyType().family == familyRSA {
+		return b.decryptRSA(ctx, client, kv, item, blob)
+	}
+	if item.PaddingScheme != "" {
+		return nil, userErrorf("padding_scheme applies only to RSA keys")
 	}
 	aad, err := itemAAD(item)
 	if err != nil {

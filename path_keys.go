@@ -3,6 +3,8 @@ package hsmkms
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -74,22 +76,22 @@ func (b *backend) pathKeys() []*framework.Path {
 				"name": nameField,
 				"type": {
 					Type: framework.TypeString,
-					Description: "Key type: aes128-gcm96, aes192-gcm96 or aes256-gcm96 (Transit's names), or the JWK form 'oct' with size. " +
-						"Default aes256-gcm96.",
+					Description: "Key type: aes128-gcm96, aes192-gcm96, aes256-gcm96, rsa-2048, rsa-3072, rsa-4096, ecdsa-p256, " +
+						"ecdsa-p384 or ecdsa-p521 (Transit's names), or the JWK form: 'oct' or 'RSA' with size, 'EC' with curve. Default aes256-gcm96.",
 					Default: defaultKeyType,
 				},
 				"size": {
 					Type:        framework.TypeInt,
-					Description: "Key size in bits with type=oct: 128, 192 or 256.",
+					Description: "Key size in bits with type=oct (128, 192, 256) or type=RSA (2048, 3072, 4096).",
 				},
 				"curve": {
 					Type:        framework.TypeString,
-					Description: "Curve with type=EC (P-256, P-384, P-521); EC keys are not available in this version.",
+					Description: "Curve with type=EC: P-256, P-384 or P-521.",
 				},
 				"operations": {
 					Type: framework.TypeCommaStringSlice,
-					Description: "What the key may be used for: any of encrypt, decrypt, wrapKey, unwrapKey for AES keys. " +
-						"Default: all four.",
+					Description: "What the key may be used for: encrypt, decrypt, wrapKey, unwrapKey for AES keys (default: all four); " +
+						"sign, verify for RSA and EC keys (default), and encrypt, decrypt for RSA keys (RSA-OAEP or PKCS#1 v1.5).",
 				},
 				"description": {
 					Type:        framework.TypeString,
@@ -300,11 +302,8 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		return nil, false, fmt.Errorf("writing WAL: %w", err)
 	}
 	label := fmt.Sprintf("hsmkms %s%s v1", req.MountPoint, p.name)
-	use := hsm.Usage{
-		Encrypt: slices.Contains(p.operations, opEncrypt) || slices.Contains(p.operations, opWrapKey),
-		Decrypt: slices.Contains(p.operations, opDecrypt) || slices.Contains(p.operations, opUnwrapKey),
-	}
-	if err := client.GenerateAESKey(ctx, id, label, p.keyType.bits, use); err != nil {
+	publicKey, err := b.generateVersion(ctx, client, p.keyType, p.operations, id, label)
+	if err != nil {
 		b.undoObject(ctx, req.Storage, client, walID, id)
 		return nil, false, err
 	}
@@ -320,7 +319,7 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		LatestVersion:        1,
 		MinDecryptionVersion: 1,
 		MinEncryptionVersion: 0,
-		Versions:             map[int]*keyVersion{1: {ObjectID: id, Label: label, CreationTime: time.Now().UTC()}},
+		Versions:             map[int]*keyVersion{1: {ObjectID: id, Label: label, CreationTime: time.Now().UTC(), PublicKey: publicKey}},
 	}
 	if err := storeKey(ctx, req.Storage, k); err != nil {
 		b.undoObject(ctx, req.Storage, client, walID, id)
@@ -332,6 +331,38 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		b.Logger().Warn("could not delete WAL entry after creating a key", "key", p.name, "error", err)
 	}
 	return k, true, nil
+}
+
+// generateVersion makes the HSM object (or key pair) of one key version and
+// returns the PKIX DER public key of an asymmetric one.
+func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt keyType, ops []string, id []byte, label string) ([]byte, error) {
+	has := func(op string) bool { return slices.Contains(ops, op) }
+	use := hsm.Usage{
+		Encrypt: has(opEncrypt) || has(opWrapKey),
+		Decrypt: has(opDecrypt) || has(opUnwrapKey),
+		Sign:    has(opSign),
+		Verify:  has(opVerify),
+	}
+	var pub crypto.PublicKey
+	var err error
+	switch kt.family {
+	case familyAES:
+		return nil, client.GenerateAESKey(ctx, id, label, kt.bits, use)
+	case familyRSA:
+		pub, err = client.GenerateRSAKeyPair(ctx, id, label, kt.bits, use)
+	case familyEC:
+		pub, err = client.GenerateECKeyPair(ctx, id, label, kt.curve, use)
+	default:
+		return nil, fmt.Errorf("key type %s has no generator", kt.name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the public key: %w", err)
+	}
+	return der, nil
 }
 
 // undoObject destroys an object whose key could not be completed and drops

@@ -57,7 +57,10 @@ func TestCreateRejectsBadParameters(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "des"}, "unknown key type")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct", "size": 100}, "not an AES key size")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct"}, "needs size")
-	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "rsa-2048"}, "not available in this version")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "hmac"}, "not available in this version")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "RSA", "size": 1024}, "needs size 2048")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "EC", "curve": "P-224"}, "needs curve")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "ecdsa-p256", "operations": "encrypt"}, "not allowed")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"operations": "encrypt,sign"}, `operation "sign" is not allowed`)
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"residency": "wrapped"}, "residency")
 	if resp, _ := m.do(logical.ReadOperation, "keys/k", nil); resp != nil {
@@ -149,7 +152,7 @@ func TestKeyReadHasTransitFields(t *testing.T) {
 			t.Errorf("key read lacks %q", field)
 		}
 	}
-	if _, ok := resp.Data["keys"].(map[string]int64)["1"]; !ok {
+	if _, ok := resp.Data["keys"].(map[string]interface{})["1"].(int64); !ok {
 		t.Errorf("keys map: %v", resp.Data["keys"])
 	}
 	if resp.Data["description"] != "for app1" || resp.Data["supports_encryption"] != true {

@@ -39,7 +39,6 @@ type Client struct {
 	mod   *module
 	token *tokenSession
 	pool  *pool
-	oaep  oaepProbe
 
 	closeOnce sync.Once
 	closed    chan struct{}

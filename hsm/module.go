@@ -44,6 +44,9 @@ type tokenSession struct {
 	// concurrent key creation in one token.
 	createMu sync.Mutex
 
+	// oaep is what the token does for RSA-OAEP with SHA-256, probed once.
+	oaep oaepProbe
+
 	handlesMu sync.Mutex
 	handles   map[string]pkcs11.ObjectHandle // CKA_ID -> handle, for one generation
 	handleGen uint64

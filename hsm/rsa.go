@@ -134,21 +134,21 @@ type oaepProbe struct {
 	mode OAEPMode // "" until a probe succeeded
 }
 
-// OAEPMode probes, once per client, whether the token does OAEP with
+// OAEPMode probes, once per token and process, whether the token does OAEP with
 // SHA-256: it makes a session-only RSA key pair, encrypts a known value with
 // the public key in Go and asks the token to decrypt it. A probe that fails
 // (the HSM was unreachable) is tried again on the next call.
 func (c *Client) OAEPMode(ctx context.Context) (OAEPMode, error) {
-	c.oaep.mu.Lock()
-	defer c.oaep.mu.Unlock()
-	if c.oaep.mode != "" {
-		return c.oaep.mode, nil
+	c.token.oaep.mu.Lock()
+	defer c.token.oaep.mu.Unlock()
+	if c.token.oaep.mode != "" {
+		return c.token.oaep.mode, nil
 	}
 	mode, err := c.probeOAEP(ctx)
 	if err != nil {
 		return "", fmt.Errorf("probing the token's RSA-OAEP: %w", err)
 	}
-	c.oaep.mode = mode
+	c.token.oaep.mode = mode
 	return mode, nil
 }
 

@@ -1,0 +1,63 @@
+package hsmkms
+
+import (
+	"context"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const exportTypePublicKey = "public-key"
+
+func (b *backend) pathExport() *framework.Path {
+	return &framework.Path{
+		Pattern:      "export/(?P<type>[^/]+)/" + keyNamePattern + framework.OptionalParamRegex("version"),
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "export", OperationSuffix: "key|key-version"},
+		Fields: map[string]*framework.FieldSchema{
+			"type": {
+				Type:        framework.TypeString,
+				Description: "What to export: only public-key. Private and secret key material never leaves the HSM.",
+			},
+			"name": nameField,
+			"version": {
+				Type:        framework.TypeString,
+				Description: "Version to export: a number, v<number> or 'latest'; every version when omitted.",
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{Callback: b.pathExportRead, Summary: "Export the public key of an RSA or ECDSA key."},
+		},
+		HelpSynopsis: "Export public keys, as Transit's export/public-key.",
+		HelpDescription: `
+Returns Transit's map of version to PEM public key (PKIX) for an RSA or ECDSA
+key, for openssl or any other verifier or encryptor:
+
+    $ vault read -field=keys kms/export/public-key/rsa1/1
+`,
+	}
+}
+
+func (b *backend) pathExportRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	if typ := d.Get("type").(string); typ != exportTypePublicKey {
+		return logical.ErrorResponse("export type %q is not available: only public-key; key material never leaves the HSM", typ), logical.ErrInvalidRequest
+	}
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil {
+		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+	}
+	if !k.keyType().asymmetric() {
+		return logical.ErrorResponse("key %q is of type %s and has no public key", name, k.Type), logical.ErrInvalidRequest
+	}
+	keys, msg := exportPublicKeys(k, d.Get("version").(string))
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	return &logical.Response{Data: map[string]interface{}{"name": k.Name, "type": k.Type, "keys": keys}}, nil
+}

@@ -1,0 +1,344 @@
+package hsmkms
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"encoding/asn1"
+	"encoding/base64"
+	"math/big"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+func signFields(verify bool) map[string]*framework.FieldSchema {
+	fields := map[string]*framework.FieldSchema{
+		"name": nameField,
+		"input": {
+			Type:        framework.TypeString,
+			Description: "Base64 data to sign or verify; with prehashed, the digest itself.",
+		},
+		"hash_algorithm": {
+			Type:        framework.TypeString,
+			Description: "Hash: sha2-256 (default), sha2-384 or sha2-512. May also be given as the last path segment.",
+		},
+		"algorithm": {
+			Type:        framework.TypeString,
+			Description: "Deprecated Transit spelling of hash_algorithm.",
+		},
+		"urlalgorithm": {
+			Type:        framework.TypeString,
+			Description: "Hash algorithm given in the URL (sign/:name/:hash_algorithm).",
+		},
+		"prehashed": {
+			Type:        framework.TypeBool,
+			Description: "The input is already the digest of hash_algorithm; its length must match.",
+		},
+		"isdigest": {
+			Type:        framework.TypeBool,
+			Description: "The seeds' name for prehashed.",
+		},
+		"signature_algorithm": {
+			Type:        framework.TypeString,
+			Description: "RSA only: pss (default) or pkcs1v15.",
+		},
+		"marshaling_algorithm": {
+			Type: framework.TypeString,
+			Description: "asn1 (default: DER for ECDSA, standard base64) or jws (raw r||s of the curve's size for ECDSA, " +
+				"url-safe base64 without padding).",
+		},
+		"salt_length": {
+			Type: framework.TypeString,
+			Description: "RSA-PSS salt: auto (default: the largest when signing, detected when verifying), hash (the hash's " +
+				"length; what PS256/384/512 use), or a number of bytes.",
+		},
+		"alg": {
+			Type: framework.TypeString,
+			Description: "JWA name (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512): sets hash_algorithm and " +
+				"signature_algorithm, and must fit the key.",
+		},
+		"key_version": {
+			Type:        framework.TypeInt,
+			Description: "Key version to sign with; 0 (default) means the latest.",
+		},
+		"batch_input": {
+			Type: framework.TypeSlice,
+			Description: "List of objects with 'input'" + map[bool]string{true: " and 'signature'", false: ""}[verify] +
+				" (and 'reference', echoed back); the other options apply to every item. Results keep the input order.",
+		},
+	}
+	if verify {
+		fields["signature"] = &framework.FieldSchema{
+			Type:        framework.TypeString,
+			Description: "Signature as sign returned it: vault:v<version>:<base64>.",
+		}
+		fields["key_version"].Description = "Ignored: the signature names its version."
+	}
+	return fields
+}
+
+func (b *backend) pathSign() *framework.Path {
+	return &framework.Path{
+		Pattern:      "sign/" + keyNamePattern + framework.OptionalParamRegex("urlalgorithm"),
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "sign", OperationSuffix: "|with-algorithm"},
+		Fields:       signFields(false),
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathSignWrite, Summary: "Sign data with a private key in the HSM."},
+		},
+		HelpSynopsis:    "Sign data with an RSA or ECDSA key whose private half never leaves the HSM.",
+		HelpDescription: pathSignHelpDesc,
+	}
+}
+
+func (b *backend) pathVerify() *framework.Path {
+	return &framework.Path{
+		Pattern:      "verify/" + keyNamePattern + framework.OptionalParamRegex("urlalgorithm"),
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "verify", OperationSuffix: "|with-algorithm"},
+		Fields:       signFields(true),
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathVerifyWrite, Summary: "Verify a signature made by sign."},
+		},
+		HelpSynopsis:    "Verify a signature made with an RSA or ECDSA key.",
+		HelpDescription: pathVerifyHelpDesc,
+	}
+}
+
+func signRequestFrom(d *framework.FieldData) signRequest {
+	r := signRequest{
+		signatureAlgorithm: d.Get("signature_algorithm").(string),
+		marshaling:         d.Get("marshaling_algorithm").(string),
+		saltLength:         d.Get("salt_length").(string),
+		alg:                d.Get("alg").(string),
+		prehashed:          d.Get("prehashed").(bool) || d.Get("isdigest").(bool),
+	}
+	for _, f := range []string{"urlalgorithm", "hash_algorithm", "algorithm"} {
+		if v, ok := d.GetOk(f); ok && v.(string) != "" {
+			r.hashAlgorithm, r.hashGiven = v.(string), true
+			break
+		}
+	}
+	return r
+}
+
+// signingRequest loads the key and options of a sign or verify request.
+func (b *backend) signingRequest(ctx context.Context, req *logical.Request, d *framework.FieldData, op string, fields []string) (*hsm.Client, *keyEntry, signOptions, []cryptoItem, bool, *logical.Response, error) {
+	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, op, fields)
+	if resp != nil || err != nil {
+		return nil, nil, signOptions{}, nil, false, resp, err
+	}
+	kt := k.keyType()
+	if !kt.asymmetric() {
+		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("key %q is of type %s, which cannot %s; use an RSA or ECDSA key", k.Name, k.Type, op), logical.ErrInvalidRequest
+	}
+	opts, msg := readSignOptions(signRequestFrom(d), kt)
+	if msg != "" {
+		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	return client, k, opts, items, batch, nil, nil
+}
+
+func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, k, opts, items, batch, resp, err := b.signingRequest(ctx, req, d, opSign, []string{"input", "key_version", "reference"})
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	results := make([]batchResult, len(items))
+	for i, item := range items {
+		sig, version, err := b.signItem(ctx, client, k, opts, item)
+		if err != nil {
+			results[i] = itemFailure(err)
+			continue
+		}
+		results[i] = batchResult{Signature: sig, KeyVersion: version}
+	}
+	if batch {
+		return okBatchResponse(results, items), nil
+	}
+	if r := results[0]; r.Error != "" {
+		return singleFailure("sign", r)
+	}
+	return &logical.Response{Data: map[string]interface{}{"signature": results[0].Signature, "key_version": results[0].KeyVersion}}, nil
+}
+
+func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	_, k, opts, items, batch, resp, err := b.signingRequest(ctx, req, d, opVerify, []string{"input", "signature", "reference"})
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	results := make([]batchResult, len(items))
+	for i, item := range items {
+		valid, err := b.verifyItem(k, opts, item)
+		if err != nil {
+			results[i] = itemFailure(err)
+			continue
+		}
+		results[i] = batchResult{Valid: &valid}
+	}
+	if batch {
+		return okBatchResponse(results, items), nil
+	}
+	if r := results[0]; r.Error != "" {
+		return singleFailure("verify", r)
+	}
+	return &logical.Response{Data: map[string]interface{}{"valid": *results[0].Valid}}, nil
+}
+
+// digestOf hashes the input, or checks the length of a prehashed one.
+func digestOf(opts signOptions, input string) ([]byte, error) {
+	data, err := base64.StdEncoding.DecodeString(input)
+	if err != nil {
+		return nil, userErrorf("input is not valid base64")
+	}
+	if opts.prehashed {
+		if len(data) != opts.hash.Size() {
+			return nil, userErrorf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), hashName(opts), opts.hash.Size())
+		}
+		return data, nil
+	}
+	h := opts.hash.New()
+	h.Write(data)
+	return h.Sum(nil), nil
+}
+
+func hashName(opts signOptions) string {
+	for name, h := range hashAlgorithms {
+		if h == opts.hash {
+			return name
+		}
+	}
+	return opts.hash.String()
+}
+
+func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry, opts signOptions, item cryptoItem) (string, int, error) {
+	digest, err := digestOf(opts, item.Input)
+	if err != nil {
+		return "", 0, err
+	}
+	version, kv, msg := k.encryptionVersion(item.KeyVersion)
+	if msg != "" {
+		return "", 0, userError{msg: msg}
+	}
+	pub, err := b.parsedPublicKey(kv)
+	if err != nil {
+		return "", 0, err
+	}
+	var sig []byte
+	switch pub := pub.(type) {
+	case *rsa.PublicKey:
+		if opts.pss {
+			sig, err = client.SignRSAPSS(ctx, kv.ObjectID, pub, opts.hash, digest, resolveSaltLength(opts.saltLen, pub, opts.hash))
+		} else {
+			sig, err = client.SignRSAPKCS1v15(ctx, kv.ObjectID, pub, opts.hash, digest)
+		}
+	case *ecdsa.PublicKey:
+		sig, err = client.SignECDSA(ctx, kv.ObjectID, pub, digest)
+		if err == nil && !opts.jws {
+			sig, err = rawToASN1(sig)
+		}
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	return formatSignature(version, sig, opts.jws), version, nil
+}
+
+func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bool, error) {
+	version, sig, msg := parseSignature(item.Signature, opts.jws)
+	if msg != "" {
+		return false, userError{msg: msg}
+	}
+	kv, msg := k.decryptionVersion(version)
+	if msg != "" {
+		return false, userError{msg: strings.Replace(msg, "ciphertext", "signature", 1)}
+	}
+	digest, err := digestOf(opts, item.Input)
+	if err != nil {
+		return false, err
+	}
+	pub, err := b.parsedPublicKey(kv)
+	if err != nil {
+		return false, err
+	}
+	switch pub := pub.(type) {
+	case *rsa.PublicKey:
+		if opts.pss {
+			return rsa.VerifyPSS(pub, opts.hash, digest, sig, &rsa.PSSOptions{SaltLength: opts.saltLen, Hash: opts.hash}) == nil, nil
+		}
+		return rsa.VerifyPKCS1v15(pub, opts.hash, digest, sig) == nil, nil
+	case *ecdsa.PublicKey:
+		if !opts.jws {
+			return ecdsa.VerifyASN1(pub, digest, sig), nil
+		}
+		size := (pub.Curve.Params().BitSize + 7) / 8
+		if len(sig) != 2*size {
+			return false, nil
+		}
+		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), nil
+	}
+	return false, nil
+}
+
+// rawToASN1 turns the HSM's r||s into the DER SEQUENCE openssl and X.509 use.
+func rawToASN1(sig []byte) ([]byte, error) {
+	half := len(sig) / 2
+	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:half]), new(big.Int).SetBytes(sig[half:])})
+}
+
+func formatSignature(version int, sig []byte, jws bool) string {
+	enc := base64.StdEncoding
+	if jws {
+		enc = base64.RawURLEncoding
+	}
+	return "vault:v" + strconv.Itoa(version) + ":" + enc.EncodeToString(sig)
+}
+
+// parseSignature reads vault:v<N>:<base64>, base64url without padding for
+// jws as Transit writes it.
+func parseSignature(s string, jws bool) (int, []byte, string) {
+	if s == "" {
+		return 0, nil, "signature is missing"
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 || parts[0] != ciphertextPrefix {
+		return 0, nil, "signature must have the form vault:v<version>:<base64>"
+	}
+	version, msg := parseVersionPart(parts[1])
+	if msg != "" {
+		return 0, nil, strings.Replace(msg, "ciphertext", "signature", 1)
+	}
+	enc := base64.StdEncoding
+	if jws {
+		enc = base64.RawURLEncoding
+	}
+	sig, err := enc.DecodeString(parts[2])
+	if err != nil || len(sig) == 0 {
+		if jws {
+			return 0, nil, "signature payload is not url-safe base64 without padding (marshaling_algorithm=jws)"
+		}
+		return 0, nil, "signature payload is not valid base64"
+	}
+	return version, sig, ""
+}
+
+const pathSignHelpDesc = `
+Signs the input inside the HSM with the key's private half (RSA PKCS#1 v1.5
+or PSS, or ECDSA) and returns vault:v<version>:<base64 signature>. The
+digest is computed by the plugin (or given, with prehashed); each signature is
+verified with the public key before it is returned. alg takes the JWA names.
+
+Examples:
+
+    $ vault write kms/sign/rsa1 input=$(echo -n hello | base64) alg=PS256
+    $ vault write kms/sign/ec1/sha2-384 input=... marshaling_algorithm=jws
+`
+
+const pathVerifyHelpDesc = `
+Checks a signature made by sign against the input, with the key's public
+half, and answers valid: true or false. A signature that cannot be parsed is
+a 400. The options must match the ones used to sign.
+`

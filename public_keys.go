@@ -1,0 +1,93 @@
+package hsmkms
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+// transitKeyName is the `name` Transit gives each asymmetric version.
+func transitKeyName(kt keyType) string {
+	if kt.family == familyEC {
+		return kt.curve
+	}
+	return kt.name
+}
+
+// publicKeyPEM is Transit's form of a public key: PKIX in a PEM block.
+func publicKeyPEM(der []byte) string {
+	if len(der) == 0 {
+		return ""
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
+// publicJWK is the RFC 7517/7518 public JWK of a version.
+func publicJWK(der []byte, kid string) (map[string]interface{}, error) {
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := jose.JSONWebKey{Key: pub, KeyID: kid, Use: "sig"}.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]interface{}
+	return out, json.Unmarshal(raw, &out)
+}
+
+// parsedPublicKey returns the version's public key, parsing each DER once.
+func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
+	if len(kv.PublicKey) == 0 {
+		return nil, fmt.Errorf("version has no public key")
+	}
+	if pub, ok := b.publicKeys.Load(string(kv.PublicKey)); ok {
+		return pub, nil
+	}
+	pub, err := x509.ParsePKIXPublicKey(kv.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("stored public key: %w", err)
+	}
+	switch pub.(type) {
+	case *rsa.PublicKey, *ecdsa.PublicKey:
+	default:
+		return nil, fmt.Errorf("stored public key is a %T", pub)
+	}
+	b.publicKeys.Store(string(kv.PublicKey), pub)
+	return pub, nil
+}
+
+// exportPublicKeys is Transit's export map: version -> PEM.
+func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
+	out := map[string]string{}
+	if version == "" {
+		for v, kv := range k.Versions {
+			if v >= k.MinDecryptionVersion {
+				out[fmt.Sprint(v)] = publicKeyPEM(kv.PublicKey)
+			}
+		}
+		return out, ""
+	}
+	v := k.LatestVersion
+	if version != "latest" {
+		n, err := strconv.Atoi(strings.TrimPrefix(version, "v"))
+		if err != nil || n < 1 {
+			return nil, fmt.Sprintf("version %q is not a positive number, v<number> or 'latest'", version)
+		}
+		v = n
+	}
+	kv, msg := k.decryptionVersion(v)
+	if msg != "" {
+		return nil, msg
+	}
+	out[fmt.Sprint(v)] = publicKeyPEM(kv.PublicKey)
+	return out, ""
+}

@@ -1,0 +1,177 @@
+package hsmkms
+
+import (
+	"crypto"
+	"crypto/rsa"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+// signOptions are a sign or verify request's options, shared by its items.
+type signOptions struct {
+	hash      crypto.Hash
+	prehashed bool
+	pss       bool   // RSA: PSS rather than PKCS#1 v1.5
+	jws       bool   // raw r||s (ECDSA) and base64url, rather than ASN.1 and base64
+	saltLen   int    // RSA-PSS; rsa.PSSSaltLengthAuto or rsa.PSSSaltLengthEqualsHash allowed
+	alg       string // the JWA name, when given
+}
+
+var hashAlgorithms = map[string]crypto.Hash{
+	"sha2-256": crypto.SHA256,
+	"sha2-384": crypto.SHA384,
+	"sha2-512": crypto.SHA512,
+}
+
+// jwaAlgorithms maps the seeds' JWA names to key family, hash and scheme.
+var jwaAlgorithms = map[string]struct {
+	family string
+	hash   string
+	pss    bool
+	curve  string
+}{
+	"RS256": {familyRSA, "sha2-256", false, ""},
+	"RS384": {familyRSA, "sha2-384", false, ""},
+	"RS512": {familyRSA, "sha2-512", false, ""},
+	"PS256": {familyRSA, "sha2-256", true, ""},
+	"PS384": {familyRSA, "sha2-384", true, ""},
+	"PS512": {familyRSA, "sha2-512", true, ""},
+	"ES256": {familyEC, "sha2-256", false, "P-256"},
+	"ES384": {familyEC, "sha2-384", false, "P-384"},
+	"ES512": {familyEC, "sha2-512", false, "P-521"},
+}
+
+func jwaNames() string {
+	names := make([]string, 0, len(jwaAlgorithms))
+	for n := range jwaAlgorithms {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// signRequest is what readSignOptions needs from the request; fields the
+// caller did not give are empty.
+type signRequest struct {
+	hashAlgorithm      string // from the body or the URL
+	hashGiven          bool
+	prehashed          bool
+	signatureAlgorithm string
+	marshaling         string
+	saltLength         string
+	alg                string
+}
+
+// readSignOptions checks the options against the key type and returns a
+// message naming the allowed values when one is wrong.
+func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
+	opts := signOptions{prehashed: r.prehashed}
+	hashName := strings.ToLower(r.hashAlgorithm)
+	if hashName == "" {
+		hashName = "sha2-256"
+	}
+	sigAlg := strings.ToLower(r.signatureAlgorithm)
+	saltGiven := r.saltLength != "" && !strings.EqualFold(r.saltLength, "auto")
+
+	if r.alg != "" {
+		jwa, ok := jwaAlgorithms[strings.ToUpper(r.alg)]
+		if !ok {
+			return opts, fmt.Sprintf("alg %q is not one of: %s", r.alg, jwaNames())
+		}
+		opts.alg = strings.ToUpper(r.alg)
+		if jwa.family != kt.family || (jwa.curve != "" && jwa.curve != kt.curve) {
+			return opts, fmt.Sprintf("alg %s does not fit key type %s; %s", opts.alg, kt.name, fittingAlgs(kt))
+		}
+		if r.hashGiven && hashName != jwa.hash {
+			return opts, fmt.Sprintf("alg %s implies hash_algorithm %s, not %s; give one of the two", opts.alg, jwa.hash, hashName)
+		}
+		hashName = jwa.hash
+		if kt.family == familyRSA {
+			want := "pkcs1v15"
+			if jwa.pss {
+				want = "pss"
+			}
+			if sigAlg != "" && sigAlg != want {
+				return opts, fmt.Sprintf("alg %s implies signature_algorithm %s, not %s; give one of the two", opts.alg, want, sigAlg)
+			}
+			sigAlg = want
+			if jwa.pss && !saltGiven {
+				r.saltLength = "hash" // RFC 7518: the salt is as long as the hash
+			}
+		}
+	}
+
+	hash, ok := hashAlgorithms[hashName]
+	if !ok {
+		return opts, fmt.Sprintf("hash_algorithm %q is not one of: sha2-256, sha2-384, sha2-512", hashName)
+	}
+	opts.hash = hash
+
+	if kt.family == familyRSA {
+		switch sigAlg {
+		case "", "pss":
+			opts.pss = true
+		case "pkcs1v15":
+		default:
+			return opts, fmt.Sprintf("signature_algorithm %q is not one of: pss, pkcs1v15", r.signatureAlgorithm)
+		}
+		if opts.pss {
+			salt, msg := parseSaltLength(r.saltLength)
+			if msg != "" {
+				return opts, msg
+			}
+			opts.saltLen = salt
+		}
+	}
+
+	switch strings.ToLower(r.marshaling) {
+	case "", "asn1":
+	case "jws":
+		opts.jws = true
+	default:
+		return opts, fmt.Sprintf("marshaling_algorithm %q is not one of: asn1, jws", r.marshaling)
+	}
+	return opts, ""
+}
+
+func fittingAlgs(kt keyType) string {
+	var fit []string
+	for name, jwa := range jwaAlgorithms {
+		if jwa.family == kt.family && (jwa.curve == "" || jwa.curve == kt.curve) {
+			fit = append(fit, name)
+		}
+	}
+	slices.Sort(fit)
+	return "it takes " + strings.Join(fit, ", ")
+}
+
+// parseSaltLength reads Transit's salt_length: auto (largest when signing,
+// detected when verifying), hash, or a number of bytes.
+func parseSaltLength(s string) (int, string) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return rsa.PSSSaltLengthAuto, ""
+	case "hash":
+		return rsa.PSSSaltLengthEqualsHash, ""
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Sprintf("salt_length %q is not 'auto', 'hash' or a number of bytes", s)
+	}
+	return n, ""
+}
+
+// resolveSaltLength turns Transit's salt length into bytes for signing.
+func resolveSaltLength(saltLen int, pub *rsa.PublicKey, hash crypto.Hash) int {
+	switch saltLen {
+	case rsa.PSSSaltLengthAuto:
+		return hsm.PSSSaltMax(pub, hash)
+	case rsa.PSSSaltLengthEqualsHash:
+		return hash.Size()
+	}
+	return saltLen
+}
