@@ -70,55 +70,43 @@ func TestConfigRefusesLibrariesOutsideTheAllowList(t *testing.T) {
 	}
 }
 
-// Opens the token from this process, as an auditor would, and checks the key
-// objects the plugin made through Vault.
+// Opens the token from this process, as an auditor would, and checks the
+// secret and private key objects the plugin made through Vault.
 func TestKeyObjectsOnTheTokenAreSensitive(t *testing.T) {
 	v := startDevVault(t)
 	v.configure("kms")
-	var ids [][]byte
-	for _, typ := range []string{"aes128-gcm96", "aes192-gcm96", "aes256-gcm96"} {
+	type object struct {
+		id         []byte
+		class      uint
+		secretAttr uint // the attribute that holds the key's secret
+	}
+	var objects []object
+	for _, typ := range []string{"aes128-gcm96", "aes192-gcm96", "aes256-gcm96", "rsa-2048", "ecdsa-p256"} {
 		name := "material-" + typ
 		v.cli("write", "kms/keys/"+name, "type="+typ)
 		secret, err := v.client.Logical().Read("kms/keys/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		objects := secret.Data["hsm_objects"].(map[string]interface{})
-		id, err := hex.DecodeString(objects["1"].(map[string]interface{})["id"].(string))
+		hsmObjects := secret.Data["hsm_objects"].(map[string]interface{})
+		id, err := hex.DecodeString(hsmObjects["1"].(map[string]interface{})["id"].(string))
 		if err != nil || len(id) == 0 {
-			t.Fatalf("object id of %s: %v", name, objects)
+			t.Fatalf("object id of %s: %v", name, hsmObjects)
 		}
-		ids = append(ids, id)
+		o := object{id: id, class: pkcs11.CKO_SECRET_KEY, secretAttr: pkcs11.CKA_VALUE}
+		switch {
+		case strings.HasPrefix(typ, "rsa"):
+			o.class, o.secretAttr = pkcs11.CKO_PRIVATE_KEY, pkcs11.CKA_PRIVATE_EXPONENT
+		case strings.HasPrefix(typ, "ecdsa"):
+			o.class = pkcs11.CKO_PRIVATE_KEY
+		}
+		objects = append(objects, o)
 	}
 
-	p11 := pkcs11.New(token.Library)
-	if p11 == nil {
-		t.Fatal("loading SoftHSM")
-	}
-	if err := p11.Initialize(); err != nil {
-		t.Fatal(err)
-	}
-	defer p11.Destroy()
-	defer p11.Finalize()
-	slot := findSlot(t, p11, token.Label)
-	sh, err := p11.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p11.CloseSession(sh)
-	if err := p11.Login(sh, pkcs11.CKU_USER, token.PIN); err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range ids {
-		if err := p11.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
-			t.Fatal(err)
-		}
-		handles, _, err := p11.FindObjects(sh, 4)
-		_ = p11.FindObjectsFinal(sh)
-		if err != nil || len(handles) != 1 {
-			t.Fatalf("object %x: %d found, %v", id, len(handles), err)
-		}
-		attrs, err := p11.GetAttributeValue(sh, handles[0], []*pkcs11.Attribute{
+	p11, sh := openTokenSession(t)
+	for _, o := range objects {
+		h := findObject(t, p11, sh, o.id, o.class)
+		attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
@@ -127,10 +115,14 @@ func TestKeyObjectsOnTheTokenAreSensitive(t *testing.T) {
 			t.Fatal(err)
 		}
 		if attrs[0].Value[0] != 1 || attrs[1].Value[0] != 0 || attrs[2].Value[0] != 1 {
-			t.Errorf("object %x: sensitive=%v extractable=%v token=%v", id, attrs[0].Value, attrs[1].Value, attrs[2].Value)
+			t.Errorf("object %x: sensitive=%v extractable=%v token=%v", o.id, attrs[0].Value, attrs[1].Value, attrs[2].Value)
 		}
-		if _, err := p11.GetAttributeValue(sh, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); err == nil {
-			t.Errorf("object %x: CKA_VALUE was readable", id)
+		_, err = p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(o.secretAttr, nil)})
+		if code, ok := err.(pkcs11.Error); !ok || code != pkcs11.CKR_ATTRIBUTE_SENSITIVE {
+			t.Errorf("object %x: reading its secret gave %v, want CKR_ATTRIBUTE_SENSITIVE", o.id, err)
+		}
+		if err == nil {
+			t.Errorf("object %x: its secret value was readable", o.id)
 		}
 	}
 }

@@ -10,6 +10,7 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v make >/dev/null 2>&1 || need+=(make)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v go >/dev/null 2>&1 || { echo "deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 
 if ((${#need[@]})); then
