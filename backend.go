@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -41,6 +42,12 @@ type backend struct {
 	client   *hsm.Client // nil until a config is loaded
 	conf     *mountConfig
 
+	// now is the clock; tests move it to see automatic rotation happen.
+	now func() time.Time
+
+	// stats counts operations for the status path.
+	stats *opStats
+
 	// publicKeys caches parsed public keys by their DER bytes.
 	publicKeys sync.Map
 
@@ -50,7 +57,7 @@ type backend struct {
 }
 
 func newBackend(allowedLibraryDirs []string) *backend {
-	b := &backend{allowedLibraryDirs: allowedLibraryDirs}
+	b := &backend{allowedLibraryDirs: allowedLibraryDirs, now: time.Now, stats: newOpStats()}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -60,14 +67,19 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig()},
+			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig()},
 			b.pathKeys(),
-			[]*framework.Path{b.pathEncrypt(), b.pathDecrypt(), b.pathSign(), b.pathVerify(), b.pathExport()},
+			[]*framework.Path{
+				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
+				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(),
+			},
 		),
 		Secrets:           []*framework.Secret{},
 		Invalidate:        b.invalidate,
 		Clean:             b.clean,
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
+		PeriodicFunc:      b.rotateDueKeys,
 	}
 	return b
 }

@@ -21,6 +21,7 @@ type cryptoItem struct {
 	Ciphertext        string
 	Input             string
 	Signature         string
+	HMAC              string
 	PaddingScheme     string
 	Context           string
 	AssociatedData    string
@@ -35,6 +36,7 @@ type batchResult struct {
 	Ciphertext string `json:"ciphertext,omitempty"`
 	Plaintext  string `json:"plaintext,omitempty"`
 	Signature  string `json:"signature,omitempty"`
+	HMAC       string `json:"hmac,omitempty"`
 	Valid      *bool  `json:"valid,omitempty"`
 	KeyVersion int    `json:"key_version,omitempty"`
 	Error      string `json:"error,omitempty"`
@@ -101,6 +103,8 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 			item.Input = v.(string)
 		case "signature":
 			item.Signature = v.(string)
+		case "hmac":
+			item.HMAC = v.(string)
 		case "padding_scheme":
 			item.PaddingScheme = v.(string)
 		}
@@ -125,7 +129,7 @@ func itemFromMap(m map[string]interface{}) (cryptoItem, string) {
 	for name, dst := range map[string]*string{
 		"plaintext": &item.Plaintext, "ciphertext": &item.Ciphertext, "context": &item.Context,
 		"associated_data": &item.AssociatedData, "reference": &item.Reference,
-		"input": &item.Input, "signature": &item.Signature, "padding_scheme": &item.PaddingScheme,
+		"input": &item.Input, "signature": &item.Signature, "hmac": &item.HMAC, "padding_scheme": &item.PaddingScheme,
 	} {
 		if msg := str(name, dst); msg != "" {
 			return item, msg

@@ -146,6 +146,7 @@ func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d 
 		}
 		results[i] = batchResult{Ciphertext: ciphertext, KeyVersion: version}
 	}
+	b.stats.add("encrypt", int64(len(items)))
 	if batch {
 		return batchResponse(req, d, results, items)
 	}
@@ -172,6 +173,7 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 		}
 		results[i] = batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext)}
 	}
+	b.stats.add("decrypt", int64(len(items)))
 	if batch {
 		return batchResponse(req, d, results, items)
 	}

@@ -217,8 +217,8 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	if p.residency != residencyHSM {
 		return logical.ErrorResponse("residency %q is not available in this version; use 'hsm'", p.residency), logical.ErrInvalidRequest
 	}
-	if p.autoRotatePeriod < 0 {
-		return logical.ErrorResponse("auto_rotate_period must not be negative"), logical.ErrInvalidRequest
+	if p.autoRotatePeriod != 0 && p.autoRotatePeriod < minAutoRotatePeriod {
+		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
 	}
 
 	b.keysMu.Lock()
@@ -277,7 +277,8 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		return nil, false, err
 	}
 	if existing != nil {
-		if existing.Type != p.keyType.name || !slices.Equal(existing.Operations, p.operations) || existing.Residency != p.residency {
+		if existing.Type != p.keyType.name || existing.keyType().bits != p.keyType.bits ||
+			!slices.Equal(existing.Operations, p.operations) || existing.Residency != p.residency {
 			return nil, false, userErrorf("key %q already exists as type %s with operations %s; delete it or use another name",
 				p.name, existing.Type, strings.Join(existing.Operations, ", "))
 		}
@@ -293,44 +294,30 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		}
 	}
 
-	id, err := client.NewObjectID(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	walID, err := framework.PutWAL(ctx, req.Storage, walKindObject, &walObject{Name: p.name, ObjectID: hex.EncodeToString(id)})
-	if err != nil {
-		return nil, false, fmt.Errorf("writing WAL: %w", err)
-	}
-	label := fmt.Sprintf("hsmkms %s%s v1", req.MountPoint, p.name)
-	publicKey, err := b.generateVersion(ctx, client, p.keyType, p.operations, id, label)
-	if err != nil {
-		b.undoObject(ctx, req.Storage, client, walID, id)
-		return nil, false, err
-	}
 	k := &keyEntry{
 		Name:                 p.name,
 		Type:                 p.keyType.name,
+		Bits:                 hmacBits(p.keyType),
 		Operations:           p.operations,
 		State:                stateActive,
 		Description:          p.description,
 		Residency:            p.residency,
 		DeletionAllowed:      p.deletionAllowed,
 		AutoRotatePeriod:     p.autoRotatePeriod,
-		LatestVersion:        1,
 		MinDecryptionVersion: 1,
-		MinEncryptionVersion: 0,
-		Versions:             map[int]*keyVersion{1: {ObjectID: id, Label: label, CreationTime: time.Now().UTC(), PublicKey: publicKey}},
+		Versions:             map[int]*keyVersion{},
 	}
-	if err := storeKey(ctx, req.Storage, k); err != nil {
-		b.undoObject(ctx, req.Storage, client, walID, id)
+	if err := b.addVersionLocked(ctx, req.Storage, client, k); err != nil {
 		return nil, false, err
 	}
-	if err := framework.DeleteWAL(ctx, req.Storage, walID); err != nil {
-		// The key is complete; the rollback will find it in storage and
-		// leave its object alone.
-		b.Logger().Warn("could not delete WAL entry after creating a key", "key", p.name, "error", err)
-	}
 	return k, true, nil
+}
+
+func hmacBits(kt keyType) int {
+	if kt.family == familyHMAC {
+		return kt.bits
+	}
+	return 0
 }
 
 // generateVersion makes the HSM object (or key pair) of one key version and
@@ -352,6 +339,8 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 		pub, err = client.GenerateRSAKeyPair(ctx, id, label, kt.bits, use)
 	case familyEC:
 		pub, err = client.GenerateECKeyPair(ctx, id, label, kt.curve, use)
+	case familyHMAC:
+		return nil, client.GenerateHMACKey(ctx, id, label, kt.bits, use)
 	default:
 		return nil, fmt.Errorf("key type %s has no generator", kt.name)
 	}
@@ -363,6 +352,42 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 		return nil, fmt.Errorf("encoding the public key: %w", err)
 	}
 	return der, nil
+}
+
+// addVersionLocked makes the key's next version in the HSM and stores the
+// key with it. Callers hold keysMu. A WAL entry written before the HSM object
+// exists lets a crash before the storage write be rolled back; a failure
+// destroys the object at once.
+func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry) error {
+	id, err := client.NewObjectID(ctx)
+	if err != nil {
+		return err
+	}
+	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: k.Name, ObjectID: hex.EncodeToString(id)})
+	if err != nil {
+		return fmt.Errorf("writing WAL: %w", err)
+	}
+	version := k.LatestVersion + 1
+	label := fmt.Sprintf("hsmkms %s v%d", k.Name, version)
+	publicKey, err := b.generateVersion(ctx, client, k.keyType(), k.Operations, id, label)
+	if err != nil {
+		b.undoObject(ctx, s, client, walID, id)
+		return err
+	}
+	k.Versions[version] = &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), PublicKey: publicKey}
+	k.LatestVersion = version
+	if err := storeKey(ctx, s, k); err != nil {
+		delete(k.Versions, version)
+		k.LatestVersion = version - 1
+		b.undoObject(ctx, s, client, walID, id)
+		return err
+	}
+	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
+		// The version is complete; the rollback will find it in storage and
+		// leave its object alone.
+		b.Logger().Warn("could not delete WAL entry after creating a key version", "key", k.Name, "error", err)
+	}
+	return nil
 }
 
 // undoObject destroys an object whose key could not be completed and drops

@@ -57,7 +57,7 @@ func TestCreateRejectsBadParameters(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "des"}, "unknown key type")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct", "size": 100}, "not an AES key size")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct"}, "needs size")
-	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "hmac"}, "not available in this version")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "hmac", "size": 100}, "HMAC key size 100")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "RSA", "size": 1024}, "needs size 2048")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "EC", "curve": "P-224"}, "needs curve")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "ecdsa-p256", "operations": "encrypt"}, "not allowed")

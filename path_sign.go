@@ -77,6 +77,10 @@ func signFields(verify bool) map[string]*framework.FieldSchema {
 			Type:        framework.TypeString,
 			Description: "Signature as sign returned it: vault:v<version>:<base64>.",
 		}
+		fields["hmac"] = &framework.FieldSchema{
+			Type:        framework.TypeString,
+			Description: "HMAC as hmac returned it, to check instead of a signature (keys of type hmac).",
+		}
 		fields["key_version"].Description = "Ignored: the signature names its version."
 	}
 	return fields
@@ -156,6 +160,7 @@ func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *fr
 		}
 		results[i] = batchResult{Signature: sig, KeyVersion: version}
 	}
+	b.stats.add("sign", int64(len(items)))
 	if batch {
 		return okBatchResponse(results, items), nil
 	}
@@ -166,6 +171,9 @@ func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *fr
 }
 
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if isHMACVerify(d) {
+		return b.pathVerifyHMAC(ctx, req, d)
+	}
 	_, k, opts, items, batch, resp, err := b.signingRequest(ctx, req, d, opVerify, []string{"input", "signature", "reference"})
 	if resp != nil || err != nil {
 		return resp, err
@@ -179,6 +187,43 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		}
 		results[i] = batchResult{Valid: &valid}
 	}
+	b.stats.add("verify", int64(len(items)))
+	if batch {
+		return okBatchResponse(results, items), nil
+	}
+	if r := results[0]; r.Error != "" {
+		return singleFailure("verify", r)
+	}
+	return &logical.Response{Data: map[string]interface{}{"valid": *results[0].Valid}}, nil
+}
+
+// isHMACVerify tells an HMAC check from a signature check: the request, or
+// its first batch item, carries hmac.
+func isHMACVerify(d *framework.FieldData) bool {
+	if v, ok := d.GetOk("hmac"); ok && v.(string) != "" {
+		return true
+	}
+	if raw, ok := d.GetOk("batch_input"); ok {
+		if list, ok := raw.([]interface{}); ok && len(list) > 0 {
+			if m, ok := list[0].(map[string]interface{}); ok {
+				_, has := m["hmac"]
+				return has
+			}
+		}
+	}
+	return false
+}
+
+func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opVerify, []string{"input", "hmac", "reference"})
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	results, msg := b.verifyHMACItems(ctx, client, k, d, items)
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	b.stats.add("verify_hmac", int64(len(items)))
 	if batch {
 		return okBatchResponse(results, items), nil
 	}

@@ -3,6 +3,7 @@ package hsm
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"os"
@@ -426,5 +427,31 @@ func TestRandom(t *testing.T) {
 	}
 	if _, err := c.Random(context.Background(), MaxRandom+1); !errors.Is(err, ErrInvalidInput) {
 		t.Fatalf("too many bytes: %v", err)
+	}
+}
+
+func TestHMACInTheToken(t *testing.T) {
+	c := openClient(t, tokenA, 2)
+	ctx := context.Background()
+	id, err := c.NewObjectID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.GenerateHMACKey(ctx, id, "hmac-test", 512, Usage{Sign: true, Verify: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		a, err := c.HMAC(ctx, id, h, []byte("data"))
+		if err != nil {
+			t.Fatalf("%v: %v", h, err)
+		}
+		b, _ := c.HMAC(ctx, id, h, []byte("data"))
+		other, _ := c.HMAC(ctx, id, h, []byte("datA"))
+		if len(a) != h.Size() || !bytes.Equal(a, b) || bytes.Equal(a, other) {
+			t.Fatalf("%v: %x %x %x", h, a, b, other)
+		}
+	}
+	if err := c.GenerateHMACKey(ctx, id, "x", 100, Usage{}); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("100-bit HMAC key: %v", err)
 	}
 }

@@ -1,0 +1,134 @@
+package hsmkms
+
+import (
+	"context"
+	"encoding/base64"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const (
+	defaultDatakeyBits = 256
+	minDatakeyBits     = 64
+	maxDatakeyBits     = 4096
+)
+
+func datakeyFields() map[string]*framework.FieldSchema {
+	fields := contextFields()
+	delete(fields, "batch_input")
+	delete(fields, "partial_failure_response_code")
+	fields["name"] = nameField
+	return fields
+}
+
+func (b *backend) pathDatakey() *framework.Path {
+	fields := datakeyFields()
+	fields["plaintext"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "'plaintext' returns the data key and its ciphertext; 'wrapped' returns only the ciphertext.",
+	}
+	fields["bits"] = &framework.FieldSchema{
+		Type:        framework.TypeInt,
+		Description: "Length of the data key in bits: 64 to 4096, a multiple of 8. Default 256.",
+		Default:     defaultDatakeyBits,
+	}
+	fields["key_version"] = &framework.FieldSchema{
+		Type:        framework.TypeInt,
+		Description: "Key version to wrap with; 0 (default) means the latest.",
+	}
+	return &framework.Path{
+		Pattern:      "datakey/(?P<plaintext>plaintext|wrapped)/" + keyNamePattern,
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "generate", OperationSuffix: "data-key"},
+		Fields:       fields,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathDatakeyWrite, Summary: "Make a data key from the HSM's RNG, wrapped by a key."},
+		},
+		HelpSynopsis: "Generate a data key for envelope encryption.",
+		HelpDescription: `
+Draws a data key from the HSM's RNG and encrypts it with the key (AES-GCM in
+the HSM), as encrypt would: the ciphertext decrypts with datakey/decrypt and
+with decrypt. Use the plaintext key to encrypt large data locally, keep only
+the ciphertext, and forget the plaintext key. Needs the key's wrapKey
+operation. The context fields bind as in encrypt.
+
+    $ vault write -f kms/datakey/plaintext/app1 bits=256
+`,
+	}
+}
+
+func (b *backend) pathDatakeyDecrypt() *framework.Path {
+	fields := datakeyFields()
+	fields["ciphertext"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "The data key's ciphertext as datakey returned it.",
+	}
+	return &framework.Path{
+		Pattern:      "datakey/decrypt/" + keyNamePattern,
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "decrypt", OperationSuffix: "data-key"},
+		Fields:       fields,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathDatakeyDecryptWrite, Summary: "Unwrap a data key."},
+		},
+		HelpSynopsis: "Decrypt (unwrap) a data key made by datakey.",
+		HelpDescription: `
+Returns the plaintext of a data key's ciphertext. Needs the key's unwrapKey
+operation and the same context fields the data key was made with.
+`,
+	}
+}
+
+func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	bits := d.Get("bits").(int)
+	if bits < minDatakeyBits || bits > maxDatakeyBits || bits%8 != 0 {
+		return logical.ErrorResponse("bits must be between %d and %d and a multiple of 8, not %d", minDatakeyBits, maxDatakeyBits, bits), logical.ErrInvalidRequest
+	}
+	client, _, k, items, _, resp, err := b.cryptoRequest(ctx, req, d, opWrapKey, []string{"context", "associated_data", "encryption_context", "key_version"})
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	if k.keyType().family != familyAES {
+		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
+	}
+	item := items[0]
+	aad, err := itemAAD(item)
+	if err != nil {
+		return singleFailure("datakey", itemFailure(err))
+	}
+	version, kv, msg := k.encryptionVersion(item.KeyVersion)
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	dataKey, err := client.Random(ctx, bits/8)
+	if err != nil {
+		return respondError("datakey", err)
+	}
+	defer clear(dataKey)
+	blob, err := client.EncryptGCM(ctx, kv.ObjectID, dataKey, aad)
+	if err != nil {
+		return respondError("datakey", err)
+	}
+	b.stats.count("datakey")
+	data := map[string]interface{}{"ciphertext": formatCiphertext(version, blob), "key_version": version}
+	if d.Get("plaintext").(string) == "plaintext" {
+		data["plaintext"] = base64.StdEncoding.EncodeToString(dataKey)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, _, k, items, _, resp, err := b.cryptoRequest(ctx, req, d, opUnwrapKey, []string{"ciphertext", "context", "associated_data", "encryption_context"})
+	if resp != nil || err != nil {
+		return resp, err
+	}
+	if k.keyType().family != familyAES {
+		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
+	}
+	plaintext, err := b.decryptItem(ctx, client, k, items[0])
+	if err != nil {
+		return singleFailure("datakey decrypt", itemFailure(err))
+	}
+	defer clear(plaintext)
+	b.stats.count("datakey_decrypt")
+	return &logical.Response{Data: map[string]interface{}{"plaintext": base64.StdEncoding.EncodeToString(plaintext)}}, nil
+}

@@ -1,0 +1,185 @@
+package hsmkms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// minAutoRotatePeriod is Transit's floor for automatic rotation.
+const minAutoRotatePeriod = time.Hour
+
+func (b *backend) pathKeyRotate() *framework.Path {
+	return &framework.Path{
+		Pattern:      "keys/" + keyNamePattern + "/rotate",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "rotate", OperationSuffix: "key"},
+		Fields:       map[string]*framework.FieldSchema{"name": nameField},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyRotateWrite, Summary: "Make a new version of a key: a new HSM object."},
+		},
+		HelpSynopsis: "Rotate a key: its new version is a new HSM object.",
+		HelpDescription: `
+Creates a new HSM object (or key pair) as the key's latest version. Encrypt
+and sign use it from then on; older versions still decrypt and verify down to
+min_decryption_version. rewrap moves ciphertexts to the latest version.
+
+    $ vault write -f kms/keys/app1/rotate
+`,
+	}
+}
+
+func (b *backend) pathKeyConfig() *framework.Path {
+	return &framework.Path{
+		Pattern:      "keys/" + keyNamePattern + "/config",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "configure", OperationSuffix: "key"},
+		Fields: map[string]*framework.FieldSchema{
+			"name": nameField,
+			"min_decryption_version": {
+				Type:        framework.TypeInt,
+				Description: "Oldest version that may still decrypt or verify, 1 to latest_version. Older ciphertexts are refused.",
+			},
+			"min_encryption_version": {
+				Type:        framework.TypeInt,
+				Description: "Oldest version a caller may pick with key_version to encrypt or sign; 0 means any. Must be 0 or at least min_decryption_version.",
+			},
+			"deletion_allowed": {
+				Type:        framework.TypeBool,
+				Description: "Transit's flag, kept for Transit clients; deletion here needs the key to be deactivated.",
+			},
+			"auto_rotate_period": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Rotate automatically once the latest version is this old; 0 disables, otherwise at least 1h.",
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyConfigWrite, Summary: "Set a key's minimum versions and rotation."},
+		},
+		HelpSynopsis: "Configure a key's versions and automatic rotation.",
+		HelpDescription: `
+Sets min_decryption_version (older ciphertexts and signatures are refused),
+min_encryption_version, deletion_allowed and auto_rotate_period. Automatic
+rotation runs in the background from the latest version's creation time, so
+it carries on across restarts.
+
+    $ vault write kms/keys/app1/config min_decryption_version=2 auto_rotate_period=720h
+`,
+	}
+}
+
+func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	client, _, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("rotate", err)
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil {
+		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+	}
+	if k.State != stateActive {
+		return logical.ErrorResponse("key %q is deactivated; activate it before rotating", name), logical.ErrInvalidRequest
+	}
+	if err := b.addVersionLocked(ctx, req.Storage, client, k); err != nil {
+		return respondError(fmt.Sprintf("rotate key %q", name), err)
+	}
+	b.stats.count("rotate")
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil {
+		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+	}
+	if v, ok := d.GetOk("min_decryption_version"); ok {
+		k.MinDecryptionVersion = v.(int)
+	}
+	if v, ok := d.GetOk("min_encryption_version"); ok {
+		k.MinEncryptionVersion = v.(int)
+	}
+	if v, ok := d.GetOk("deletion_allowed"); ok {
+		k.DeletionAllowed = v.(bool)
+	}
+	if v, ok := d.GetOk("auto_rotate_period"); ok {
+		k.AutoRotatePeriod = time.Duration(v.(int)) * time.Second
+	}
+	switch {
+	case k.MinDecryptionVersion < 1 || k.MinDecryptionVersion > k.LatestVersion:
+		return logical.ErrorResponse("min_decryption_version must be between 1 and the latest version, %d", k.LatestVersion), logical.ErrInvalidRequest
+	case k.MinEncryptionVersion < 0 || k.MinEncryptionVersion > k.LatestVersion:
+		return logical.ErrorResponse("min_encryption_version must be 0 or a version up to the latest, %d", k.LatestVersion), logical.ErrInvalidRequest
+	case k.MinEncryptionVersion != 0 && k.MinEncryptionVersion < k.MinDecryptionVersion:
+		return logical.ErrorResponse("min_encryption_version (%d) must be 0 or at least min_decryption_version (%d)", k.MinEncryptionVersion, k.MinDecryptionVersion), logical.ErrInvalidRequest
+	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < minAutoRotatePeriod:
+		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
+	}
+	if err := storeKey(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// rotateDueKeys is the backend's periodic function: it rotates every active
+// key whose latest version is older than its auto_rotate_period. The age is
+// read from storage, so the schedule survives restarts.
+func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error {
+	conf, err := loadConfig(ctx, req.Storage)
+	if err != nil || conf == nil {
+		return err
+	}
+	names, err := req.Storage.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return fmt.Errorf("listing keys: %w", err)
+	}
+	var errs []error
+	for _, name := range names {
+		if err := b.rotateIfDue(ctx, req.Storage, name); err != nil {
+			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name string) error {
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	k, err := loadKey(ctx, s, name)
+	if err != nil || k == nil || k.AutoRotatePeriod <= 0 || k.State != stateActive {
+		return err
+	}
+	latest := k.Versions[k.LatestVersion]
+	if latest == nil || b.now().Sub(latest.CreationTime) < k.AutoRotatePeriod {
+		return nil
+	}
+	client, _, err := b.hsmClient(ctx, s)
+	if err != nil {
+		return err
+	}
+	if err := b.addVersionLocked(ctx, s, client, k); err != nil {
+		return err
+	}
+	b.stats.count("auto_rotate")
+	b.Logger().Info("rotated key automatically", "key", name, "version", k.LatestVersion)
+	return nil
+}

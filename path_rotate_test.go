@@ -1,0 +1,128 @@
+package hsmkms
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestRotateMinVersionsAndRewrap(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	v1 := encrypt(t, m, "k", "first", map[string]interface{}{"context": b64("c")})
+	m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	resp := m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	if resp.Data["latest_version"] != 3 || len(resp.Data["keys"].(map[string]interface{})) != 3 {
+		t.Fatalf("after two rotations: %v", resp.Data)
+	}
+	if !strings.HasPrefix(encrypt(t, m, "k", "x", nil), "vault:v3:") {
+		t.Fatal("encrypt does not use the latest version")
+	}
+	v2 := encrypt(t, m, "k", "second", map[string]interface{}{"key_version": 2, "context": b64("c")})
+	if !strings.HasPrefix(v2, "vault:v2:") {
+		t.Fatalf("key_version 2 gave %s", v2)
+	}
+	if decrypt(t, m, "k", v1, map[string]interface{}{"context": b64("c")}) != "first" {
+		t.Fatal("v1 no longer decrypts after rotation")
+	}
+	// Each version is its own HSM object.
+	if string(m.objectID("k", 1)) == string(m.objectID("k", 2)) {
+		t.Fatal("rotation reused the HSM object")
+	}
+
+	m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{"min_decryption_version": 2})
+	m.mustFail(logical.UpdateOperation, "decrypt/k", map[string]interface{}{"ciphertext": v1, "context": b64("c")}, "below min_decryption_version 2")
+	if decrypt(t, m, "k", v2, map[string]interface{}{"context": b64("c")}) != "second" {
+		t.Fatal("v2 does not decrypt")
+	}
+
+	resp = m.mustOK(logical.UpdateOperation, "rewrap/k", map[string]interface{}{"ciphertext": v2, "context": b64("c")})
+	v3 := resp.Data["ciphertext"].(string)
+	if !strings.HasPrefix(v3, "vault:v3:") || resp.Data["plaintext"] != nil {
+		t.Fatalf("rewrap: %v", resp.Data)
+	}
+	if decrypt(t, m, "k", v3, map[string]interface{}{"context": b64("c")}) != "second" {
+		t.Fatal("rewrapped ciphertext does not decrypt to the same plaintext")
+	}
+	m.mustFail(logical.UpdateOperation, "rewrap/k", map[string]interface{}{"ciphertext": v2}, "could not be decrypted")
+
+	m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{"min_encryption_version": 3})
+	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x"), "key_version": 2}, "below min_encryption_version 3")
+	for want, data := range map[string]map[string]interface{}{
+		"min_decryption_version must be between 1": {"min_decryption_version": 4},
+		"must be 0 or at least min_decryption":     {"min_decryption_version": 3, "min_encryption_version": 2},
+		"at least 1h0m0s":                          {"auto_rotate_period": 60},
+	} {
+		m.mustFail(logical.UpdateOperation, "keys/k/config", data, want)
+	}
+	m.mustFail(logical.UpdateOperation, "keys/missing/rotate", nil, "no key named")
+}
+
+func TestRotateAsymmetricKeys(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/ec", map[string]interface{}{"type": "ecdsa-p256"})
+	sig1 := m.mustOK(logical.UpdateOperation, "sign/ec", map[string]interface{}{"input": b64("x")}).Data["signature"].(string)
+	m.mustOK(logical.UpdateOperation, "keys/ec/rotate", nil)
+	sig2 := m.mustOK(logical.UpdateOperation, "sign/ec", map[string]interface{}{"input": b64("x")}).Data["signature"].(string)
+	if !strings.HasPrefix(sig2, "vault:v2:") {
+		t.Fatalf("signature after rotation: %s", sig2)
+	}
+	for _, sig := range []string{sig1, sig2} {
+		if m.mustOK(logical.UpdateOperation, "verify/ec", map[string]interface{}{"input": b64("x"), "signature": sig}).Data["valid"] != true {
+			t.Fatalf("%s does not verify", sig)
+		}
+	}
+	exp := m.mustOK(logical.ReadOperation, "export/public-key/ec", nil).Data["keys"].(map[string]string)
+	if len(exp) != 2 || exp["1"] == exp["2"] {
+		t.Fatalf("export after rotation: %v", exp)
+	}
+}
+
+// Automatic rotation runs from the periodic function, judged by a clock the
+// test moves; the schedule lives in storage, so a new backend on the same
+// storage (a restart) keeps it.
+func TestAutoRotationWithATestClock(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/auto", map[string]interface{}{"auto_rotate_period": "1h"})
+	m.mustOK(logical.UpdateOperation, "keys/manual", nil)
+	clock := time.Now()
+	m.b.now = func() time.Time { return clock }
+	periodic := func(b *backend) {
+		t.Helper()
+		if err := b.PeriodicFunc(context.Background(), &logical.Request{Storage: m.storage}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	latest := func(name string) int {
+		return m.mustOK(logical.ReadOperation, "keys/"+name, nil).Data["latest_version"].(int)
+	}
+	clock = clock.Add(59 * time.Minute)
+	periodic(m.b)
+	if latest("auto") != 1 {
+		t.Fatal("rotated before the period ran out")
+	}
+	clock = clock.Add(2 * time.Minute)
+	periodic(m.b)
+	if latest("auto") != 2 || latest("manual") != 1 {
+		t.Fatalf("after the period: auto v%d, manual v%d", latest("auto"), latest("manual"))
+	}
+	periodic(m.b)
+	if latest("auto") != 2 {
+		t.Fatal("rotated twice in one period")
+	}
+
+	// A restarted backend on the same storage picks up the schedule.
+	restarted := newMount(t)
+	restarted.storage = m.storage
+	restarted.b.now = func() time.Time { return clock.Add(61 * time.Minute) }
+	periodic(restarted.b)
+	if latest("auto") != 3 {
+		t.Fatalf("after a restart and another period: v%d", latest("auto"))
+	}
+	if decrypt(t, m, "auto", encrypt(t, m, "auto", "x", nil), nil) != "x" {
+		t.Fatal("automatically rotated key does not work")
+	}
+}

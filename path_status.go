@@ -1,0 +1,54 @@
+package hsmkms
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (b *backend) pathStatus() *framework.Path {
+	return &framework.Path{
+		Pattern:      "status",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "read", OperationSuffix: "status"},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{Callback: b.pathStatusRead, Summary: "The token, the session pool and operation counts."},
+		},
+		HelpSynopsis: "Report the token, the session pool and per-operation counts.",
+		HelpDescription: `
+Returns the token's description, this mount's session pool (size, sessions
+open, in use and idle, waits for a free session, sessions replaced,
+re-initialisations of the module after the HSM went away, failed calls) and
+how many operations of each kind ran since the plugin started. It never shows
+key material or the PIN.
+`,
+	}
+}
+
+func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	data := map[string]interface{}{
+		"operations":     b.stats.snapshot(),
+		"uptime_seconds": int64(time.Since(b.stats.started).Seconds()),
+	}
+	client, _, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		data["hsm"] = "unavailable: " + err.Error()
+		return &logical.Response{Data: data}, nil
+	}
+	data["hsm"] = "available"
+	pool := client.Stats()
+	data["pool"] = map[string]interface{}{
+		"size": pool.Size, "open": pool.Open, "in_use": pool.InUse, "idle": pool.Idle,
+		"waits": pool.Waits, "replaced": pool.Replaced, "reconnects": pool.Reconnects, "errors": pool.Errors,
+	}
+	if info, err := client.TokenInfo(); err == nil {
+		data["token"] = map[string]interface{}{
+			"label": info.Label, "manufacturer": info.Manufacturer, "model": info.Model,
+			"serial_number": info.SerialNumber, "slot": info.Slot,
+		}
+	} else {
+		data["token"] = "unreadable: " + err.Error()
+	}
+	return &logical.Response{Data: data}, nil
+}
