@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -19,14 +20,30 @@ func TestDataSurvivesVaultRestart(t *testing.T) {
 	v.registerAndMount("kms")
 	v.configure("kms")
 	v.cli("write", "kms/keys/durable", "type=aes256-gcm96")
-	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/durable",
-		"plaintext="+b64("survives restarts"), "context="+b64("ctx")))
+	var cts []string
+	for i := 1; i <= 3; i++ {
+		cts = append(cts, strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/durable",
+			"plaintext="+b64(fmt.Sprint("survives restarts ", i)), "context="+b64("ctx"))))
+		if i < 3 {
+			v.cli("write", "-f", "kms/keys/durable/rotate")
+		}
+	}
+	v.cli("write", "kms/keys/signer", "type=ecdsa-p384")
+	sig := strings.TrimSpace(v.cli("write", "-field=signature", "kms/sign/signer", "input="+b64("signed before")))
 	v.stop()
 
 	v2, _, _ := startPersistentVault(t, dataDir, port, unsealKey, rootToken)
-	out := strings.TrimSpace(v2.cli("write", "-field=plaintext", "kms/decrypt/durable", "ciphertext="+ct, "context="+b64("ctx")))
-	if out != b64("survives restarts") {
-		t.Fatalf("after restart: %q", out)
+	for i, ct := range cts {
+		out := strings.TrimSpace(v2.cli("write", "-field=plaintext", "kms/decrypt/durable", "ciphertext="+ct, "context="+b64("ctx")))
+		if out != b64(fmt.Sprint("survives restarts ", i+1)) {
+			t.Fatalf("version %d after restart: %q", i+1, out)
+		}
+	}
+	if out := strings.TrimSpace(v2.cli("write", "-field=valid", "kms/verify/signer", "input="+b64("signed before"), "signature="+sig)); out != "true" {
+		t.Fatalf("signature made before the restart: valid=%s", out)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(v2.cli("write", "-field=ciphertext", "kms/encrypt/durable", "plaintext="+b64("x"))), "vault:v3:") {
+		t.Fatal("the latest version after restart is not v3")
 	}
 	// Config and keys are both still there; the PIN still is not readable.
 	if out := v2.cli("read", "-format=json", "kms/config"); strings.Contains(out, token.PIN) {
