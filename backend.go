@@ -48,6 +48,9 @@ type backend struct {
 	// stats counts operations for the status path.
 	stats *opStats
 
+	// keyCache holds key entries by name; see key_cache.go.
+	keyCache sync.Map
+
 	// publicKeys caches parsed public keys by their DER bytes.
 	publicKeys sync.Map
 
@@ -138,7 +141,9 @@ func (b *backend) resetClient() { b.swapClient(nil, nil) }
 func (b *backend) invalidate(_ context.Context, key string) {
 	if key == configStoragePath {
 		b.resetClient()
+		return
 	}
+	b.invalidateKey(key)
 }
 
 func (b *backend) clean(context.Context) { b.resetClient() }

@@ -119,7 +119,7 @@ func (b *backend) cryptoRequest(ctx context.Context, req *logical.Request, d *fr
 		resp, err := respondError(op, err)
 		return nil, nil, nil, nil, false, resp, err
 	}
-	k, err := loadKey(ctx, req.Storage, name)
+	k, err := b.cachedKey(ctx, req.Storage, name)
 	if err != nil {
 		return nil, nil, nil, nil, false, nil, err
 	}

@@ -45,7 +45,7 @@ func (b *backend) pathExportRead(ctx context.Context, req *logical.Request, d *f
 	if typ := d.Get("type").(string); typ != exportTypePublicKey {
 		return logical.ErrorResponse("export type %q is not available: only public-key; key material never leaves the HSM", typ), logical.ErrInvalidRequest
 	}
-	k, err := loadKey(ctx, req.Storage, name)
+	k, err := b.cachedKey(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}

@@ -166,7 +166,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if msg := checkKeyName(name); msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
-	k, err := loadKey(ctx, req.Storage, name)
+	k, err := b.cachedKey(ctx, req.Storage, name)
 	if err != nil || k == nil {
 		return nil, err
 	}
@@ -376,7 +376,7 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 	}
 	k.Versions[version] = &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), PublicKey: publicKey}
 	k.LatestVersion = version
-	if err := storeKey(ctx, s, k); err != nil {
+	if err := b.saveKey(ctx, s, k); err != nil {
 		delete(k.Versions, version)
 		k.LatestVersion = version - 1
 		b.undoObject(ctx, s, client, walID, id)
@@ -466,8 +466,8 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 			return respondError(fmt.Sprintf("destroy version %d of key %q", v, name), err)
 		}
 	}
-	if err := req.Storage.Delete(ctx, keyStoragePrefix+name); err != nil {
-		return nil, fmt.Errorf("deleting key %q: %w", name, err)
+	if err := b.deleteKey(ctx, req.Storage, name); err != nil {
+		return nil, err
 	}
 	return nil, nil
 }
@@ -489,7 +489,7 @@ func (b *backend) pathKeyState(state string) framework.OperationFunc {
 		}
 		if k.State != state {
 			k.State = state
-			if err := storeKey(ctx, req.Storage, k); err != nil {
+			if err := b.saveKey(ctx, req.Storage, k); err != nil {
 				return nil, err
 			}
 		}

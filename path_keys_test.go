@@ -209,3 +209,18 @@ func (m *testMount) objectID(name string, version int) []byte {
 	}
 	return k.Versions[version].ObjectID
 }
+
+// Another node's change reaches this one through Invalidate.
+func TestInvalidateDropsCachedKeys(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	encrypt(t, m, "k", "x", nil) // cached now
+	k, _ := loadKey(context.Background(), m.storage, "k")
+	k.State = stateDeactivated
+	if err := storeKey(context.Background(), m.storage, k); err != nil {
+		t.Fatal(err)
+	}
+	encrypt(t, m, "k", "still cached", nil)
+	m.b.invalidate(context.Background(), keyStoragePrefix+"k")
+	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x")}, "deactivated")
+}

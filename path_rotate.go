@@ -134,7 +134,7 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < minAutoRotatePeriod:
 		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
 	}
-	if err := storeKey(ctx, req.Storage, k); err != nil {
+	if err := b.saveKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	return &logical.Response{Data: k.keyResponse()}, nil
