@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export CGO_ENABLED := 1
 
-.PHONY: dev test deps vault plugin unit e2e lint clean
+.PHONY: dev test bench deps vault plugin unit e2e lint clean
 
 dev:
 	bash scripts/dev.sh
@@ -20,6 +20,9 @@ plugin:
 test: deps vault
 	bash scripts/test.sh
 
+bench: deps vault
+	bash scripts/bench.sh
+
 unit: deps
 	go test -count=1 ./hsm/... ./internal/... .
 
@@ -31,4 +34,4 @@ lint:
 	go vet ./...
 
 clean:
-	rm -rf bin .dev
+	rm -rf bin .dev bench-results

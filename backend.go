@@ -25,7 +25,11 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 		return nil, err
 	}
 	b := newBackend(allowed)
-	if err := b.Setup(ctx, conf); err != nil {
+	withCache := *conf
+	if conf.System != nil {
+		withCache.System = &cachingSystemView{SystemView: conf.System}
+	}
+	if err := b.Setup(ctx, &withCache); err != nil {
 		return nil, err
 	}
 	return b, nil

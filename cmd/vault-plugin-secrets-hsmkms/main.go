@@ -13,7 +13,14 @@ import (
 	hsmkms "github.com/hsmkms/vault-plugin-secrets-hsmkms"
 )
 
+// pprofAddrEnv, when set at plugin registration (`-env`), serves Go's
+// profiler on that address (loopback only) for performance work.
+const pprofAddrEnv = "HSMKMS_PPROF_ADDR"
+
 func main() {
+	if addr := os.Getenv(pprofAddrEnv); addr != "" {
+		servePprof(addr)
+	}
 	meta := &api.PluginAPIClientMeta{}
 	flags := meta.FlagSet()
 	if err := flags.Parse(os.Args[1:]); err != nil {

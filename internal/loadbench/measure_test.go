@@ -1,0 +1,100 @@
+package loadbench
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	values := make([]time.Duration, 100)
+	for i := range values {
+		values[i] = time.Duration(i+1) * time.Millisecond
+	}
+	if got := Percentile(values, 50); got != 50*time.Millisecond {
+		t.Fatalf("p50 = %v", got)
+	}
+	if got := Percentile(values, 99); got != 99*time.Millisecond {
+		t.Fatalf("p99 = %v", got)
+	}
+	if got := Percentile(values[:1], 99); got != time.Millisecond {
+		t.Fatalf("one value: %v", got)
+	}
+	if Percentile(nil, 50) != 0 {
+		t.Fatal("empty")
+	}
+}
+
+// Run against a real HTTP server: counts, items and errors add up.
+func TestRunCountsOpsItemsAndErrors(t *testing.T) {
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1)%10 == 0 {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.Write([]byte(`{"data":{}}`))
+	}))
+	defer srv.Close()
+	client := NewHTTPClient(srv.URL, "token", 4)
+	res := Run(context.Background(), "test", 4, 200*time.Millisecond, 100, func(ctx context.Context, _ int) error {
+		return client.Post(ctx, "x", []byte(`{}`))
+	})
+	if res.Ops == 0 || res.Errors == 0 {
+		t.Fatalf("ops %d errors %d", res.Ops, res.Errors)
+	}
+	if res.Items != res.Ops*100 || res.ItemsPerSec <= res.OpsPerSec {
+		t.Fatalf("items %d for %d ops", res.Items, res.Ops)
+	}
+	if total := res.Ops + res.Errors; total > calls.Load() || total < calls.Load()-4 {
+		t.Fatalf("ops+errors %d, server saw %d", total, calls.Load())
+	}
+	if !strings.Contains(res.FirstError, "500") || res.P99 < res.P50 {
+		t.Fatalf("result: %+v", res)
+	}
+}
+
+func TestRatiosAndTable(t *testing.T) {
+	fast := Result{Name: "fast", ItemsPerSec: 900}
+	slow := Result{Name: "slow", ItemsPerSec: 1000}
+	if r := ComputeRatio("fast/slow", fast, slow, 0.85); !r.Met || r.Value != 0.9 {
+		t.Fatalf("%+v", r)
+	}
+	if r := ComputeRatio("fast/slow", fast, slow, 0.95); r.Met {
+		t.Fatalf("%+v", r)
+	}
+	failing := Result{Name: "failing", ItemsPerSec: 5000, Errors: 1}
+	if r := ComputeRatio("failing/slow", failing, slow, 1); r.Met {
+		t.Fatal("a scenario with errors met its target")
+	}
+	table := Table([]Result{fast, slow}, []Ratio{ComputeRatio("x", fast, slow, 2)})
+	if !strings.Contains(table, "MISSED") || !strings.Contains(table, "fast") {
+		t.Fatalf("table:\n%s", table)
+	}
+}
+
+func TestSoakGrowthAndRatios(t *testing.T) {
+	at := func(m int, mib int64) SoakSample {
+		return SoakSample{At: time.Duration(m) * time.Minute, RSSBytes: mib << 20, OpenSessions: 3}
+	}
+	samples := []SoakSample{at(0, 50), at(1, 80), at(2, 100), at(3, 102), at(4, 104), at(5, 105)}
+	if g := growthOverLast(samples, 3*time.Minute); g < 0.049 || g > 0.051 {
+		t.Fatalf("growth %v, want 0.05 (100 -> 105 MiB)", g)
+	}
+	if g := growthOverLast(samples[:3], 3*time.Minute); g != -1 {
+		t.Fatalf("a 2-minute soak gave growth %v", g)
+	}
+	rep := SoakReport{PoolSize: 4, MaxOpenSessions: 5, RSSGrowthLast3Min: 0.2}
+	r := rep.Ratios()
+	if r[0].Met || r[1].Met {
+		t.Fatalf("20%% growth and 5 of 4 sessions passed: %+v", r)
+	}
+	rep = SoakReport{PoolSize: 4, MaxOpenSessions: 4, RSSGrowthLast3Min: 0.05}
+	if r := rep.Ratios(); !r[0].Met || !r[1].Met {
+		t.Fatalf("%+v", r)
+	}
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make bench`: the plugin against the raw HSM and Vault's Transit, in one
+# run, on one SoftHSM2 token and one dev Vault (the binary the tests use).
+# Prints a table and writes bench-results/bench.json. Settings, all optional:
+#   HSMKMS_BENCH_CONCURRENCY (8), HSMKMS_BENCH_DURATION (5s per scenario),
+#   HSMKMS_BENCH_SOAK (5m of mixed load; 0 skips it), HSMKMS_BENCH_PORT (18200).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+# shellcheck source=lib.sh
+source scripts/lib.sh
+
+bash scripts/deps.sh
+vault_bin=$(bash scripts/build-vault.sh)
+build_plugin
+CGO_ENABLED=1 go build -o bin/hsmkms-bench ./cmd/hsmkms-bench
+mkdir -p bench-results
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/hsmkms-bench.XXXXXX")
+vault_pid=""
+cleanup() {
+  [[ -n $vault_pid ]] && { kill "$vault_pid" 2>/dev/null || true; wait "$vault_pid" 2>/dev/null || true; }
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== in-process handler benchmarks" >&2
+go test -count=1 -run '^$' -bench 'Handler|HSM' -benchtime 2s . | tee bench-results/gobench.txt >&2
+
+conf=$(bash scripts/make-token.sh "$work/softhsm" bench)
+library=$(softhsm_library)
+port=${HSMKMS_BENCH_PORT:-18200}
+export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN=bench-root
+printf 'plugin_directory = "%s"\n' "$root/bin" >"$work/vault.hcl"
+SOFTHSM2_CONF="$conf" "$vault_bin" server -dev -dev-root-token-id="$VAULT_TOKEN" \
+  -dev-listen-address="127.0.0.1:$port" -config="$work/vault.hcl" >"$work/vault.log" 2>&1 &
+vault_pid=$!
+for _ in $(seq 1 100); do
+  "$vault_bin" status >/dev/null 2>&1 && break
+  kill -0 "$vault_pid" 2>/dev/null || { cat "$work/vault.log" >&2; exit 1; }
+  sleep 0.2
+done
+sha=$(sha256sum bin/vault-plugin-secrets-hsmkms | cut -d' ' -f1)
+"$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms secret hsmkms >/dev/null
+"$vault_bin" secrets enable -path=kms hsmkms >/dev/null
+"$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0 >/dev/null 2>&1
+plugin_pid=$(pgrep -P "$vault_pid" -f vault-plugin-secrets-hsmkms | head -1 || true)
+
+echo "== through Vault (plugin pid ${plugin_pid:-unknown})" >&2
+SOFTHSM2_CONF="$conf" bin/hsmkms-bench -library "$library" -token-label bench -pin-file "$work/softhsm/pin" \
+  -concurrency "${HSMKMS_BENCH_CONCURRENCY:-8}" -duration "${HSMKMS_BENCH_DURATION:-5s}" \
+  -soak "${HSMKMS_BENCH_SOAK:-5m}" -plugin-pid "${plugin_pid:-0}" \
+  -gobench bench-results/gobench.txt -out bench-results/bench.json | tee bench-results/table.txt
+echo "JSON: bench-results/bench.json" >&2
