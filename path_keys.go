@@ -474,19 +474,11 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 
 func (b *backend) pathKeyState(state string) framework.OperationFunc {
 	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-		name := d.Get("name").(string)
-		if msg := checkKeyName(name); msg != "" {
-			return logical.ErrorResponse(msg), logical.ErrInvalidRequest
-		}
-		b.keysMu.Lock()
-		defer b.keysMu.Unlock()
-		k, err := loadKey(ctx, req.Storage, name)
-		if err != nil {
-			return nil, err
-		}
+		k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
 		if k == nil {
-			return logical.ErrorResponse("no key named %q", name), logical.ErrInvalidRequest
+			return resp, err
 		}
+		defer unlock()
 		if k.State != state {
 			k.State = state
 			if err := b.saveKey(ctx, req.Storage, k); err != nil {
@@ -495,6 +487,26 @@ func (b *backend) pathKeyState(state string) framework.OperationFunc {
 		}
 		return &logical.Response{Data: k.keyResponse()}, nil
 	}
+}
+
+// lockKeyForChange checks the name, takes keysMu and loads a fresh copy of
+// the key from storage for a handler to change. When the key is nil the
+// handler returns resp and err as they are (nothing is locked then).
+func (b *backend) lockKeyForChange(ctx context.Context, req *logical.Request, d *framework.FieldData) (*keyEntry, func(), *logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return nil, nil, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	b.keysMu.Lock()
+	k, err := loadKey(ctx, req.Storage, name)
+	if err != nil || k == nil {
+		b.keysMu.Unlock()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return nil, nil, logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+	}
+	return k, b.keysMu.Unlock, nil, nil
 }
 
 const pathKeysHelpSyn = `Create, read and delete keys that live in the HSM.`

@@ -71,47 +71,31 @@ it carries on across restarts.
 }
 
 func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
-	}
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		return respondError("rotate", err)
 	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	k, err := loadKey(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
+	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
 	if k == nil {
-		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+		return resp, err
 	}
+	defer unlock()
 	if k.State != stateActive {
-		return logical.ErrorResponse("key %q is deactivated; activate it before rotating", name), logical.ErrInvalidRequest
+		return logical.ErrorResponse("key %q is deactivated; activate it before rotating", k.Name), logical.ErrInvalidRequest
 	}
 	if err := b.addVersionLocked(ctx, req.Storage, client, k); err != nil {
-		return respondError(fmt.Sprintf("rotate key %q", name), err)
+		return respondError(fmt.Sprintf("rotate key %q", k.Name), err)
 	}
 	b.stats.count("rotate")
 	return &logical.Response{Data: k.keyResponse()}, nil
 }
 
 func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
-	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	k, err := loadKey(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
+	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
 	if k == nil {
-		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
+		return resp, err
 	}
+	defer unlock()
 	if v, ok := d.GetOk("min_decryption_version"); ok {
 		k.MinDecryptionVersion = v.(int)
 	}

@@ -47,15 +47,11 @@ func (c *Client) EncryptGCM(ctx context.Context, id, plaintext, aad []byte) ([]b
 	}
 	var sealed []byte
 	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
+		params, err := c.initGCM(p11, sh, id, iv, aad, p11.EncryptInit, "C_EncryptInit")
 		if err != nil {
 			return err
 		}
-		params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
 		defer params.Free()
-		if err := p11.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
-			return call("C_EncryptInit", err)
-		}
 		out, err := p11.Encrypt(sh, plaintext)
 		if err != nil {
 			return call("C_Encrypt", err)
@@ -74,6 +70,23 @@ func (c *Client) EncryptGCM(ctx context.Context, id, plaintext, aad []byte) ([]b
 	return append(out, sealed...), nil
 }
 
+// initGCM starts an AES-GCM operation (init is C_EncryptInit or
+// C_DecryptInit) with the key id; the caller frees the parameters after the
+// operation.
+func (c *Client) initGCM(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, id, iv, aad []byte,
+	init func(pkcs11.SessionHandle, []*pkcs11.Mechanism, pkcs11.ObjectHandle) error, name string) (*pkcs11.GCMParams, error) {
+	key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
+	if err != nil {
+		return nil, err
+	}
+	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
+	if err := init(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+		params.Free()
+		return nil, call(name, err)
+	}
+	return params, nil
+}
+
 // DecryptGCM reverses EncryptGCM. Lengths are checked before anything is
 // sliced; any authentication failure is ErrDecrypt, with no detail.
 func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, error) {
@@ -86,15 +99,11 @@ func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 	iv, sealed := blob[:GCMIVLen], blob[GCMIVLen:]
 	var plaintext []byte
 	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
+		params, err := c.initGCM(p11, sh, id, iv, aad, p11.DecryptInit, "C_DecryptInit")
 		if err != nil {
 			return err
 		}
-		params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
 		defer params.Free()
-		if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
-			return call("C_DecryptInit", err)
-		}
 		out, err := p11.Decrypt(sh, sealed)
 		if err != nil {
 			if classify(err) == classCaller || authFailureAsGeneralError(p11, sh, err) {

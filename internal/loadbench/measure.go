@@ -146,9 +146,9 @@ func ComputeRatio(name string, num, den Result, target float64) Ratio {
 
 // Table renders results and ratios as aligned text.
 func Table(results []Result, ratios []Ratio) string {
-	out := fmt.Sprintf("%-44s %5s %10s %12s %10s %10s %7s\n", "scenario", "conc", "ops/s", "items/s", "p50", "p99", "errors")
+	out := fmt.Sprintf("%-58s %5s %10s %12s %10s %10s %7s\n", "scenario", "conc", "ops/s", "items/s", "p50", "p99", "errors")
 	for _, r := range results {
-		out += fmt.Sprintf("%-44s %5d %10.0f %12.0f %10s %10s %7d\n", r.Name, r.Concurrency, r.OpsPerSec, r.ItemsPerSec,
+		out += fmt.Sprintf("%-58s %5d %10.0f %12.0f %10s %10s %7d\n", r.Name, r.Concurrency, r.OpsPerSec, r.ItemsPerSec,
 			round(r.P50), round(r.P99), r.Errors)
 	}
 	if len(ratios) > 0 {
