@@ -17,22 +17,8 @@ import (
 var testToken, otherToken *softhsmtest.Token
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hsmkms-backend-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	testToken, err = softhsmtest.New(dir, "backend-a", "4321")
-	if err == nil {
-		otherToken, err = softhsmtest.New(dir, "backend-b", "8765")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "making SoftHSM tokens:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(softhsmtest.RunWithTokens(m, func(t []*softhsmtest.Token) { testToken, otherToken = t[0], t[1] },
+		softhsmtest.Spec{Label: "backend-a", PIN: "4321"}, softhsmtest.Spec{Label: "backend-b", PIN: "8765"}))
 }
 
 // testMount is one mount of the backend with its own in-memory storage.

@@ -121,7 +121,7 @@ func TestEnvelopeEncryptionOfALargeFile(t *testing.T) {
 	}
 }
 
-func sealFile(t *testing.T, key, plaintext []byte) []byte {
+func newGCM(t *testing.T, key []byte) cipher.AEAD {
 	t.Helper()
 	block, err := aes.NewCipher(key)
 	if err != nil {
@@ -131,6 +131,12 @@ func sealFile(t *testing.T, key, plaintext []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return gcm
+}
+
+func sealFile(t *testing.T, key, plaintext []byte) []byte {
+	t.Helper()
+	gcm := newGCM(t, key)
 	nonce := make([]byte, gcm.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {
 		t.Fatal(err)
@@ -140,89 +146,10 @@ func sealFile(t *testing.T, key, plaintext []byte) []byte {
 
 func openFile(t *testing.T, key, sealed []byte) []byte {
 	t.Helper()
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gcm, err := cipher.NewGCM(block)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gcm := newGCM(t, key)
 	out, err := gcm.Open(nil, sealed[:gcm.NonceSize()], sealed[gcm.NonceSize():], nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
-}
-
-func TestHMACRandomAndStatusThroughVault(t *testing.T) {
-	v := startDevVault(t)
-	v.configure("kms")
-	v.cli("write", "kms/keys/mac", "type=hmac")
-
-	before, err := v.client.Logical().Read("kms/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mac := func() string {
-		return strings.TrimSpace(v.cli("write", "-field=hmac", "kms/hmac/mac", "input="+b64("stable input")))
-	}
-	h1 := mac()
-	if h1 != mac() {
-		t.Fatal("HMAC of the same input changed")
-	}
-	verify := func(h string) bool {
-		secret, err := v.client.Logical().Write("kms/verify/mac", map[string]interface{}{"input": b64("stable input"), "hmac": h})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return secret.Data["valid"].(bool)
-	}
-	if !verify(h1) {
-		t.Fatal("HMAC does not verify")
-	}
-	v.cli("write", "-f", "kms/keys/mac/rotate")
-	h2 := mac()
-	if !strings.HasPrefix(h2, "vault:v2:") || h2 != mac() || h2[9:] == h1[9:] || !verify(h1) || !verify(h2) {
-		t.Fatalf("after rotation: %s %s", h1, h2)
-	}
-
-	seen := map[string]bool{}
-	for i := 0; i < 1000; i++ {
-		secret, err := v.client.Logical().Write("kms/random/32", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := secret.Data["random_bytes"].(string)
-		raw, _ := base64.StdEncoding.DecodeString(r)
-		if len(raw) != 32 || seen[r] {
-			t.Fatalf("call %d: %d bytes, repeated %v", i, len(raw), seen[r])
-		}
-		seen[r] = true
-	}
-	if out := strings.TrimSpace(v.cli("write", "-field=random_bytes", "kms/random", "bytes=100", "format=hex")); len(out) != 200 {
-		t.Fatalf("hex random: %q", out)
-	}
-
-	after, err := v.client.Logical().Read("kms/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	count := func(s map[string]interface{}, op string) int64 {
-		ops, _ := s["operations"].(map[string]interface{})
-		num, _ := ops[op].(json.Number)
-		n, _ := num.Int64()
-		return n
-	}
-	if count(after.Data, "random") < count(before.Data, "random")+1001 || count(after.Data, "hmac") < count(before.Data, "hmac")+4 {
-		t.Fatalf("status did not move: %v -> %v", before.Data["operations"], after.Data["operations"])
-	}
-	pool := after.Data["pool"].(map[string]interface{})
-	if pool["size"].(json.Number).String() != "16" || pool["open"].(json.Number).String() == "0" {
-		t.Fatalf("pool: %v", pool)
-	}
-	whole, _ := json.Marshal(after.Data)
-	if strings.Contains(string(whole), token.PIN) {
-		t.Fatal("status shows the PIN")
-	}
 }

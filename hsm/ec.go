@@ -79,13 +79,9 @@ func readECPublic(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 	if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 {
 		point = inner
 	}
-	size := (curve.Params().BitSize + 7) / 8
-	if len(point) != 1+2*size || point[0] != 4 {
-		return nil, fmt.Errorf("CKA_EC_POINT is not an uncompressed point on %s", curve.Params().Name)
-	}
-	pub := &ecdsa.PublicKey{Curve: curve, X: new(big.Int).SetBytes(point[1 : 1+size]), Y: new(big.Int).SetBytes(point[1+size:])}
-	if !curve.IsOnCurve(pub.X, pub.Y) {
-		return nil, fmt.Errorf("CKA_EC_POINT is not on %s", curve.Params().Name)
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+	if err != nil {
+		return nil, fmt.Errorf("CKA_EC_POINT is not an uncompressed point on %s: %w", curve.Params().Name, err)
 	}
 	return pub, nil
 }

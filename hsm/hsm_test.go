@@ -18,22 +18,8 @@ import (
 var tokenA, tokenB *softhsmtest.Token
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hsm-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	tokenA, err = softhsmtest.New(dir, "hsm-a", "1234")
-	if err == nil {
-		tokenB, err = softhsmtest.New(dir, "hsm-b", "5678")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "making SoftHSM tokens:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(softhsmtest.RunWithTokens(m, func(t []*softhsmtest.Token) { tokenA, tokenB = t[0], t[1] },
+		softhsmtest.Spec{Label: "hsm-a", PIN: "1234"}, softhsmtest.Spec{Label: "hsm-b", PIN: "5678"}))
 }
 
 func openClient(t *testing.T, tok *softhsmtest.Token, poolSize int) *Client {

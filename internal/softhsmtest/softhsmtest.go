@@ -72,3 +72,27 @@ func New(dir, label, pin string) (*Token, error) {
 	}
 	return t, nil
 }
+
+// Spec names a token to make: its label and PIN.
+type Spec struct{ Label, PIN string }
+
+// RunWithTokens is a TestMain body: it makes the tokens in a fresh
+// directory, hands them to use, runs the tests and removes the directory. A
+// machine without SoftHSM2 fails here rather than skipping.
+func RunWithTokens(m interface{ Run() int }, use func([]*Token), specs ...Spec) int {
+	dir, err := os.MkdirTemp("", "hsmkms-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	tokens := make([]*Token, len(specs))
+	for i, s := range specs {
+		if tokens[i], err = New(dir, s.Label, s.PIN); err != nil {
+			fmt.Fprintln(os.Stderr, "making SoftHSM tokens:", err)
+			return 1
+		}
+	}
+	use(tokens)
+	return m.Run()
+}
