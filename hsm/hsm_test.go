@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -293,29 +294,49 @@ func TestReinitialisesAfterModuleWentAway(t *testing.T) {
 	}
 }
 
+// 24 goroutines share 3 sessions; each call holds its session for a moment,
+// so callers must queue. The pool never opens more than its size and
+// never hands one session to two callers at once.
 func TestPoolNeverExceedsItsSize(t *testing.T) {
 	const size = 3
 	c := openClient(t, tokenA, size)
-	id := newAESKey(t, c, 256)
 	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		errs    []error
-		maxOpen int
+		wg                sync.WaitGroup
+		mu                sync.Mutex
+		errs              []error
+		running, maxRun   int
+		maxOpen           int
+		holders           = map[pkcs11.SessionHandle]bool{}
+		sharedConcurrency bool
 	)
 	for g := 0; g < 24; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < 20; i++ {
-				_, err := c.EncryptGCM(context.Background(), id, []byte("load"), []byte("aad"))
-				open := c.Stats().Open
-				mu.Lock()
+			for i := 0; i < 10; i++ {
+				err := c.do(context.Background(), func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+					mu.Lock()
+					running++
+					maxRun = max(maxRun, running)
+					maxOpen = max(maxOpen, c.Stats().Open)
+					if holders[sh] {
+						sharedConcurrency = true
+					}
+					holders[sh] = true
+					mu.Unlock()
+					_, err := p11.GenerateRandom(sh, 16)
+					time.Sleep(time.Millisecond) // hold the session so others queue
+					mu.Lock()
+					running--
+					delete(holders, sh)
+					mu.Unlock()
+					return err
+				})
 				if err != nil {
+					mu.Lock()
 					errs = append(errs, err)
+					mu.Unlock()
 				}
-				maxOpen = max(maxOpen, open)
-				mu.Unlock()
 			}
 		}()
 	}
@@ -323,11 +344,14 @@ func TestPoolNeverExceedsItsSize(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("%d errors, first: %v", len(errs), errs[0])
 	}
-	if maxOpen > size {
-		t.Fatalf("open sessions reached %d, pool size %d", maxOpen, size)
+	if maxOpen > size || maxRun > size {
+		t.Fatalf("open sessions reached %d and concurrent calls %d; pool size %d", maxOpen, maxRun, size)
 	}
-	if c.Stats().Waits == 0 {
-		t.Fatalf("24 goroutines on 3 sessions never waited: %+v", c.Stats())
+	if sharedConcurrency {
+		t.Fatal("one session was used by two callers at once")
+	}
+	if st := c.Stats(); st.Waits == 0 || st.InUse != 0 {
+		t.Fatalf("240 calls holding 3 sessions: %+v", st)
 	}
 }
 
