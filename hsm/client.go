@@ -5,7 +5,6 @@ package hsm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -254,25 +253,4 @@ func (c *Client) TokenInfo() (TokenInfo, error) {
 		Library:        c.mod.path,
 		FirmwareString: fmt.Sprintf("%d.%d", info.FirmwareVersion.Major, info.FirmwareVersion.Minor),
 	}, nil
-}
-
-// HasMechanism reports whether the token lists the mechanism.
-func (c *Client) HasMechanism(mech uint) (bool, error) {
-	c.mod.mu.RLock()
-	defer c.mod.mu.RUnlock()
-	mechs, err := c.mod.ctx.GetMechanismList(c.token.slot)
-	if err != nil {
-		return false, call("C_GetMechanismList", err)
-	}
-	for _, m := range mechs {
-		if m.Mechanism == mech {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// IsCallerError reports whether err was caused by the caller's input.
-func IsCallerError(err error) bool {
-	return errors.Is(err, ErrDecrypt) || errors.Is(err, ErrInvalidInput) || classify(err) == classCaller
 }
