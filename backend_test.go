@@ -11,14 +11,19 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/softhsmtest"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
-var testToken, otherToken *softhsmtest.Token
+// testToken and otherToken are SoftHSM2 tokens; nssToken is an NSS softokn
+// token, for the tests that show the backend on a second implementation.
+var testToken, otherToken, nssToken *tokentest.Token
 
 func TestMain(m *testing.M) {
-	os.Exit(softhsmtest.RunWithTokens(m, func(t []*softhsmtest.Token) { testToken, otherToken = t[0], t[1] },
-		softhsmtest.Spec{Label: "backend-a", PIN: "4321"}, softhsmtest.Spec{Label: "backend-b", PIN: "8765"}))
+	os.Exit(tokentest.RunWithTokens(m, func(t map[tokentest.Kind][]*tokentest.Token) {
+		testToken, otherToken = t[tokentest.SoftHSM2][0], t[tokentest.SoftHSM2][1]
+		nssToken = t[tokentest.NSS][0]
+	},
+		tokentest.Spec{Label: "backend-a", PIN: "4321"}, tokentest.Spec{Label: "backend-b", PIN: "8765"}))
 }
 
 // testMount is one mount of the backend with its own in-memory storage.

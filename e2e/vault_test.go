@@ -23,7 +23,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/softhsmtest"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 const pluginName = "vault-plugin-secrets-hsmkms"
@@ -32,7 +32,7 @@ var (
 	vaultBin   string
 	pluginDir  string
 	pluginSHA  string
-	token      *softhsmtest.Token
+	token      *tokentest.Token
 	libraryDir string // the real directory of SoftHSM's module
 )
 
@@ -73,7 +73,7 @@ func setup(m *testing.M) (int, error) {
 	sum := sha256.Sum256(bin)
 	pluginSHA = hex.EncodeToString(sum[:])
 
-	token, err = softhsmtest.New(filepath.Join(work, "softhsm"), "e2e", "e2e-pin-2468")
+	token, err = tokentest.NewSoftHSM(filepath.Join(work, "softhsm"), "e2e", "e2e-pin-2468")
 	if err != nil {
 		return 1, err
 	}

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -26,7 +27,7 @@ func (c *Client) GenerateAESKey(ctx context.Context, id []byte, label string, bi
 		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
 	}
 	template := secretKeyTemplate(pkcs11.CKK_AES, bits/8, id, label, use)
-	return c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
 		_, err := p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, template)
@@ -34,57 +35,62 @@ func (c *Client) GenerateAESKey(ctx context.Context, id []byte, label string, bi
 	})
 }
 
-// EncryptGCM encrypts plaintext with the AES key id under a fresh random
-// 96-bit IV made here, binding aad, which must not be empty. It returns
-// IV || ciphertext || 128-bit tag.
+// EncryptGCM encrypts plaintext with the AES key id, binding aad, which must
+// not be empty. The plugin draws a fresh 96-bit IV; a token that uses an IV
+// of its own instead has it read back. It returns IV || ciphertext ||
+// 128-bit tag, with the IV the token actually used.
 func (c *Client) EncryptGCM(ctx context.Context, id, plaintext, aad []byte) ([]byte, error) {
 	if len(aad) == 0 {
 		return nil, fmt.Errorf("%w: associated data must not be empty", ErrInvalidInput)
 	}
+	var out []byte
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		out, err = c.sealGCM(p11, sh, key, plaintext, aad)
+		return err
+	})
+	return out, err
+}
+
+// sealGCM runs one AES-GCM encryption with key and returns IV || ciphertext
+// || tag. The IV is the one the token used: ours, the one it wrote into
+// CK_GCM_PARAMS, or the one it appended to its output.
+func (c *Client) sealGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, plaintext, aad []byte) ([]byte, error) {
 	iv := make([]byte, GCMIVLen)
 	if _, err := rand.Read(iv); err != nil {
 		return nil, fmt.Errorf("drawing an IV: %w", err)
 	}
-	var sealed []byte
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		params, err := c.initGCM(p11, sh, id, iv, aad, p11.EncryptInit, "C_EncryptInit")
-		if err != nil {
-			return err
-		}
-		defer params.Free()
-		out, err := p11.Encrypt(sh, plaintext)
-		if err != nil {
-			return call("C_Encrypt", err)
-		}
-		sealed = out
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
+	defer params.Free()
+	if err := p11.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+		return nil, call("C_EncryptInit", err)
 	}
-	if len(sealed) != len(plaintext)+GCMTagLen {
+	sealedLen := len(plaintext) + GCMTagLen
+	sealed, err := p11.EncryptOnce(sh, plaintext, sealedLen+GCMIVLen)
+	if err != nil {
+		return nil, call("C_Encrypt", err)
+	}
+	used, mode := params.IV(), gcmIVCaller
+	switch len(sealed) {
+	case sealedLen:
+		if !bytes.Equal(used, iv) {
+			mode = gcmIVWritten
+		}
+	case sealedLen + GCMIVLen:
+		used, sealed, mode = sealed[sealedLen:], sealed[:sealedLen], gcmIVAppended
+	default:
 		return nil, fmt.Errorf("C_Encrypt returned %d bytes for %d of plaintext; expected a %d-byte tag", len(sealed), len(plaintext), GCMTagLen)
 	}
+	if len(used) != GCMIVLen {
+		return nil, fmt.Errorf("the token used a %d-byte GCM IV; %d expected", len(used), GCMIVLen)
+	}
+	c.token.quirks.noteGCMIV(mode)
 	out := make([]byte, 0, GCMIVLen+len(sealed))
-	out = append(out, iv...)
+	out = append(out, used...)
 	return append(out, sealed...), nil
-}
-
-// initGCM starts an AES-GCM operation (init is C_EncryptInit or
-// C_DecryptInit) with the key id; the caller frees the parameters after the
-// operation.
-func (c *Client) initGCM(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, id, iv, aad []byte,
-	init func(pkcs11.SessionHandle, []*pkcs11.Mechanism, pkcs11.ObjectHandle) error, name string) (*pkcs11.GCMParams, error) {
-	key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
-	if err != nil {
-		return nil, err
-	}
-	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
-	if err := init(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
-		params.Free()
-		return nil, call(name, err)
-	}
-	return params, nil
 }
 
 // DecryptGCM reverses EncryptGCM. Lengths are checked before anything is
@@ -96,26 +102,32 @@ func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 	if len(blob) < GCMIVLen+GCMTagLen {
 		return nil, fmt.Errorf("%w: ciphertext too short", ErrDecrypt)
 	}
-	iv, sealed := blob[:GCMIVLen], blob[GCMIVLen:]
 	var plaintext []byte
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		params, err := c.initGCM(p11, sh, id, iv, aad, p11.DecryptInit, "C_DecryptInit")
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		defer params.Free()
-		out, err := p11.Decrypt(sh, sealed)
-		if err != nil {
-			if classify(err) == classCaller || authFailureAsGeneralError(p11, sh, err) {
-				return fmt.Errorf("%w: %w", ErrDecrypt, err)
-			}
-			return call("C_Decrypt", err)
-		}
-		plaintext = out
-		return nil
+		plaintext, err = c.openGCM(p11, sh, key, blob, aad)
+		return err
 	})
+	return plaintext, err
+}
+
+// openGCM decrypts IV || ciphertext || tag with key.
+func (c *Client) openGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, blob, aad []byte) ([]byte, error) {
+	iv, sealed := blob[:GCMIVLen], blob[GCMIVLen:]
+	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
+	defer params.Free()
+	if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+		return nil, call("C_DecryptInit", err)
+	}
+	plaintext, err := p11.Decrypt(sh, sealed)
 	if err != nil {
-		return nil, err
+		if classify(err) == classCaller || c.authFailureAsGeneralError(p11, sh, err) {
+			return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+		}
+		return nil, call("C_Decrypt", err)
 	}
 	if len(plaintext) != len(sealed)-GCMTagLen {
 		return nil, fmt.Errorf("C_Decrypt returned %d bytes for %d of ciphertext", len(plaintext), len(sealed))
@@ -126,11 +138,12 @@ func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 // authFailureAsGeneralError recognises SoftHSM 2.6.1's answer to a GCM tag
 // that does not verify: CKR_GENERAL_ERROR rather than
 // CKR_ENCRYPTED_DATA_INVALID. It counts as the caller's bad ciphertext only
-// while the session is still healthy, so a failing device is not mistaken
-// for one.
-func authFailureAsGeneralError(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, err error) bool {
+// on a token with that quirk and only while the session is still healthy,
+// so a failing device is never mistaken for one; elsewhere
+// CKR_GENERAL_ERROR is the HSM's failure.
+func (c *Client) authFailureAsGeneralError(p11 PKCS11, sh pkcs11.SessionHandle, err error) bool {
 	code, ok := pkcs11Code(err)
-	if !ok || code != pkcs11.CKR_GENERAL_ERROR {
+	if !ok || code != pkcs11.CKR_GENERAL_ERROR || !c.token.quirks.has("gcm_tag_mismatch_general_error") {
 		return false
 	}
 	_, infoErr := p11.GetSessionInfo(sh)

@@ -21,14 +21,24 @@ const DefaultBorrowTimeout = 30 * time.Second
 type Config struct {
 	// Library is the absolute path of the PKCS#11 module.
 	Library string
+	// InitArgs is passed to C_Initialize in CK_C_INITIALIZE_ARGS.pReserved
+	// (NSS softokn's configuration string); empty for most modules. A
+	// module is initialised once per process, so every client of one
+	// module must give the same InitArgs.
+	InitArgs string
 	// Slot selects the token by slot id when TokenLabel is empty.
 	Slot uint
-	// TokenLabel selects the token by label; it wins over Slot.
+	// TokenLabel selects the token by label; it wins over Slot, and the
+	// token is found again by label after a re-initialisation.
 	TokenLabel string
 	// PIN is the user PIN. Never logged.
 	PIN string
 	// PoolSize is the most sessions the client keeps open at once.
 	PoolSize int
+	// Intercept, for tests, wraps this client's view of the module: every
+	// PKCS#11 call the client makes, including the module's initialisation
+	// and login on its behalf, goes through what it returns.
+	Intercept func(PKCS11) PKCS11
 }
 
 // Client is one user's (one Vault mount's) handle on a token. It shares the
@@ -36,6 +46,7 @@ type Config struct {
 // process and owns a pool of sessions of its own. Safe for concurrent use.
 type Client struct {
 	mod   *module
+	p11   PKCS11 // this client's view of the module
 	token *tokenSession
 	pool  *pool
 
@@ -49,49 +60,21 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.PoolSize < 1 {
 		return nil, fmt.Errorf("%w: pool size must be at least 1", ErrInvalidInput)
 	}
-	mod, err := acquireModule(cfg.Library)
+	mod, p11, err := acquireModule(cfg.Library, cfg.InitArgs, cfg.Intercept)
 	if err != nil {
 		return nil, err
 	}
-	slot, err := findSlot(mod, cfg)
+	token, err := mod.login(p11, cfg)
 	if err != nil {
 		mod.release()
 		return nil, err
 	}
-	token, err := mod.login(slot, cfg.PIN)
-	if err != nil {
-		mod.release()
+	c := &Client{mod: mod, p11: p11, token: token, pool: newPool(cfg.PoolSize), closed: make(chan struct{})}
+	if err := c.token.quirks.identify(c); err != nil {
+		c.Close()
 		return nil, err
 	}
-	return &Client{mod: mod, token: token, pool: newPool(cfg.PoolSize), closed: make(chan struct{})}, nil
-}
-
-func findSlot(mod *module, cfg Config) (uint, error) {
-	mod.mu.RLock()
-	defer mod.mu.RUnlock()
-	slots, err := mod.ctx.GetSlotList(true)
-	if err != nil {
-		return 0, fmt.Errorf("%w: C_GetSlotList: %w", ErrLibrary, err)
-	}
-	for _, slot := range slots {
-		if cfg.TokenLabel == "" {
-			if slot == cfg.Slot {
-				return slot, nil
-			}
-			continue
-		}
-		info, err := mod.ctx.GetTokenInfo(slot)
-		if err != nil {
-			continue
-		}
-		if strings.TrimRight(info.Label, " \x00") == cfg.TokenLabel {
-			return slot, nil
-		}
-	}
-	if cfg.TokenLabel != "" {
-		return 0, fmt.Errorf("%w: no token labelled %q", ErrTokenNotFound, cfg.TokenLabel)
-	}
-	return 0, fmt.Errorf("%w: no token in slot %d", ErrTokenNotFound, cfg.Slot)
+	return c, nil
 }
 
 // Close returns the client's sessions and its share of the login and module.
@@ -102,20 +85,21 @@ func (c *Client) Close() {
 		gen := c.mod.generation
 		c.pool.drain(func(s *session) {
 			if s.generation == gen {
-				_ = c.mod.ctx.CloseSession(s.handle)
+				_ = c.p11.CloseSession(s.handle)
 			}
 		})
 		c.mod.mu.RUnlock()
-		c.mod.logout(c.token)
+		c.mod.logout(c.p11, c.token)
 		c.mod.release()
 	})
 }
 
-// do runs op on a pooled session. A failure of the session is retried once on
-// a fresh session; a failure of the module or token is retried once after
-// re-initialising the module and logging in again; what fails twice is
-// reported as ErrUnavailable.
-func (c *Client) do(ctx context.Context, op func(ctx *pkcs11.Ctx, sh pkcs11.SessionHandle) error) error {
+// do runs op on a pooled session. A broken session is replaced and the call
+// retried once; a module or token that went away (whatever error it
+// answers first: NSS says CKR_SESSION_HANDLE_INVALID, then
+// CKR_SLOT_ID_INVALID) is re-initialised, logged in again and the call
+// retried once. What still fails is reported as ErrUnavailable.
+func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHandle) error) error {
 	select {
 	case <-c.closed:
 		return ErrClosed
@@ -126,54 +110,71 @@ func (c *Client) do(ctx context.Context, op func(ctx *pkcs11.Ctx, sh pkcs11.Sess
 		ctx, cancel = context.WithTimeout(ctx, DefaultBorrowTimeout)
 		defer cancel()
 	}
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		var gen uint64
-		gen, err = c.attempt(ctx, op)
-		switch classify(err) {
+	retried, reinitialised := false, false
+	for {
+		gen, err := c.attempt(ctx, op)
+		class := classify(err)
+		if class == classSession && !c.tokenAnswers() {
+			class = classDevice
+		}
+		switch class {
 		case classNone:
 			return nil
-		case classSession:
+		case classSession, classHandle:
 			c.pool.errors.Add(1)
-			continue
-		case classHandle:
-			c.pool.errors.Add(1)
-			c.token.forgetHandles()
-			continue
+			if class == classHandle {
+				c.token.forgetHandles()
+			}
+			if retried {
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			retried = true
 		case classDevice:
 			c.pool.errors.Add(1)
+			if reinitialised {
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
 			c.pool.reconnects.Add(1)
-			if rerr := c.mod.reinitialise(gen); rerr != nil {
+			if rerr := c.mod.reinitialise(c.p11, gen); rerr != nil {
 				return fmt.Errorf("%w: re-initialising the module: %w (after %w)", ErrUnavailable, rerr, err)
 			}
-			continue
+			reinitialised, retried = true, true
 		default:
 			return err
 		}
 	}
-	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// tokenAnswers reports whether the module still describes the token: a
+// failing session on a healthy token is the session's fault; on a token
+// that no longer answers it is the module's.
+func (c *Client) tokenAnswers() bool {
+	c.mod.mu.RLock()
+	defer c.mod.mu.RUnlock()
+	_, err := c.p11.GetTokenInfo(c.token.slot)
+	return err == nil
 }
 
 // attempt borrows a session, runs op and gives the session back or replaces
 // it. It returns the module generation the attempt ran in.
-func (c *Client) attempt(ctx context.Context, op func(*pkcs11.Ctx, pkcs11.SessionHandle) error) (uint64, error) {
+func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHandle) error) (uint64, error) {
 	c.mod.mu.RLock()
-	loggedIn := c.token.loginOK
+	loggedIn, gen := c.token.loginOK, c.mod.generation
 	c.mod.mu.RUnlock()
 	if !loggedIn {
-		if err := c.mod.relogin(c.token); err != nil {
-			return 0, err
+		if err := c.mod.relogin(c.p11, c.token); err != nil {
+			return gen, err
 		}
 	}
 
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
-	gen := c.mod.generation
+	gen = c.mod.generation
 	s, err := c.borrowCurrent(ctx, gen)
 	if err != nil {
 		return gen, err
 	}
-	err = op(c.mod.ctx, s.handle)
+	err = op(c.p11, s.handle)
 	switch classify(err) {
 	case classNone, classCaller, classHandle:
 		c.pool.giveBack(s)
@@ -181,9 +182,10 @@ func (c *Client) attempt(ctx context.Context, op func(*pkcs11.Ctx, pkcs11.Sessio
 		c.pool.discard(s, c.closeIfCurrent)
 	default:
 		// An unexpected error: keep the session only if the token still
-		// knows it.
-		if _, infoErr := c.mod.ctx.GetSessionInfo(s.handle); infoErr != nil {
+		// knows it; otherwise the session is what failed.
+		if _, infoErr := c.p11.GetSessionInfo(s.handle); infoErr != nil {
 			c.pool.discard(s, c.closeIfCurrent)
+			err = fmt.Errorf("%w (the session is gone: %w)", err, sessionLost{infoErr})
 		} else {
 			c.pool.giveBack(s)
 		}
@@ -197,7 +199,7 @@ func (c *Client) attempt(ctx context.Context, op func(*pkcs11.Ctx, pkcs11.Sessio
 func (c *Client) borrowCurrent(ctx context.Context, gen uint64) (*session, error) {
 	for {
 		s, err := c.pool.borrow(ctx, func() (*session, error) {
-			sh, err := c.mod.ctx.OpenSession(c.token.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+			sh, err := c.p11.OpenSession(c.token.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 			if err != nil {
 				return nil, call("C_OpenSession", err)
 			}
@@ -217,7 +219,7 @@ func (c *Client) borrowCurrent(ctx context.Context, gen uint64) (*session, error
 // has made its handle meaningless. Callers hold mod.mu for reading.
 func (c *Client) closeIfCurrent(s *session) {
 	if s.generation == c.mod.generation {
-		_ = c.mod.ctx.CloseSession(s.handle)
+		_ = c.p11.CloseSession(s.handle)
 	}
 }
 
@@ -239,18 +241,20 @@ type TokenInfo struct {
 func (c *Client) TokenInfo() (TokenInfo, error) {
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
-	info, err := c.mod.ctx.GetTokenInfo(c.token.slot)
+	info, err := c.p11.GetTokenInfo(c.token.slot)
 	if err != nil {
 		return TokenInfo{}, call("C_GetTokenInfo", err)
 	}
-	trim := func(s string) string { return strings.TrimRight(s, " \x00") }
 	return TokenInfo{
-		Label:          trim(info.Label),
-		Manufacturer:   trim(info.ManufacturerID),
-		Model:          trim(info.Model),
-		SerialNumber:   trim(info.SerialNumber),
+		Label:          trimPadded(info.Label),
+		Manufacturer:   trimPadded(info.ManufacturerID),
+		Model:          trimPadded(info.Model),
+		SerialNumber:   trimPadded(info.SerialNumber),
 		Slot:           c.token.slot,
 		Library:        c.mod.path,
 		FirmwareString: fmt.Sprintf("%d.%d", info.FirmwareVersion.Major, info.FirmwareVersion.Minor),
 	}, nil
 }
+
+// trimPadded removes the blank padding of PKCS#11's fixed-size strings.
+func trimPadded(s string) string { return strings.TrimRight(s, " \x00") }

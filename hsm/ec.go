@@ -51,7 +51,7 @@ func (c *Client) GenerateECKeyPair(ctx context.Context, id []byte, label, curve 
 	return pub.(*ecdsa.PublicKey), nil
 }
 
-func readECPublic(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (crypto.PublicKey, error) {
+func readECPublic(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (crypto.PublicKey, error) {
 	attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),

@@ -33,6 +33,12 @@ var (
 	ErrPoolTimeout = errors.New("timed out waiting for an HSM session")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("HSM client closed")
+	// ErrInitArgsConflict: the module is loaded in this process with another
+	// C_Initialize parameter string.
+	ErrInitArgsConflict = errors.New("the PKCS#11 module is loaded with other init_args")
+	// ErrGCMUnusable: the token's AES-GCM failed the self-test, so the
+	// plugin cannot use it without risking ciphertexts it cannot decrypt.
+	ErrGCMUnusable = errors.New("the token's AES-GCM failed the self-test")
 )
 
 // errorClass says what the client does after a PKCS#11 call failed.
@@ -66,6 +72,10 @@ func classify(err error) errorClass {
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLocked) {
 		return classPIN
 	}
+	var lost sessionLost
+	if errors.As(err, &lost) {
+		return classSession
+	}
 	code, ok := pkcs11Code(err)
 	if !ok {
 		return classOther
@@ -92,6 +102,13 @@ func classify(err error) errorClass {
 	}
 	return classOther
 }
+
+// sessionLost marks an unexpected error after which the session itself was
+// found gone: the call is treated as a session failure.
+type sessionLost struct{ err error }
+
+func (e sessionLost) Error() string { return e.err.Error() }
+func (e sessionLost) Unwrap() error { return e.err }
 
 // isSuccess reports the return values that mean "already done".
 func isSuccess(err error) bool {

@@ -24,7 +24,7 @@ func (c *Client) GenerateHMACKey(ctx context.Context, id []byte, label string, b
 		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
 	}
 	template := secretKeyTemplate(pkcs11.CKK_GENERIC_SECRET, bits/8, id, label, use)
-	return c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
 		_, err := p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, template)
@@ -39,7 +39,7 @@ func (c *Client) HMAC(ctx context.Context, id []byte, hash crypto.Hash, data []b
 		return nil, fmt.Errorf("%w: no HMAC mechanism for %v", ErrInvalidInput, hash)
 	}
 	var mac []byte
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err

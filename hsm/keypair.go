@@ -10,9 +10,9 @@ import (
 
 // generateKeyPair runs C_GenerateKeyPair under the token's creation lock and
 // returns the public key read back from the new public object.
-func (c *Client) generateKeyPair(ctx context.Context, mech uint, pubTmpl, privTmpl []*pkcs11.Attribute, readPublic func(*pkcs11.Ctx, pkcs11.SessionHandle, pkcs11.ObjectHandle) (crypto.PublicKey, error)) (crypto.PublicKey, error) {
+func (c *Client) generateKeyPair(ctx context.Context, mech uint, pubTmpl, privTmpl []*pkcs11.Attribute, readPublic func(PKCS11, pkcs11.SessionHandle, pkcs11.ObjectHandle) (crypto.PublicKey, error)) (crypto.PublicKey, error) {
 	var pub crypto.PublicKey
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
 		pubHandle, _, err := p11.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubTmpl, privTmpl)
@@ -28,7 +28,7 @@ func (c *Client) generateKeyPair(ctx context.Context, mech uint, pubTmpl, privTm
 // PublicKey reads the public key of the key pair with CKA_ID id.
 func (c *Client) PublicKey(ctx context.Context, id []byte) (crypto.PublicKey, error) {
 	var pub crypto.PublicKey
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		h, err := c.findObject(p11, sh, id, pkcs11.CKO_PUBLIC_KEY)
 		if err != nil {
 			return err
@@ -53,7 +53,7 @@ func (c *Client) PublicKey(ctx context.Context, id []byte) (crypto.PublicKey, er
 // signRaw signs data (a digest or DigestInfo) with the private key id.
 func (c *Client) signRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism, data []byte) ([]byte, error) {
 	var sig []byte
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_PRIVATE_KEY)
 		if err != nil {
 			return err
@@ -75,7 +75,7 @@ func (c *Client) signRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism,
 // The plugin verifies in Go; this exists so tests can show the two agree.
 func (c *Client) verifyRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism, data, sig []byte) (bool, error) {
 	var valid bool
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_PUBLIC_KEY)
 		if err != nil {
 			return err

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -19,14 +20,30 @@ func (c *Client) NewObjectID(ctx context.Context) ([]byte, error) {
 	return c.Random(ctx, IDLen)
 }
 
+// cachedHandle is an object handle found in generation gen. A handle from
+// an earlier generation (before a re-initialisation) is used again only
+// after the token confirms it still names an object with the same CKA_ID
+// and class: some modules keep handles across C_Finalize, others hand the
+// numbers to other objects.
+type cachedHandle struct {
+	handle pkcs11.ObjectHandle
+	gen    uint64
+}
+
 // findObject returns the handle of the object with CKA_ID id and class
-// class, from the cache when it holds one for the current generation.
-// SoftHSM 2.6.1 looks objects up slowly, so the hot path must not search.
-func (c *Client) findObject(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte, class uint) (pkcs11.ObjectHandle, error) {
+// class, from the cache when it holds one that is still valid. SoftHSM
+// 2.6.1 looks objects up slowly, so the hot path must not search.
+func (c *Client) findObject(p11 PKCS11, sh pkcs11.SessionHandle, id []byte, class uint) (pkcs11.ObjectHandle, error) {
 	key := fmt.Sprintf("%d/%s", class, hex.EncodeToString(id))
 	gen := c.mod.generation // callers hold mod.mu for reading
-	if h, ok := c.token.cachedHandle(key, gen); ok {
-		return h, nil
+	if h, ok := c.token.cachedHandle(key); ok {
+		if h.gen == gen {
+			return h.handle, nil
+		}
+		if handleStillNames(p11, sh, h.handle, id, class) {
+			c.token.cacheHandle(key, cachedHandle{h.handle, gen})
+			return h.handle, nil
+		}
 	}
 	template := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
@@ -50,26 +67,32 @@ func (c *Client) findObject(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte,
 	default:
 		return 0, fmt.Errorf("two objects share CKA_ID %x", id)
 	}
-	c.token.cacheHandle(key, gen, handles[0])
+	c.token.cacheHandle(key, cachedHandle{handles[0], gen})
 	return handles[0], nil
 }
 
-func (ts *tokenSession) cachedHandle(key string, gen uint64) (pkcs11.ObjectHandle, bool) {
+// handleStillNames asks the token whether h is still an object of class
+// with CKA_ID id.
+func handleStillNames(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, id []byte, class uint) bool {
+	attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+	})
+	return err == nil && len(attrs) == 2 && bytes.Equal(attrs[0].Value, id) && bytesToUint(attrs[1].Value) == class
+}
+
+func (ts *tokenSession) cachedHandle(key string) (cachedHandle, bool) {
 	ts.handlesMu.Lock()
 	defer ts.handlesMu.Unlock()
-	if ts.handleGen != gen {
-		return 0, false
-	}
 	h, ok := ts.handles[key]
 	return h, ok
 }
 
-func (ts *tokenSession) cacheHandle(key string, gen uint64, h pkcs11.ObjectHandle) {
+func (ts *tokenSession) cacheHandle(key string, h cachedHandle) {
 	ts.handlesMu.Lock()
 	defer ts.handlesMu.Unlock()
-	if ts.handleGen != gen || ts.handles == nil {
-		ts.handles = map[string]pkcs11.ObjectHandle{}
-		ts.handleGen = gen
+	if ts.handles == nil {
+		ts.handles = map[string]cachedHandle{}
 	}
 	ts.handles[key] = h
 }
@@ -86,7 +109,7 @@ func (c *Client) DestroyObjects(ctx context.Context, id []byte) error {
 	if len(id) == 0 {
 		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
 	}
-	return c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
 		if err := p11.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
@@ -113,7 +136,7 @@ func (c *Client) DestroyObjects(ctx context.Context, id []byte) error {
 // ObjectExists reports whether an object with CKA_ID id exists.
 func (c *Client) ObjectExists(ctx context.Context, id []byte) (bool, error) {
 	var found bool
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		_, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
 		if errors.Is(err, ErrKeyNotFound) {
 			return nil

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"sync"
 
 	"github.com/miekg/pkcs11"
 )
@@ -32,7 +31,7 @@ func (c *Client) GenerateRSAKeyPair(ctx context.Context, id []byte, label string
 	return pub.(*rsa.PublicKey), nil
 }
 
-func readRSAPublic(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (crypto.PublicKey, error) {
+func readRSAPublic(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (crypto.PublicKey, error) {
 	attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
@@ -129,32 +128,49 @@ const (
 	OAEPRawUnpad OAEPMode = "CKM_RSA_X_509 in the token, OAEP-SHA-256 padding removed by the plugin"
 )
 
-type oaepProbe struct {
-	mu   sync.Mutex
-	mode OAEPMode // "" until a probe succeeded
-}
-
-// OAEPMode probes, once per token and process, whether the token does OAEP with
-// SHA-256: it makes a session-only RSA key pair, encrypts a known value with
-// the public key in Go and asks the token to decrypt it. A probe that fails
+// OAEPMode probes, once per token and process, whether the token does OAEP
+// with SHA-256: it makes a session-only RSA key pair, encrypts a known value
+// with the public key in Go and asks the token to decrypt it. Only a clear
+// answer (the mechanism or its parameters refused, or a wrong result)
+// switches the token to raw RSA; a probe that failed for any other reason
 // (the HSM was unreachable) is tried again on the next call.
 func (c *Client) OAEPMode(ctx context.Context) (OAEPMode, error) {
-	c.token.oaep.mu.Lock()
-	defer c.token.oaep.mu.Unlock()
-	if c.token.oaep.mode != "" {
-		return c.token.oaep.mode, nil
+	q := &c.token.quirks
+	q.mu.Lock()
+	mode := q.oaep
+	q.mu.Unlock()
+	if mode != "" {
+		return mode, nil
 	}
 	mode, err := c.probeOAEP(ctx)
 	if err != nil {
 		return "", fmt.Errorf("probing the token's RSA-OAEP: %w", err)
 	}
-	c.token.oaep.mode = mode
+	q.mu.Lock()
+	q.oaep = mode
+	q.mu.Unlock()
 	return mode, nil
+}
+
+// oaepRefused reports the answers by which a token says it has no OAEP
+// with these parameters.
+func oaepRefused(err error) bool {
+	code, ok := pkcs11Code(err)
+	if !ok {
+		return false
+	}
+	switch code {
+	case pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_ARGUMENTS_BAD,
+		pkcs11.CKR_KEY_TYPE_INCONSISTENT, pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
+		pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_DATA_INVALID:
+		return true
+	}
+	return false
 }
 
 func (c *Client) probeOAEP(ctx context.Context) (OAEPMode, error) {
 	var mode OAEPMode
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		pubTmpl := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
 			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
@@ -186,15 +202,21 @@ func (c *Client) probeOAEP(ctx context.Context) (OAEPMode, error) {
 		}
 		params := pkcs11.NewOAEPParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pkcs11.CKZ_DATA_SPECIFIED, nil)
 		if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params)}, privH); err != nil {
-			mode = OAEPRawUnpad
-			return nil
+			if oaepRefused(err) {
+				mode = OAEPRawUnpad
+				return nil
+			}
+			return call("C_DecryptInit (OAEP probe)", err)
 		}
 		got, err := p11.Decrypt(sh, ct)
-		if err != nil || string(got) != string(want) {
+		switch {
+		case err == nil && string(got) == string(want):
+			mode = OAEPInToken
+		case err == nil || oaepRefused(err):
 			mode = OAEPRawUnpad
-			return nil
+		default:
+			return call("C_Decrypt (OAEP probe)", err)
 		}
-		mode = OAEPInToken
 		return nil
 	})
 	return mode, err
@@ -244,7 +266,7 @@ func (c *Client) DecryptRSAPKCS1v15(ctx context.Context, id []byte, pub *rsa.Pub
 
 func (c *Client) decryptRSA(ctx context.Context, id []byte, mech *pkcs11.Mechanism, ciphertext []byte) ([]byte, error) {
 	var out []byte
-	err := c.do(ctx, func(p11 *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_PRIVATE_KEY)
 		if err != nil {
 			return err
@@ -254,7 +276,7 @@ func (c *Client) decryptRSA(ctx context.Context, id []byte, mech *pkcs11.Mechani
 		}
 		plain, err := p11.Decrypt(sh, ciphertext)
 		if err != nil {
-			if classify(err) == classCaller || authFailureAsGeneralError(p11, sh, err) {
+			if classify(err) == classCaller || c.authFailureAsGeneralError(p11, sh, err) {
 				return fmt.Errorf("%w: %w", ErrDecrypt, err)
 			}
 			return call("C_Decrypt", err)

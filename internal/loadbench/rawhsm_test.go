@@ -6,13 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/softhsmtest"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 // The raw-HSM scenarios run against a real SoftHSM token, briefly.
 func TestRawHSMScenarios(t *testing.T) {
 	dir := t.TempDir()
-	tok, err := softhsmtest.New(dir, "bench", "1111")
+	tok, err := tokentest.NewSoftHSM(dir, "bench", "1111")
 	if err != nil {
 		t.Fatal(err)
 	}
