@@ -49,6 +49,10 @@ type backend struct {
 	// now is the clock; tests move it to see automatic rotation happen.
 	now func() time.Time
 
+	// intercept, set by tests only, puts a misbehaving token between the
+	// mount and the PKCS#11 module (hsm.Config.Intercept).
+	intercept func(hsm.PKCS11) hsm.PKCS11
+
 	// stats counts operations for the status path.
 	stats *opStats
 
@@ -120,7 +124,7 @@ func (b *backend) hsmClient(ctx context.Context, s logical.Storage) (*hsm.Client
 	if conf.resolvedLibrary, err = checkLibraryPath(conf.Library, b.allowedLibraryDirs); err != nil {
 		return nil, nil, fmt.Errorf("stored config: %w", err)
 	}
-	c, err := hsm.Open(ctx, conf.hsmConfig())
+	c, err := b.openHSM(ctx, conf.hsmConfig())
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening the HSM from the stored config: %w", err)
 	}
@@ -138,6 +142,12 @@ func (b *backend) swapClient(c *hsm.Client, conf *mountConfig) {
 	if old != nil {
 		old.Close()
 	}
+}
+
+// openHSM opens a client for a config, through the test interceptor if any.
+func (b *backend) openHSM(ctx context.Context, hc hsm.Config) (*hsm.Client, error) {
+	hc.Intercept = b.intercept
+	return hsm.Open(ctx, hc)
 }
 
 func (b *backend) resetClient() { b.swapClient(nil, nil) }

@@ -30,6 +30,7 @@ const (
 // Vault's (seal-wrapped) storage and never leaves it in a response or log.
 type mountConfig struct {
 	Library           string        `json:"library"`
+	InitArgs          string        `json:"init_args,omitempty"`
 	TokenLabel        string        `json:"token_label,omitempty"`
 	Slot              *uint         `json:"slot,omitempty"`
 	PIN               string        `json:"pin"`
@@ -58,7 +59,7 @@ func defaultConfig() *mountConfig {
 }
 
 func (c *mountConfig) hsmConfig() hsm.Config {
-	hc := hsm.Config{Library: c.resolvedLibrary, TokenLabel: c.TokenLabel, PIN: c.PIN, PoolSize: c.PoolSize}
+	hc := hsm.Config{Library: c.resolvedLibrary, InitArgs: c.InitArgs, TokenLabel: c.TokenLabel, PIN: c.PIN, PoolSize: c.PoolSize}
 	if c.Slot != nil {
 		hc.Slot = *c.Slot
 	}
@@ -67,7 +68,7 @@ func (c *mountConfig) hsmConfig() hsm.Config {
 
 // sameToken reports whether two configs name the same module and token.
 func (c *mountConfig) sameToken(o *mountConfig) bool {
-	if c == nil || o == nil || c.Library != o.Library || c.TokenLabel != o.TokenLabel {
+	if c == nil || o == nil || c.Library != o.Library || c.InitArgs != o.InitArgs || c.TokenLabel != o.TokenLabel {
 		return false
 	}
 	if (c.Slot == nil) != (o.Slot == nil) {

@@ -25,6 +25,13 @@ func (b *backend) pathConfig() *framework.Path {
 				Description: "Absolute path of the PKCS#11 module (.so). After resolving symlinks it must lie in one of the " +
 					"directories allowed by " + LibraryDirsEnv + " at plugin registration (default: the system PKCS#11 module directories). Required.",
 			},
+			"init_args": {
+				Type: framework.TypeString,
+				Description: "String passed to C_Initialize in CK_C_INITIALIZE_ARGS.pReserved, for modules configured that way " +
+					"(NSS softokn: configdir='sql:/path' certPrefix='' keyPrefix='' secmod='secmod.db' flags='' " +
+					"tokens=<0x4=[configdir='sql:/path' tokenDescription='label']>). Empty for most modules. A module is " +
+					"initialised once per plugin process, so every mount that uses the same library must give the same init_args.",
+			},
 			"token_label": {
 				Type:        framework.TypeString,
 				Description: "Label of the token to use. Give token_label or slot, not both.",
@@ -108,6 +115,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	}
 	data := map[string]interface{}{
 		"library":             conf.Library,
+		"init_args":           conf.InitArgs,
 		"token_label":         conf.TokenLabel,
 		"pin_set":             conf.PIN != "",
 		"pool_size":           conf.PoolSize,
@@ -119,7 +127,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"unwrapped_cache_ttl": int64(conf.UnwrappedCacheTTL.Seconds()),
 	}
 	mechanisms := map[string]string{
-		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, 128-bit tag)",
+		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, or the token's own when it uses one; 128-bit tag)",
 		"aes_decrypt":      "CKM_AES_GCM",
 		"aes_keygen":       "CKM_AES_KEY_GEN",
 		"rsa_keygen":       "CKM_RSA_PKCS_KEY_PAIR_GEN",
@@ -146,6 +154,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	} else {
 		resp.AddWarning(fmt.Sprintf("the token's RSA-OAEP support could not be probed: %v", err))
 	}
+	data["quirks"] = client.Quirks()
 	info, err := client.TokenInfo()
 	if err != nil {
 		resp.AddWarning(fmt.Sprintf("the token could not be described: %v", err))
@@ -188,7 +197,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	}
 
-	client, err := hsm.Open(ctx, conf.hsmConfig())
+	client, err := b.openHSM(ctx, conf.hsmConfig())
 	if err != nil {
 		return configOpenError(conf, err)
 	}
@@ -233,6 +242,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	if v, ok := d.GetOk("library"); ok {
 		conf.Library = v.(string)
+	}
+	if v, ok := d.GetOk("init_args"); ok {
+		conf.InitArgs = v.(string)
 	}
 	label, labelOK := d.GetOk("token_label")
 	slot, slotOK := d.GetOk("slot")
@@ -310,8 +322,10 @@ func configOpenError(conf *mountConfig, err error) (*logical.Response, error) {
 	switch {
 	case errors.Is(err, hsm.ErrLibrary):
 		msg = fmt.Sprintf("library %q could not be loaded as a PKCS#11 module", conf.Library)
-	case errors.Is(err, hsm.ErrTokenNotFound):
+	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrInitArgsConflict):
 		msg = err.Error()
+	case errors.Is(err, hsm.ErrGCMUnusable):
+		msg = fmt.Sprintf("the token cannot be used: %v", err)
 	case errors.Is(err, hsm.ErrPINLocked):
 		msg = "the token's PIN is locked; unlock it with the SO PIN before configuring"
 	case errors.Is(err, hsm.ErrPINIncorrect):
@@ -344,6 +358,17 @@ Example:
     $ vault write kms/config library=/usr/lib/softhsm/libsofthsm2.so \
         token_label=hsmkms pin=@pin.txt
 
+Before it is stored, a write also runs an AES-GCM self-test on a session key:
+a token whose GCM the plugin cannot use correctly (one that uses an IV it
+does not report, say) is refused with a 400.
+
+Modules configured through C_Initialize, such as NSS softokn, take init_args:
+
+    $ vault write kms/config library=/usr/lib/x86_64-linux-gnu/libsoftokn3.so \
+        init_args="configdir='sql:/var/lib/nss' certPrefix='' keyPrefix='' secmod='secmod.db' flags='' tokens=<0x4=[configdir='sql:/var/lib/nss' tokenDescription='hsmkms']>" \
+        token_label=hsmkms pin=@pin.txt
+
 Reading returns the settings (never the PIN) and what the token reports:
-manufacturer, model, serial number, label, and the mechanisms in use.
+manufacturer, model, serial number, label, the mechanisms in use and the
+token's quirks that the plugin works around.
 `

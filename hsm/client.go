@@ -55,7 +55,8 @@ type Client struct {
 }
 
 // Open loads the module (once per process), finds the token, logs in (once
-// per process and token) and returns a client with an empty pool.
+// per process and token), checks the token's AES-GCM (SelfTestGCM) and
+// returns a client.
 func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.PoolSize < 1 {
 		return nil, fmt.Errorf("%w: pool size must be at least 1", ErrInvalidInput)
@@ -71,6 +72,10 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{mod: mod, p11: p11, token: token, pool: newPool(cfg.PoolSize), closed: make(chan struct{})}
 	if err := c.token.quirks.identify(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.SelfTestGCM(ctx); err != nil {
 		c.Close()
 		return nil, err
 	}
