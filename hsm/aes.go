@@ -63,9 +63,9 @@ func (c *Client) sealGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectH
 	if _, err := rand.Read(iv); err != nil {
 		return nil, fmt.Errorf("drawing an IV: %w", err)
 	}
-	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
-	defer params.Free()
-	if err := p11.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+	params := newGCMParams(iv, aad, GCMTagLen*8)
+	defer params.free()
+	if err := p11.EncryptInit(sh, params.mechanism(), key); err != nil {
 		return nil, call("C_EncryptInit", err)
 	}
 	sealedLen := len(plaintext) + GCMTagLen
@@ -117,9 +117,9 @@ func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 // openGCM decrypts IV || ciphertext || tag with key.
 func (c *Client) openGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, blob, aad []byte) ([]byte, error) {
 	iv, sealed := blob[:GCMIVLen], blob[GCMIVLen:]
-	params := pkcs11.NewGCMParams(iv, aad, GCMTagLen*8)
-	defer params.Free()
-	if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+	params := newGCMParams(iv, aad, GCMTagLen*8)
+	defer params.free()
+	if err := p11.DecryptInit(sh, params.mechanism(), key); err != nil {
 		return nil, call("C_DecryptInit", err)
 	}
 	plaintext, err := p11.Decrypt(sh, sealed)

@@ -169,9 +169,10 @@ func TestRSADecryptionOAEPAndPKCS1(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("OAEP mode on this token: %s", mode)
-		if mode != OAEPInToken && mode != OAEPRawUnpad {
-			t.Fatalf("mode %q", mode)
+		// NSS does OAEP-SHA-256 in the token; SoftHSM 2.6 has SHA-1 only.
+		want := map[tokentest.Kind]OAEPMode{tokentest.NSS: OAEPInToken, tokentest.SoftHSM2: OAEPRawUnpad}[tokenA.Kind]
+		if mode != want {
+			t.Fatalf("OAEP mode on %s: %q, want %q", tokenA.Kind, mode, want)
 		}
 		id := newID(t, c)
 		pub, err := c.GenerateRSAKeyPair(ctx, id, "rsa-enc", 2048, Usage{Encrypt: true, Decrypt: true})

@@ -5,6 +5,7 @@ package hsm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -118,6 +119,10 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 	retried, reinitialised := false, false
 	for {
 		gen, err := c.attempt(ctx, op)
+		if errors.As(err, new(reloginFailed)) {
+			// The token is still away (or refuses the PIN): nothing to retry.
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
 		class := classify(err)
 		if class == classSession && !c.tokenAnswers() {
 			class = classDevice
@@ -168,7 +173,7 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 	c.mod.mu.RUnlock()
 	if !loggedIn {
 		if err := c.mod.relogin(c.p11, c.token); err != nil {
-			return gen, err
+			return gen, reloginFailed{err}
 		}
 	}
 

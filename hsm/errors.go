@@ -110,6 +110,12 @@ type sessionLost struct{ err error }
 func (e sessionLost) Error() string { return e.err.Error() }
 func (e sessionLost) Unwrap() error { return e.err }
 
+// reloginFailed marks a failure to log in again after a re-initialisation.
+type reloginFailed struct{ err error }
+
+func (e reloginFailed) Error() string { return "logging in again: " + e.err.Error() }
+func (e reloginFailed) Unwrap() error { return e.err }
+
 // isSuccess reports the return values that mean "already done".
 func isSuccess(err error) bool {
 	code, ok := pkcs11Code(err)

@@ -476,6 +476,14 @@ func TestRandom(t *testing.T) {
 		if len(a) != 32 || bytes.Equal(a, b) {
 			t.Fatalf("random: %x %x", a, b)
 		}
+		// 1 MiB: more than NSS gives in one C_GenerateRandom call.
+		big, err := c.Random(context.Background(), MaxRandom)
+		if err != nil || len(big) != MaxRandom {
+			t.Fatalf("1 MiB of random: %d bytes, %v", len(big), err)
+		}
+		if bytes.Equal(big[:randomChunk], big[randomChunk:2*randomChunk]) {
+			t.Fatal("two 64 KiB chunks are equal")
+		}
 		if _, err := c.Random(context.Background(), MaxRandom+1); !errors.Is(err, ErrInvalidInput) {
 			t.Fatalf("too many bytes: %v", err)
 		}
@@ -509,3 +517,10 @@ func TestHMACInTheToken(t *testing.T) {
 		}
 	})
 }
+
+// Exported for the fault tests, which live in package hsm_test because
+// internal/faulttoken imports this package.
+var (
+	EachToken   = eachToken
+	TokenConfig = tokenConfig
+)

@@ -1,0 +1,291 @@
+package hsm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/faulttoken"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
+)
+
+// Faults injected through the seam (hsm.Config.Intercept): what real HSMs
+// do and software tokens never show. The cryptography underneath stays the
+// real token's.
+
+func openFaulty(t *testing.T, tok *tokentest.Token, poolSize int) (*hsm.Client, *faulttoken.Token) {
+	t.Helper()
+	ft := faulttoken.New(nil)
+	cfg := hsm.TokenConfig(tok, poolSize)
+	cfg.Intercept = ft.Intercept
+	c, err := hsm.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Open through the fault seam: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c, ft
+}
+
+func newKey(t *testing.T, c *hsm.Client) []byte {
+	t.Helper()
+	ctx := context.Background()
+	id, err := c.NewObjectID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.GenerateAESKey(ctx, id, "fault-test", 256, hsm.Usage{Encrypt: true, Decrypt: true}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func hasQuirk(c *hsm.Client, name string) bool {
+	for _, q := range c.Quirks() {
+		if q.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// A token that ignores the caller's IV and reports its own (written into
+// CK_GCM_PARAMS like CloudHSM, or appended like Luna in FIPS mode): the
+// ciphertext carries the token's IV and decrypts.
+func TestTokenWithItsOwnGCMIV(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		for name, mode := range map[string]faulttoken.IVMode{"written": faulttoken.IVWritten, "appended": faulttoken.IVAppended} {
+			t.Run(name, func(t *testing.T) {
+				c, ft := openFaulty(t, tokenA, 2)
+				ctx := context.Background()
+				id := newKey(t, c)
+				ft.SetIVMode(mode)
+				blob, err := c.EncryptGCM(ctx, id, []byte("iv chosen by the token"), []byte("aad"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(blob[:hsm.GCMIVLen], ft.LastIV()) {
+					t.Fatalf("ciphertext IV %x, token used %x", blob[:hsm.GCMIVLen], ft.LastIV())
+				}
+				if len(blob) != hsm.GCMIVLen+len("iv chosen by the token")+hsm.GCMTagLen {
+					t.Fatalf("blob of %d bytes", len(blob))
+				}
+				got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
+				if err != nil || string(got) != "iv chosen by the token" {
+					t.Fatalf("round trip: %q, %v", got, err)
+				}
+				want := map[faulttoken.IVMode]string{faulttoken.IVWritten: "gcm_token_iv", faulttoken.IVAppended: "gcm_appended_iv"}[mode]
+				if !hasQuirk(c, want) {
+					t.Fatalf("quirk %s not listed: %+v", want, c.Quirks())
+				}
+			})
+		}
+	})
+}
+
+// A token that uses an IV of its own and reports none would make
+// ciphertexts nobody can decrypt: the self-test refuses it at Open.
+func TestTokenThatHidesItsGCMIVIsRefused(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		ft := faulttoken.New(nil)
+		ft.SetIVMode(faulttoken.IVIgnored)
+		cfg := hsm.TokenConfig(tokenA, 2)
+		cfg.Intercept = ft.Intercept
+		c, err := hsm.Open(context.Background(), cfg)
+		if !errors.Is(err, hsm.ErrGCMUnusable) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("Open on a token hiding its IV: %v, want ErrGCMUnusable", err)
+		}
+	})
+}
+
+func TestDeviceErrorMidOperationIsRetriedAfterReinitialising(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		id := newKey(t, c)
+		ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+		blob, err := c.EncryptGCM(ctx, id, []byte("survives"), []byte("aad"))
+		if err != nil {
+			t.Fatalf("encrypt across a device error: %v", err)
+		}
+		if got, err := c.DecryptGCM(ctx, id, blob, []byte("aad")); err != nil || string(got) != "survives" {
+			t.Fatalf("decrypt: %q %v", got, err)
+		}
+		if st := c.Stats(); st.Reconnects != 1 {
+			t.Fatalf("reconnects %d, want 1", st.Reconnects)
+		}
+		// Twice in a row is an outage: 503-style, no third try.
+		ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR), pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+		if _, err := c.EncryptGCM(ctx, id, []byte("x"), []byte("aad")); !errors.Is(err, hsm.ErrUnavailable) {
+			t.Fatalf("two device errors: %v, want ErrUnavailable", err)
+		}
+		if _, err := c.EncryptGCM(ctx, id, []byte("after"), []byte("aad")); err != nil {
+			t.Fatalf("after the outage: %v", err)
+		}
+	})
+}
+
+func TestSessionHandleInvalidMidOperationReplacesTheSession(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		id := newKey(t, c)
+		before := c.Stats()
+		ft.FailNext("C_EncryptInit", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
+		if _, err := c.EncryptGCM(ctx, id, []byte("x"), []byte("aad")); err != nil {
+			t.Fatalf("encrypt across a lost session: %v", err)
+		}
+		after := c.Stats()
+		if after.Replaced != before.Replaced+1 || after.Reconnects != before.Reconnects {
+			t.Fatalf("stats %+v -> %+v: want one session replaced, no re-initialisation", before, after)
+		}
+	})
+}
+
+// NSS's order after C_Finalize behind the client's back: the session is
+// invalid, then the slot. One re-initialisation and one retry, whatever
+// the order.
+func TestErrorsInNSSOrderLeadToOneReinitialisation(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 1)
+		ctx := context.Background()
+		id := newKey(t, c)
+		ft.FailNext("C_EncryptInit", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
+		ft.FailNext("C_GetTokenInfo", pkcs11.Error(pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED))
+		if _, err := c.EncryptGCM(ctx, id, []byte("x"), []byte("aad")); err != nil {
+			t.Fatalf("session error on a token that stopped answering: %v", err)
+		}
+		if st := c.Stats(); st.Reconnects != 1 {
+			t.Fatalf("reconnects %d, want 1", st.Reconnects)
+		}
+		ft.FailNext("C_EncryptInit", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
+		ft.FailNext("C_OpenSession", pkcs11.Error(pkcs11.CKR_SLOT_ID_INVALID))
+		if _, err := c.EncryptGCM(ctx, id, []byte("x"), []byte("aad")); err != nil {
+			t.Fatalf("session error, then slot error: %v", err)
+		}
+		if st := c.Stats(); st.Reconnects != 2 {
+			t.Fatalf("reconnects %d, want 2", st.Reconnects)
+		}
+	})
+}
+
+func TestTokenNotPresentAndBack(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		id := newKey(t, c)
+		blob, err := c.EncryptGCM(ctx, id, []byte("kept"), []byte("aad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ft.SetAbsent(true)
+		for i := 0; i < 3; i++ {
+			if _, err := c.DecryptGCM(ctx, id, blob, []byte("aad")); !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrDecrypt) {
+				t.Fatalf("token away, request %d: %v, want ErrUnavailable", i, err)
+			}
+		}
+		ft.SetAbsent(false)
+		got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
+		if err != nil || string(got) != "kept" {
+			t.Fatalf("token back: %q %v", got, err)
+		}
+	})
+}
+
+func TestPINIncorrectIsReportedAndNotRetried(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, _, tokenB *tokentest.Token) {
+		ft := faulttoken.New(nil)
+		ft.FailNext("C_Login", pkcs11.Error(pkcs11.CKR_PIN_INCORRECT))
+		cfg := hsm.TokenConfig(tokenB, 1)
+		cfg.Intercept = ft.Intercept
+		if _, err := hsm.Open(context.Background(), cfg); !errors.Is(err, hsm.ErrPINIncorrect) {
+			t.Fatalf("Open: %v, want ErrPINIncorrect", err)
+		}
+		if n := ft.Calls("C_Login"); n != 1 {
+			t.Fatalf("C_Login called %d times, want 1", n)
+		}
+	})
+}
+
+// A slow token holds its sessions; callers beyond the pool wait no longer
+// than their deadline and get ErrPoolTimeout, not a hang.
+func TestSlowCallsDoNotHangOtherCallers(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 1)
+		id := newKey(t, c)
+		ft.SetDelay("C_Encrypt", 400*time.Millisecond)
+		var wg sync.WaitGroup
+		var slowErr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, slowErr = c.EncryptGCM(context.Background(), id, []byte("slow"), []byte("aad"))
+		}()
+		time.Sleep(100 * time.Millisecond) // the slow call holds the only session
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_, err := c.EncryptGCM(ctx, id, []byte("waits"), []byte("aad"))
+		wg.Wait()
+		if !errors.Is(err, hsm.ErrPoolTimeout) {
+			t.Fatalf("caller behind a slow call: %v, want ErrPoolTimeout", err)
+		}
+		if slowErr != nil {
+			t.Fatalf("the slow call itself: %v", slowErr)
+		}
+	})
+}
+
+// Slot ids change after a token is re-initialised; the client finds its
+// token again by label.
+func TestSlotRenumberedIsFoundAgainByLabel(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		id := newKey(t, c)
+		info, err := c.TokenInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ft.ShiftSlots(100)
+		ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED))
+		if _, err := c.EncryptGCM(ctx, id, []byte("x"), []byte("aad")); err != nil {
+			t.Fatalf("encrypt after the slot was renumbered: %v", err)
+		}
+		after, err := c.TokenInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Slot != info.Slot+100 || after.Label != tokenA.Label {
+			t.Fatalf("token now in slot %d (%s), want %d", after.Slot, after.Label, info.Slot+100)
+		}
+	})
+}
+
+// A transient failure during the one-time RSA-OAEP probe must not switch
+// the token to raw RSA for good.
+func TestOAEPProbeSurvivesATransientFailure(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, _, tokenB *tokentest.Token) {
+		c, ft := openFaulty(t, tokenB, 2)
+		ctx := context.Background()
+		ft.FailNext("C_DecryptInit", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR), pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+		if _, err := c.OAEPMode(ctx); !errors.Is(err, hsm.ErrUnavailable) {
+			t.Fatalf("probe during an outage: %v, want ErrUnavailable", err)
+		}
+		mode, err := c.OAEPMode(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[tokentest.Kind]hsm.OAEPMode{tokentest.NSS: hsm.OAEPInToken, tokentest.SoftHSM2: hsm.OAEPRawUnpad}[tokenB.Kind]
+		if mode != want {
+			t.Fatalf("OAEP mode after the outage: %q, want %q", mode, want)
+		}
+	})
+}

@@ -1,0 +1,428 @@
+// Package faulttoken puts a misbehaving token between hsm/ and a real
+// PKCS#11 module, through hsm.Config.Intercept: errors on chosen calls, a
+// token that goes away and comes back, renumbered slots, slow calls, and
+// the AES-GCM IV behaviours of real HSMs that software tokens never show.
+// Everything it does not change is passed to the real module, so the
+// cryptography under test stays real. For tests only.
+package faulttoken
+
+import (
+	"crypto/rand"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+// IVMode is what the token does with the caller's AES-GCM IV.
+type IVMode int
+
+const (
+	// IVHonest uses the caller's IV, as the specification says.
+	IVHonest IVMode = iota
+	// IVWritten ignores it and writes the IV it used into CK_GCM_PARAMS
+	// (AWS CloudHSM).
+	IVWritten
+	// IVAppended ignores it and appends the IV it used to the output (Luna
+	// and ProtectServer in FIPS mode).
+	IVAppended
+	// IVIgnored ignores it and tells nobody: ciphertexts nobody can
+	// decrypt. The plugin must refuse such a token.
+	IVIgnored
+)
+
+// Token is a faulty view of a real module. Safe for concurrent use.
+type Token struct {
+	inner hsm.PKCS11
+
+	mu        sync.Mutex
+	queued    map[string][]error // call name -> errors for its next calls
+	absent    bool
+	slotShift uint
+	delays    map[string]time.Duration
+	ivMode    IVMode
+	ownIV     map[pkcs11.SessionHandle]ownIV
+	lastIV    []byte
+	calls     map[string]int
+}
+
+type ownIV struct {
+	iv     []byte
+	params *pkcs11.GCMParams
+}
+
+// New returns a token that behaves exactly like inner until told otherwise.
+func New(inner hsm.PKCS11) *Token {
+	return &Token{inner: inner, queued: map[string][]error{}, delays: map[string]time.Duration{},
+		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{}}
+}
+
+// Intercept is an hsm.Config.Intercept that installs t.
+func (t *Token) Intercept(inner hsm.PKCS11) hsm.PKCS11 {
+	t.mu.Lock()
+	t.inner = inner
+	t.mu.Unlock()
+	return t
+}
+
+// FailNext makes the next calls of name (a PKCS#11 function name such as
+// "C_Encrypt") return errs, one per call, without reaching the module.
+func (t *Token) FailNext(name string, errs ...error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.queued[name] = append(t.queued[name], errs...)
+}
+
+// SetAbsent takes the token away (every call answers
+// CKR_TOKEN_NOT_PRESENT, slot lists leave it out) or brings it back.
+func (t *Token) SetAbsent(absent bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.absent = absent
+}
+
+// ShiftSlots renumbers every slot by adding n, as a module can after a
+// token is re-initialised; old numbers answer CKR_SLOT_ID_INVALID.
+func (t *Token) ShiftSlots(n uint) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.slotShift = n
+}
+
+// SetDelay makes every call of name take d longer.
+func (t *Token) SetDelay(name string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.delays[name] = d
+}
+
+// SetIVMode chooses what the token does with the caller's AES-GCM IV.
+func (t *Token) SetIVMode(m IVMode) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ivMode = m
+}
+
+// LastIV is the last AES-GCM IV the token chose itself.
+func (t *Token) LastIV() []byte {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]byte(nil), t.lastIV...)
+}
+
+// Calls counts the calls of name that reached this token.
+func (t *Token) Calls(name string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.calls[name]
+}
+
+// before counts a call, applies its delay and returns the fault it should
+// answer with, if any.
+func (t *Token) before(name string) error {
+	t.mu.Lock()
+	t.calls[name]++
+	d := t.delays[name]
+	var err error
+	if q := t.queued[name]; len(q) > 0 {
+		err, t.queued[name] = q[0], q[1:]
+	} else if t.absent && name != "C_Finalize" && name != "C_Initialize" && name != "C_GetSlotList" {
+		err = pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT)
+	}
+	t.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d)
+	}
+	return err
+}
+
+func (t *Token) real(slot uint) (uint, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slot < t.slotShift {
+		return 0, pkcs11.Error(pkcs11.CKR_SLOT_ID_INVALID)
+	}
+	return slot - t.slotShift, nil
+}
+
+func (t *Token) Initialize() error {
+	if err := t.before("C_Initialize"); err != nil {
+		return err
+	}
+	return t.inner.Initialize()
+}
+
+func (t *Token) Finalize() error {
+	if err := t.before("C_Finalize"); err != nil {
+		return err
+	}
+	return t.inner.Finalize()
+}
+
+func (t *Token) GetSlotList(present bool) ([]uint, error) {
+	if err := t.before("C_GetSlotList"); err != nil {
+		return nil, err
+	}
+	slots, err := t.inner.GetSlotList(present)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.absent {
+		return nil, err
+	}
+	for i := range slots {
+		slots[i] += t.slotShift
+	}
+	return slots, err
+}
+
+func (t *Token) GetTokenInfo(slot uint) (pkcs11.TokenInfo, error) {
+	if err := t.before("C_GetTokenInfo"); err != nil {
+		return pkcs11.TokenInfo{}, err
+	}
+	s, err := t.real(slot)
+	if err != nil {
+		return pkcs11.TokenInfo{}, err
+	}
+	return t.inner.GetTokenInfo(s)
+}
+
+func (t *Token) GetMechanismList(slot uint) ([]*pkcs11.Mechanism, error) {
+	if err := t.before("C_GetMechanismList"); err != nil {
+		return nil, err
+	}
+	s, err := t.real(slot)
+	if err != nil {
+		return nil, err
+	}
+	return t.inner.GetMechanismList(s)
+}
+
+func (t *Token) OpenSession(slot, flags uint) (pkcs11.SessionHandle, error) {
+	if err := t.before("C_OpenSession"); err != nil {
+		return 0, err
+	}
+	s, err := t.real(slot)
+	if err != nil {
+		return 0, err
+	}
+	return t.inner.OpenSession(s, flags)
+}
+
+func (t *Token) CloseSession(sh pkcs11.SessionHandle) error {
+	if err := t.before("C_CloseSession"); err != nil {
+		return err
+	}
+	return t.inner.CloseSession(sh)
+}
+
+func (t *Token) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if err := t.before("C_GetSessionInfo"); err != nil {
+		return pkcs11.SessionInfo{}, err
+	}
+	return t.inner.GetSessionInfo(sh)
+}
+
+func (t *Token) Login(sh pkcs11.SessionHandle, userType uint, pin string) error {
+	if err := t.before("C_Login"); err != nil {
+		return err
+	}
+	return t.inner.Login(sh, userType, pin)
+}
+
+func (t *Token) Logout(sh pkcs11.SessionHandle) error {
+	if err := t.before("C_Logout"); err != nil {
+		return err
+	}
+	return t.inner.Logout(sh)
+}
+
+func (t *Token) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
+	if err := t.before("C_FindObjectsInit"); err != nil {
+		return err
+	}
+	return t.inner.FindObjectsInit(sh, temp)
+}
+
+func (t *Token) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHandle, bool, error) {
+	if err := t.before("C_FindObjects"); err != nil {
+		return nil, false, err
+	}
+	return t.inner.FindObjects(sh, max)
+}
+
+func (t *Token) FindObjectsFinal(sh pkcs11.SessionHandle) error {
+	if err := t.before("C_FindObjectsFinal"); err != nil {
+		return err
+	}
+	return t.inner.FindObjectsFinal(sh)
+}
+
+func (t *Token) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	if err := t.before("C_GetAttributeValue"); err != nil {
+		return nil, err
+	}
+	return t.inner.GetAttributeValue(sh, o, a)
+}
+
+func (t *Token) SetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) error {
+	if err := t.before("C_SetAttributeValue"); err != nil {
+		return err
+	}
+	return t.inner.SetAttributeValue(sh, o, a)
+}
+
+func (t *Token) CreateObject(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := t.before("C_CreateObject"); err != nil {
+		return 0, err
+	}
+	return t.inner.CreateObject(sh, temp)
+}
+
+func (t *Token) DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
+	if err := t.before("C_DestroyObject"); err != nil {
+		return err
+	}
+	return t.inner.DestroyObject(sh, o)
+}
+
+func (t *Token) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := t.before("C_GenerateKey"); err != nil {
+		return 0, err
+	}
+	return t.inner.GenerateKey(sh, m, temp)
+}
+
+func (t *Token) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+	if err := t.before("C_GenerateKeyPair"); err != nil {
+		return 0, 0, err
+	}
+	return t.inner.GenerateKeyPair(sh, m, pub, priv)
+}
+
+// EncryptInit replaces the caller's GCM IV by one of the token's own when
+// the IV mode says so, and reports it the way that mode's HSMs do.
+func (t *Token) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := t.before("C_EncryptInit"); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	mode := t.ivMode
+	t.mu.Unlock()
+	if mode == IVHonest || len(m) != 1 || m[0].Mechanism != pkcs11.CKM_AES_GCM {
+		return t.inner.EncryptInit(sh, m, o)
+	}
+	callerIV, aad, tagBits := readGCMParams(m[0].Parameter)
+	own := make([]byte, 12)
+	if _, err := rand.Read(own); err != nil {
+		return err
+	}
+	params := pkcs11.NewGCMParams(own, aad, tagBits)
+	if err := t.inner.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, o); err != nil {
+		params.Free()
+		return err
+	}
+	if mode == IVWritten {
+		copy(callerIV, own)
+	}
+	t.mu.Lock()
+	t.ownIV[sh] = ownIV{iv: own, params: params}
+	t.lastIV = own
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *Token) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap int) ([]byte, error) {
+	if err := t.before("C_Encrypt"); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	own, replaced := t.ownIV[sh]
+	delete(t.ownIV, sh)
+	mode := t.ivMode
+	t.mu.Unlock()
+	out, err := t.inner.EncryptOnce(sh, plaintext, outCap)
+	if replaced {
+		own.params.Free()
+		if err == nil && mode == IVAppended {
+			out = append(out, own.iv...)
+		}
+	}
+	return out, err
+}
+
+func (t *Token) DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := t.before("C_DecryptInit"); err != nil {
+		return err
+	}
+	return t.inner.DecryptInit(sh, m, o)
+}
+
+func (t *Token) Decrypt(sh pkcs11.SessionHandle, ct []byte) ([]byte, error) {
+	if err := t.before("C_Decrypt"); err != nil {
+		return nil, err
+	}
+	return t.inner.Decrypt(sh, ct)
+}
+
+func (t *Token) SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := t.before("C_SignInit"); err != nil {
+		return err
+	}
+	return t.inner.SignInit(sh, m, o)
+}
+
+func (t *Token) Sign(sh pkcs11.SessionHandle, data []byte) ([]byte, error) {
+	if err := t.before("C_Sign"); err != nil {
+		return nil, err
+	}
+	return t.inner.Sign(sh, data)
+}
+
+func (t *Token) VerifyInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := t.before("C_VerifyInit"); err != nil {
+		return err
+	}
+	return t.inner.VerifyInit(sh, m, o)
+}
+
+func (t *Token) Verify(sh pkcs11.SessionHandle, data, sig []byte) error {
+	if err := t.before("C_Verify"); err != nil {
+		return err
+	}
+	return t.inner.Verify(sh, data, sig)
+}
+
+func (t *Token) GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error) {
+	if err := t.before("C_GenerateRandom"); err != nil {
+		return nil, err
+	}
+	return t.inner.GenerateRandom(sh, n)
+}
+
+// readGCMParams reads a CK_GCM_PARAMS as miekg/pkcs11 lays it out in a
+// mechanism's parameter bytes (LP64: pIv, ulIvLen, ulIvBits, pAAD,
+// ulAADLen, ulTagBits), returning the caller's IV buffer itself (C memory
+// the token may write into), a copy of the AAD and the tag size.
+func readGCMParams(param []byte) (iv, aad []byte, tagBits int) {
+	const word = int(unsafe.Sizeof(uintptr(0)))
+	ptrAt := func(i int) unsafe.Pointer {
+		var p unsafe.Pointer
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&p)), word), param[i*word:(i+1)*word])
+		return p
+	}
+	numAt := func(i int) int {
+		var n uintptr
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&n)), word), param[i*word:(i+1)*word])
+		return int(n)
+	}
+	if p, n := ptrAt(0), numAt(1); p != nil && n > 0 {
+		iv = unsafe.Slice((*byte)(p), n)
+	}
+	if p, n := ptrAt(3), numAt(4); p != nil && n > 0 {
+		aad = append([]byte(nil), unsafe.Slice((*byte)(p), n)...)
+	}
+	return iv, aad, numAt(5)
+}
