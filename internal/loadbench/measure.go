@@ -8,13 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
 // Result is one measured scenario.
 type Result struct {
-	Name        string        `json:"name"`
+	Name string `json:"name"`
+	// Token is the token implementation the scenario ran on (a
+	// tokentest.Kind: "softhsm2", "nss"); "" for a scenario without one.
+	Token       string        `json:"token,omitempty"`
 	Concurrency int           `json:"concurrency"`
 	Ops         int64         `json:"ops"`
 	Items       int64         `json:"items"` // ops times items per op (batches)
@@ -25,6 +29,14 @@ type Result struct {
 	P50         time.Duration `json:"p50_ns"`
 	P99         time.Duration `json:"p99_ns"`
 	FirstError  string        `json:"first_error,omitempty"`
+}
+
+// Key names the result uniquely: its name, and its token if it has one.
+func (r Result) Key() string {
+	if r.Token == "" {
+		return r.Name
+	}
+	return r.Name + " [" + r.Token + "]"
 }
 
 // Worker makes one operation; the index says which worker runs it.
@@ -136,7 +148,7 @@ func ComputeCostRatio(name, num, den string, numCost, denCost, bound float64) Ra
 
 // ComputeRatio compares two results' items per second.
 func ComputeRatio(name string, num, den Result, target float64) Ratio {
-	r := Ratio{Name: name, Numerator: num.Name, Denominator: den.Name, Target: target}
+	r := Ratio{Name: name, Numerator: num.Key(), Denominator: den.Key(), Target: target}
 	if den.ItemsPerSec > 0 {
 		r.Value = num.ItemsPerSec / den.ItemsPerSec
 	}
@@ -144,15 +156,110 @@ func ComputeRatio(name string, num, den Result, target float64) Ratio {
 	return r
 }
 
-// Table renders results and ratios as aligned text.
-func Table(results []Result, ratios []Ratio) string {
-	out := fmt.Sprintf("%-58s %5s %10s %12s %10s %10s %7s\n", "scenario", "conc", "ops/s", "items/s", "p50", "p99", "errors")
+// Row is one scenario's results on every token it ran on, side by side.
+type Row struct {
+	Scenario    string            `json:"scenario"`
+	Concurrency int               `json:"concurrency"`
+	Tokens      map[string]Result `json:"tokens"`
+}
+
+// SideBySide groups the results that ran on a token by scenario name, in
+// the order the scenarios first appear, and returns the tokens in the same
+// order. Results without a token are left out.
+func SideBySide(results []Result) (rows []Row, tokens []string) {
+	index := map[string]int{}
 	for _, r := range results {
-		out += fmt.Sprintf("%-58s %5d %10.0f %12.0f %10s %10s %7d\n", r.Name, r.Concurrency, r.OpsPerSec, r.ItemsPerSec,
-			round(r.P50), round(r.P99), r.Errors)
+		if r.Token == "" {
+			continue
+		}
+		if !slices.Contains(tokens, r.Token) {
+			tokens = append(tokens, r.Token)
+		}
+		i, ok := index[r.Name]
+		if !ok {
+			i = len(rows)
+			index[r.Name] = i
+			rows = append(rows, Row{Scenario: r.Name, Concurrency: r.Concurrency, Tokens: map[string]Result{}})
+		}
+		rows[i].Tokens[r.Token] = r
+	}
+	return rows, tokens
+}
+
+// tokenTitles are the column titles of the token kinds.
+var tokenTitles = map[string]string{"softhsm2": "SoftHSM2", "nss": "NSS softokn"}
+
+// TokenTitle is how tables name a token kind.
+func TokenTitle(token string) string {
+	if t, ok := tokenTitles[token]; ok {
+		return t
+	}
+	return token
+}
+
+const cellWidth = 38 // one token's columns: items/s, p50, p99, errors
+
+func cellHeader() string {
+	return fmt.Sprintf(" %11s %9s %9s %6s", "items/s", "p50", "p99", "errors")
+}
+
+func cell(r Result, ok bool) string {
+	if !ok {
+		return fmt.Sprintf(" %11s %9s %9s %6s", "-", "", "", "")
+	}
+	return fmt.Sprintf(" %11.0f %9s %9s %6d", r.ItemsPerSec, round(r.P50), round(r.P99), r.Errors)
+}
+
+// Table renders results and ratios as aligned text. Scenarios that ran on
+// tokens come first, one row each with every token's figures side by side;
+// then the scenarios without a token; then the targets. items/s is
+// operations per second times the items of an operation (a batch's).
+func Table(results []Result, ratios []Ratio) string {
+	rows, tokens := SideBySide(results)
+	width := len("scenario")
+	for _, r := range results {
+		width = max(width, len(r.Name))
+	}
+	var out strings.Builder
+	if len(rows) > 0 {
+		fmt.Fprintf(&out, "%-*s %5s", width, "", "")
+		for _, t := range tokens {
+			fmt.Fprintf(&out, "  %-*s", cellWidth-2, TokenTitle(t))
+		}
+		fmt.Fprintf(&out, "\n%-*s %5s", width, "scenario", "conc")
+		for range tokens {
+			out.WriteString(cellHeader())
+		}
+		out.WriteString("\n")
+		for _, row := range rows {
+			fmt.Fprintf(&out, "%-*s %5d", width, row.Scenario, row.Concurrency)
+			for _, t := range tokens {
+				r, ok := row.Tokens[t]
+				out.WriteString(cell(r, ok))
+			}
+			out.WriteString("\n")
+		}
+	}
+	header := false
+	for _, r := range results {
+		if r.Token != "" {
+			continue
+		}
+		if !header {
+			if len(rows) > 0 {
+				out.WriteString("\n")
+			}
+			fmt.Fprintf(&out, "%-*s %5s%s\n", width, "scenario (no token)", "conc", cellHeader())
+			header = true
+		}
+		fmt.Fprintf(&out, "%-*s %5d%s\n", width, r.Name, r.Concurrency, cell(r, true))
 	}
 	if len(ratios) > 0 {
-		out += fmt.Sprintf("\n%-62s %7s %9s %s\n", "target", "value", "bound", "")
+		nameWidth := len("target")
+		for _, r := range ratios {
+			nameWidth = max(nameWidth, len(r.Name))
+		}
+		fmt.Fprintf(&out, "\n%-*s %7s %9s\n", nameWidth, "target", "value", "bound")
 		for _, r := range ratios {
 			mark := "met"
 			if !r.Met {
@@ -162,10 +269,11 @@ func Table(results []Result, ratios []Ratio) string {
 			if r.AtMost {
 				bound = fmt.Sprintf("<= %.2f", r.Target)
 			}
-			out += fmt.Sprintf("%-62s %7.2f %9s %s %s\n", r.Name, r.Value, bound, mark, r.Note)
+			line := fmt.Sprintf("%-*s %7.3f %9s %s %s", nameWidth, r.Name, r.Value, bound, mark, r.Note)
+			out.WriteString(strings.TrimRight(line, " ") + "\n")
 		}
 	}
-	return out
+	return out.String()
 }
 
 func round(d time.Duration) string {

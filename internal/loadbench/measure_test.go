@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,6 +74,65 @@ func TestRatiosAndTable(t *testing.T) {
 	}
 	table := Table([]Result{fast, slow}, []Ratio{ComputeRatio("x", fast, slow, 2)})
 	if !strings.Contains(table, "MISSED") || !strings.Contains(table, "fast") {
+		t.Fatalf("table:\n%s", table)
+	}
+}
+
+// Scenarios run on several tokens are one row each, the tokens' figures in
+// columns side by side; a scenario missing on a token shows a dash there,
+// and scenarios without a token follow on rows of their own.
+func TestTableSideBySide(t *testing.T) {
+	results := []Result{
+		{Name: "raw sign", Token: "softhsm2", Concurrency: 1, ItemsPerSec: 1697},
+		{Name: "raw sign, session key", Token: "softhsm2", Concurrency: 1, ItemsPerSec: 2000},
+		{Name: "raw sign", Token: "nss", Concurrency: 1, ItemsPerSec: 31, Errors: 2},
+		{Name: "Transit sign", Concurrency: 8, ItemsPerSec: 1603},
+	}
+	rows, tokens := SideBySide(results)
+	if len(rows) != 2 || !slices.Equal(tokens, []string{"softhsm2", "nss"}) || len(rows[0].Tokens) != 2 || len(rows[1].Tokens) != 1 {
+		t.Fatalf("rows %+v tokens %v", rows, tokens)
+	}
+	if r := ComputeRatio("nss: x", results[2], results[3], 0.5); r.Numerator != "raw sign [nss]" || r.Denominator != "Transit sign" || r.Met {
+		t.Fatalf("%+v", r)
+	}
+	lines := strings.Split(Table(results, nil), "\n")
+	find := func(prefix string) []string {
+		for _, l := range lines {
+			if strings.HasPrefix(l, prefix+" ") {
+				return strings.Fields(strings.TrimPrefix(l, prefix))
+			}
+		}
+		t.Fatalf("no row %q in\n%s", prefix, strings.Join(lines, "\n"))
+		return nil
+	}
+	if !strings.Contains(lines[0], "SoftHSM2") || !strings.Contains(lines[0], "NSS softokn") ||
+		strings.Index(lines[0], "SoftHSM2") > strings.Index(lines[0], "NSS") {
+		t.Fatalf("header %q", lines[0])
+	}
+	// conc, then SoftHSM2's items/s p50 p99 errors, then NSS's.
+	if got := find("raw sign"); len(got) != 9 || got[1] != "1697" || got[5] != "31" || got[8] != "2" {
+		t.Fatalf("raw sign row: %q", got)
+	}
+	if got := find("raw sign, session key"); len(got) != 6 || got[1] != "2000" || got[5] != "-" {
+		t.Fatalf("session key row: %q", got)
+	}
+	if got := find("Transit sign"); len(got) != 5 || got[1] != "1603" {
+		t.Fatalf("Transit row: %q", got)
+	}
+}
+
+func TestCostRatio(t *testing.T) {
+	if r := ComputeCostRatio("seam", "iface", "direct", 1010, 1000, 1.02); !r.Met || !r.AtMost || r.Value != 1.01 {
+		t.Fatalf("%+v", r)
+	}
+	if r := ComputeCostRatio("seam", "iface", "direct", 1030, 1000, 1.02); r.Met {
+		t.Fatalf("%+v", r)
+	}
+	if r := ComputeCostRatio("seam", "iface", "direct", 1000, 0, 1.02); r.Met {
+		t.Fatalf("a ratio with nothing measured was met: %+v", r)
+	}
+	table := Table(nil, []Ratio{ComputeCostRatio("seam", "iface", "direct", 1030, 1000, 1.02)})
+	if !strings.Contains(table, "1.030") || !strings.Contains(table, "<= 1.02 MISSED") {
 		t.Fatalf("table:\n%s", table)
 	}
 }

@@ -9,12 +9,25 @@ import (
 	"strings"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 )
 
-// RawHSM drives the token directly through miekg/pkcs11, with no plugin and
-// no Vault in between: the figure the plugin's are divided by.
+// RawToken says which token the raw scenarios use.
+type RawToken struct {
+	Library  string // the PKCS#11 module
+	InitArgs string // C_Initialize's parameter string (NSS softokn); "" for none
+	Label    string
+	PIN      string
+}
+
+// RawHSM drives the token directly through the binding the plugin uses
+// (hsm.OpenBinding: miekg/pkcs11 plus a one-call C_Encrypt), with no pool,
+// no plugin logic and no Vault in between: the figure the plugin's are
+// divided by. Each worker has a session of its own.
 type RawHSM struct {
-	p11      *pkcs11.Ctx
+	p11      hsm.PKCS11
+	unload   func()
 	slot     uint
 	login    pkcs11.SessionHandle
 	sessions []pkcs11.SessionHandle
@@ -22,53 +35,59 @@ type RawHSM struct {
 	rsa      pkcs11.ObjectHandle
 	ec       pkcs11.ObjectHandle
 	objects  []pkcs11.ObjectHandle
+	loggedIn bool // login is an open session
+	closed   bool
 }
 
-// OpenRawHSM loads the module, logs in, opens sessions sessions and makes
-// keys (AES-256, RSA-2048, EC P-256) that Close destroys. With tokenObjects
-// the keys are private, sensitive token objects, as the plugin's are; some
-// tokens (SoftHSM's file store among them) are slower with those than with
-// session objects.
-func OpenRawHSM(library, tokenLabel, pin string, sessions int, tokenObjects bool) (*RawHSM, error) {
-	p11 := pkcs11.New(library)
-	if p11 == nil {
-		return nil, fmt.Errorf("loading %s", library)
-	}
-	if err := p11.Initialize(); err != nil {
-		return nil, fmt.Errorf("C_Initialize: %w", err)
-	}
-	r := &RawHSM{p11: p11}
-	slots, err := p11.GetSlotList(true)
+// OpenRawHSM loads the module (which must not be loaded in this process
+// already), logs in, opens sessions sessions and makes keys (AES-256,
+// RSA-2048, EC P-256) that Close destroys. With tokenObjects the keys are
+// private, sensitive token objects, as the plugin's are; some tokens
+// (SoftHSM's file store among them) are slower with those than with session
+// objects.
+func OpenRawHSM(tok RawToken, sessions int, tokenObjects bool) (*RawHSM, error) {
+	p11, unload, err := hsm.OpenBinding(tok.Library, tok.InitArgs)
 	if err != nil {
 		return nil, err
 	}
-	found := false
-	for _, s := range slots {
-		if info, err := p11.GetTokenInfo(s); err == nil && strings.TrimRight(info.Label, " \x00") == tokenLabel {
-			r.slot, found = s, true
-		}
-	}
-	if !found {
-		return nil, fmt.Errorf("no token %q", tokenLabel)
-	}
-	if r.login, err = p11.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
-		return nil, err
-	}
-	if err := p11.Login(r.login, pkcs11.CKU_USER, pin); err != nil {
-		return nil, fmt.Errorf("C_Login: %w", err)
-	}
-	for i := 0; i < sessions; i++ {
-		sh, err := p11.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			return nil, err
-		}
-		r.sessions = append(r.sessions, sh)
-	}
-	if err := r.makeKeys(tokenObjects); err != nil {
+	r := &RawHSM{p11: p11, unload: unload}
+	if err := r.open(tok, sessions, tokenObjects); err != nil {
 		r.Close()
 		return nil, err
 	}
 	return r, nil
+}
+
+func (r *RawHSM) open(tok RawToken, sessions int, tokenObjects bool) error {
+	slots, err := r.p11.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("C_GetSlotList: %w", err)
+	}
+	found := false
+	for _, s := range slots {
+		if info, err := r.p11.GetTokenInfo(s); err == nil && strings.TrimRight(info.Label, " \x00") == tok.Label {
+			r.slot, found = s, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("no token %q", tok.Label)
+	}
+	sh, err := r.p11.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return fmt.Errorf("C_OpenSession: %w", err)
+	}
+	r.login, r.loggedIn = sh, true
+	if err := r.p11.Login(r.login, pkcs11.CKU_USER, tok.PIN); err != nil {
+		return fmt.Errorf("C_Login: %w", err)
+	}
+	for i := 0; i < sessions; i++ {
+		sh, err := r.p11.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return fmt.Errorf("C_OpenSession: %w", err)
+		}
+		r.sessions = append(r.sessions, sh)
+	}
+	return r.makeKeys(tokenObjects)
 }
 
 func (r *RawHSM) makeKeys(tokenObjects bool) error {
@@ -110,36 +129,50 @@ func (r *RawHSM) makeKeys(tokenObjects bool) error {
 	return nil
 }
 
-// Close destroys the keys, closes the sessions and finalises the module.
+// Close destroys the keys, closes the sessions and finalises and unloads
+// the module. Calls after the first do nothing.
 func (r *RawHSM) Close() {
+	if r.closed {
+		return
+	}
+	r.closed = true
 	for _, o := range r.objects {
 		_ = r.p11.DestroyObject(r.login, o)
 	}
 	for _, sh := range r.sessions {
 		_ = r.p11.CloseSession(sh)
 	}
-	_ = r.p11.Logout(r.login)
-	_ = r.p11.CloseSession(r.login)
-	_ = r.p11.Finalize()
-	r.p11.Destroy()
+	if r.loggedIn {
+		_ = r.p11.Logout(r.login)
+		_ = r.p11.CloseSession(r.login)
+	}
+	r.unload()
 }
 
 var sha256DigestInfo = []byte{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20}
 
-// EncryptAESGCM64 encrypts 64 bytes with a fresh 96-bit IV on worker's session.
+// EncryptAESGCM64 encrypts 64 bytes with a fresh 96-bit IV on worker's
+// session: C_EncryptInit, then one C_Encrypt with room for the tag (and for
+// an IV a token appends), as the plugin calls it.
 func (r *RawHSM) EncryptAESGCM64(_ context.Context, worker int) error {
 	sh := r.sessions[worker]
-	iv := make([]byte, 12)
+	iv := make([]byte, hsm.GCMIVLen)
 	if _, err := rand.Read(iv); err != nil {
 		return err
 	}
-	params := pkcs11.NewGCMParams(iv, []byte("hsmkms-bench"), 128)
+	params := pkcs11.NewGCMParams(iv, []byte("hsmkms-bench"), hsm.GCMTagLen*8)
 	defer params.Free()
 	if err := r.p11.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, r.aes); err != nil {
-		return err
+		return fmt.Errorf("C_EncryptInit: %w", err)
 	}
-	_, err := r.p11.Encrypt(sh, make([]byte, 64))
-	return err
+	out, err := r.p11.EncryptOnce(sh, make([]byte, 64), 64+hsm.GCMTagLen+hsm.GCMIVLen)
+	if err != nil {
+		return fmt.Errorf("C_Encrypt: %w", err)
+	}
+	if len(out) < 64+hsm.GCMTagLen {
+		return fmt.Errorf("C_Encrypt returned %d bytes for 64", len(out))
+	}
+	return nil
 }
 
 // SignRSA2048 signs a SHA-256 digest with PKCS#1 v1.5.
@@ -147,10 +180,12 @@ func (r *RawHSM) SignRSA2048(_ context.Context, worker int) error {
 	digest := sha256.Sum256([]byte("hsmkms bench input"))
 	sh := r.sessions[worker]
 	if err := r.p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}, r.rsa); err != nil {
-		return err
+		return fmt.Errorf("C_SignInit: %w", err)
 	}
-	_, err := r.p11.Sign(sh, append(append([]byte(nil), sha256DigestInfo...), digest[:]...))
-	return err
+	if _, err := r.p11.Sign(sh, append(append([]byte(nil), sha256DigestInfo...), digest[:]...)); err != nil {
+		return fmt.Errorf("C_Sign: %w", err)
+	}
+	return nil
 }
 
 // SignECDSAP256 signs a SHA-256 digest with ECDSA.
@@ -158,8 +193,10 @@ func (r *RawHSM) SignECDSAP256(_ context.Context, worker int) error {
 	digest := sha256.Sum256([]byte("hsmkms bench input"))
 	sh := r.sessions[worker]
 	if err := r.p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, r.ec); err != nil {
-		return err
+		return fmt.Errorf("C_SignInit: %w", err)
 	}
-	_, err := r.p11.Sign(sh, digest[:])
-	return err
+	if _, err := r.p11.Sign(sh, digest[:]); err != nil {
+		return fmt.Errorf("C_Sign: %w", err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package loadbench
 
 import (
 	"context"
+	"maps"
 	"os"
 	"testing"
 	"time"
@@ -9,26 +10,39 @@ import (
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
-// The raw-HSM scenarios run against a real SoftHSM token, briefly.
+// The raw-HSM scenarios run against real tokens of every implementation,
+// briefly, with session keys and with token keys.
 func TestRawHSMScenarios(t *testing.T) {
-	dir := t.TempDir()
-	tok, err := tokentest.NewSoftHSM(dir, "bench", "1111")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Unsetenv("SOFTHSM2_CONF")
-	for _, tokenObjects := range []bool{false, true} {
-		raw, err := OpenRawHSM(tok.Library, tok.Label, tok.PIN, 2, tokenObjects)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, op := range map[string]Worker{"aes": raw.EncryptAESGCM64, "rsa": raw.SignRSA2048, "ec": raw.SignECDSAP256} {
-			res := Run(context.Background(), name, 2, 100*time.Millisecond, 1, op)
-			if res.Ops == 0 || res.Errors != 0 {
-				t.Fatalf("%s (token objects %v): %+v", name, tokenObjects, res)
+	for _, kind := range tokentest.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			// NewSoftHSM points SOFTHSM2_CONF at the token; restored after.
+			t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF"))
+			toks, err := tokentest.New(kind, t.TempDir(), tokentest.Spec{Label: "bench", PIN: "1111"})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		raw.Close()
+			tok := RawToken{Library: toks[0].Library, InitArgs: toks[0].InitArgs, Label: toks[0].Label, PIN: toks[0].PIN}
+			if _, err := OpenRawHSM(RawToken{Library: tok.Library, InitArgs: tok.InitArgs, Label: "no-such-token", PIN: tok.PIN}, 1, false); err == nil {
+				t.Fatal("opened a token that does not exist")
+			}
+			for _, tokenObjects := range []bool{false, true} {
+				raw, err := OpenRawHSM(tok, 2, tokenObjects)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, sc := range []struct {
+					name string
+					op   Worker
+				}{{"aes", raw.EncryptAESGCM64}, {"rsa", raw.SignRSA2048}, {"ec", raw.SignECDSAP256}} {
+					res := Run(context.Background(), sc.name, 2, 100*time.Millisecond, 1, sc.op)
+					if res.Ops == 0 || res.Errors != 0 {
+						t.Errorf("%s (token objects %v): %+v", sc.name, tokenObjects, res)
+					}
+				}
+				raw.Close()
+				raw.Close() // idempotent
+			}
+		})
 	}
 }
 
@@ -36,9 +50,20 @@ func TestParseGoBench(t *testing.T) {
 	out := `goos: linux
 BenchmarkHandlerEncryptAES64-2   	   69862	     52809 ns/op
 BenchmarkHSMEncryptAES64-2       	   76700	     44689 ns/op	  120 B/op
+BenchmarkSeam/nss/EncryptAESGCM64-2  4297  1098042 ns/op  572093 direct-ns/op  277788 direct-p50-ns  278279 iface-p50-ns  1.002 iface/direct  723 B/op  20 allocs/op
+BenchmarkSeam/softhsm2/SignRSA2048PKCS1
+BenchmarkSeam/softhsm2/SignRSA2048PKCS1-2  502  4840285 ns/op
+BenchmarkSign-4096   	   100	     52809 ns/op
+BenchmarkOneProc      	   100	     2000 ns/op
 PASS`
 	got := ParseGoBench(out)
-	if got["HandlerEncryptAES64"] != 52809 || got["HSMEncryptAES64"] != 44689 || len(got) != 2 {
-		t.Fatalf("%v", got)
+	want := map[string]float64{"HandlerEncryptAES64": 52809, "HSMEncryptAES64": 44689, "Seam/nss/EncryptAESGCM64": 1098042,
+		"Seam/softhsm2/SignRSA2048PKCS1": 4840285, "Sign": 52809, "OneProc": 2000}
+	if !maps.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+	m := ParseGoBenchMetrics(out)["Seam/nss/EncryptAESGCM64"]
+	if m["direct-p50-ns"] != 277788 || m["iface-p50-ns"] != 278279 || m["iface/direct"] != 1.002 || m["allocs/op"] != 20 || len(m) != 7 {
+		t.Fatalf("metrics %v", m)
 	}
 }
