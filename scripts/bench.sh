@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: the plugin against the raw HSM and Vault's Transit, in one
-# run, on one SoftHSM2 token and one dev Vault (the binary the tests use).
-# Prints a table and writes bench-results/bench.json. Settings, all optional:
+# run, on two token implementations side by side (a scratch SoftHSM2 token
+# at kms/ and a scratch NSS softokn token at kms-nss/) and one dev Vault
+# (the binary the tests use). Prints a table and writes
+# bench-results/bench.json. Settings, all optional:
 #   HSMKMS_BENCH_CONCURRENCY (8), HSMKMS_BENCH_DURATION (5s per scenario),
 #   HSMKMS_BENCH_SOAK (5m of mixed load; 0 skips it), HSMKMS_BENCH_PORT (18200).
 set -euo pipefail
@@ -24,11 +26,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== in-process handler benchmarks" >&2
-go test -count=1 -run '^$' -bench 'Handler|HSM' -benchtime 2s . | tee bench-results/gobench.txt >&2
+echo "== in-process handler benchmarks, and the PKCS11 seam on every token" >&2
+{
+  go test -count=1 -run '^$' -bench 'Handler|HSM' -benchtime 2s .
+  go test -count=1 -run '^$' -bench 'Seam' -benchtime 2s ./hsm/
+} | tee bench-results/gobench.txt >&2
 
 conf=$(bash scripts/make-token.sh "$work/softhsm" bench)
 library=$(softhsm_library)
+nss_library=$(bin/hsmkms-bench make-nss-token -dir "$work/nss" -label bench)
 port=${HSMKMS_BENCH_PORT:-18200}
 export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN=bench-root
 printf 'plugin_directory = "%s"\n' "$root/bin" >"$work/vault.hcl"
@@ -41,13 +47,22 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 sha=$(sha256sum bin/vault-plugin-secrets-hsmkms | cut -d' ' -f1)
-"$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms secret hsmkms >/dev/null
+# Both modules' directories (as given and resolved) are allowed.
+library_dirs=$(printf '%s\n' "$library" "$(readlink -f "$library")" "$nss_library" "$(readlink -f "$nss_library")" |
+  xargs -n1 dirname | sort -u | paste -sd:)
+"$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms \
+  -env="HSMKMS_LIBRARY_DIRS=$library_dirs" secret hsmkms >/dev/null
 "$vault_bin" secrets enable -path=kms hsmkms >/dev/null
-"$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0 >/dev/null 2>&1
+"$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0 >/dev/null
+"$vault_bin" secrets enable -path=kms-nss hsmkms >/dev/null
+"$vault_bin" write kms-nss/config library="$nss_library" init_args=@"$work/nss/init-args" token_label=bench \
+  pin=@"$work/nss/pin" max_keys=0 >/dev/null
 plugin_pid=$(pgrep -P "$vault_pid" -f vault-plugin-secrets-hsmkms | head -1 || true)
 
 echo "== through Vault (plugin pid ${plugin_pid:-unknown})" >&2
-SOFTHSM2_CONF="$conf" bin/hsmkms-bench -library "$library" -token-label bench -pin-file "$work/softhsm/pin" \
+SOFTHSM2_CONF="$conf" bin/hsmkms-bench -library "$library" -token-label bench -pin-file "$work/softhsm/pin" -kms kms \
+  -nss-library "$nss_library" -nss-init-args-file "$work/nss/init-args" -nss-token-label bench \
+  -nss-pin-file "$work/nss/pin" -nss-kms kms-nss \
   -concurrency "${HSMKMS_BENCH_CONCURRENCY:-8}" -duration "${HSMKMS_BENCH_DURATION:-5s}" \
   -soak "${HSMKMS_BENCH_SOAK:-5m}" -plugin-pid "${plugin_pid:-0}" \
   -gobench bench-results/gobench.txt -out bench-results/bench.json | tee bench-results/table.txt

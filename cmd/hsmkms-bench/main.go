@@ -10,38 +10,63 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/loadbench"
 )
 
+// token is one token the plugin is measured on: its raw figures come from
+// the module directly, its plugin figures from the mount configured on it.
+type token struct {
+	kind         string // tokentest kind: "softhsm2", "nss"
+	library      string
+	initArgsFile string
+	label        string
+	pinFile      string
+	mount        string
+
+	raw loadbench.RawToken // filled from the files by run
+}
+
 type options struct {
-	addr, token       string
-	library, label    string
-	pinFile           string
-	concurrency       int
-	duration          time.Duration
-	soak              time.Duration
-	pluginPID         int
-	goBench, out      string
-	kmsPath, transitP string
+	addr, token  string
+	softhsm, nss token
+	concurrency  int
+	duration     time.Duration
+	soak         time.Duration
+	pluginPID    int
+	goBench, out string
+	transitP     string
 }
 
 func main() {
-	var o options
+	if len(os.Args) > 1 && os.Args[1] == "make-nss-token" {
+		if err := makeNSSToken(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hsmkms-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	o := options{softhsm: token{kind: "softhsm2"}, nss: token{kind: "nss"}}
 	flag.StringVar(&o.addr, "addr", os.Getenv("VAULT_ADDR"), "Vault address")
 	flag.StringVar(&o.token, "token", os.Getenv("VAULT_TOKEN"), "Vault token")
-	flag.StringVar(&o.library, "library", "", "PKCS#11 module for the raw-HSM figures")
-	flag.StringVar(&o.label, "token-label", "", "token label")
-	flag.StringVar(&o.pinFile, "pin-file", "", "file holding the user PIN")
+	flag.StringVar(&o.softhsm.library, "library", "", "SoftHSM2's PKCS#11 module, for the raw-HSM figures")
+	flag.StringVar(&o.softhsm.label, "token-label", "", "SoftHSM2 token label")
+	flag.StringVar(&o.softhsm.pinFile, "pin-file", "", "file holding the SoftHSM2 token's user PIN")
+	flag.StringVar(&o.softhsm.mount, "kms", "kms", "hsmkms mount on the SoftHSM2 token")
+	flag.StringVar(&o.nss.library, "nss-library", "", "NSS softokn's PKCS#11 module (empty: no NSS figures)")
+	flag.StringVar(&o.nss.initArgsFile, "nss-init-args-file", "", "file holding NSS's C_Initialize parameter string")
+	flag.StringVar(&o.nss.label, "nss-token-label", "", "NSS token label")
+	flag.StringVar(&o.nss.pinFile, "nss-pin-file", "", "file holding the NSS token's user PIN")
+	flag.StringVar(&o.nss.mount, "nss-kms", "kms-nss", "hsmkms mount on the NSS token")
 	flag.IntVar(&o.concurrency, "concurrency", 8, "concurrent clients (and raw-HSM sessions)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each scenario")
-	flag.DurationVar(&o.soak, "soak", 0, "length of the mixed-load memory check (0: skip)")
+	flag.DurationVar(&o.soak, "soak", 0, "length of the mixed-load memory check on the SoftHSM2 mount (0: skip)")
 	flag.IntVar(&o.pluginPID, "plugin-pid", 0, "plugin process to watch during the soak")
-	flag.StringVar(&o.goBench, "gobench", "", "file with `go test -bench` output of the handler benchmarks")
+	flag.StringVar(&o.goBench, "gobench", "", "file with `go test -bench` output of the handler and seam benchmarks")
 	flag.StringVar(&o.out, "out", "bench-results/bench.json", "JSON output")
-	flag.StringVar(&o.kmsPath, "kms", "kms", "hsmkms mount")
 	flag.StringVar(&o.transitP, "transit", "transit", "Transit mount (enabled if missing)")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
@@ -51,95 +76,133 @@ func main() {
 }
 
 type report struct {
-	Machine string                `json:"machine"`
-	When    time.Time             `json:"when"`
-	Results []loadbench.Result    `json:"results"`
-	Ratios  []loadbench.Ratio     `json:"ratios"`
-	Soak    *loadbench.SoakReport `json:"soak,omitempty"`
+	Machine string             `json:"machine"`
+	When    time.Time          `json:"when"`
+	Tokens  []string           `json:"tokens"`
+	Results []loadbench.Result `json:"results"`
+	// SideBySide is Results that ran on a token, one row per scenario with
+	// every token's figures.
+	SideBySide []loadbench.Row       `json:"side_by_side"`
+	Ratios     []loadbench.Ratio     `json:"ratios"`
+	Soak       *loadbench.SoakReport `json:"soak,omitempty"`
+}
+
+// readToken reads the token's PIN and init args from their files.
+func readToken(t *token) error {
+	pin, err := os.ReadFile(t.pinFile)
+	if err != nil {
+		return fmt.Errorf("reading the %s PIN file: %w", t.kind, err)
+	}
+	t.raw = loadbench.RawToken{Library: t.library, Label: t.label, PIN: strings.TrimSpace(string(pin))}
+	if t.initArgsFile != "" {
+		args, err := os.ReadFile(t.initArgsFile)
+		if err != nil {
+			return fmt.Errorf("reading the %s init args file: %w", t.kind, err)
+		}
+		t.raw.InitArgs = strings.TrimSpace(string(args))
+	}
+	return nil
 }
 
 func run(ctx context.Context, o options) error {
-	pin, err := os.ReadFile(o.pinFile)
-	if err != nil {
-		return fmt.Errorf("reading the PIN file: %w", err)
+	tokens := []*token{&o.softhsm}
+	if o.nss.library != "" {
+		tokens = append(tokens, &o.nss)
+	}
+	var mounts []string
+	for _, t := range tokens {
+		if err := readToken(t); err != nil {
+			return err
+		}
+		mounts = append(mounts, t.mount)
 	}
 	client := loadbench.NewHTTPClient(o.addr, o.token, o.concurrency*2)
-	fx, err := setup(ctx, client, o)
+	fx, err := setup(ctx, client, o.transitP, mounts)
 	if err != nil {
 		return err
 	}
 	rep := report{Machine: loadbench.MachineDescription(), When: time.Now().UTC()}
-	results := map[string]loadbench.Result{}
-	measure := func(name string, conc, items int, op loadbench.Worker) {
+	results := map[string]loadbench.Result{} // by Result.Key
+	measure := func(name, tok string, conc, items int, op loadbench.Worker) {
 		r := loadbench.Run(ctx, name, conc, o.duration, items, op)
-		results[name] = r
+		r.Token = tok
+		results[r.Key()] = r
 		rep.Results = append(rep.Results, r)
-		fmt.Fprintf(os.Stderr, "%-44s %10.0f items/s  errors %d %s\n", name, r.ItemsPerSec, r.Errors, r.FirstError)
+		fmt.Fprintf(os.Stderr, "%-70s %10.0f items/s  errors %d %s\n", r.Key(), r.ItemsPerSec, r.Errors, r.FirstError)
+	}
+	get := func(name, tok string) loadbench.Result {
+		return results[loadbench.Result{Name: name, Token: tok}.Key()]
 	}
 
 	n := o.concurrency
-	// For reference: the same token with session keys, which SoftHSM's
-	// file store serves faster than the token keys a KMS must use.
-	sessionKeys, err := loadbench.OpenRawHSM(o.library, o.label, strings.TrimSpace(string(pin)), 1, false)
-	if err != nil {
-		return fmt.Errorf("raw HSM: %w", err)
-	}
-	measure("raw HSM AES-256-GCM encrypt 64 B, 1 session, session key", 1, 1, sessionKeys.EncryptAESGCM64)
-	measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session, session key", 1, 1, sessionKeys.SignRSA2048)
-	sessionKeys.Close()
-
-	raw, err := loadbench.OpenRawHSM(o.library, o.label, strings.TrimSpace(string(pin)), n, true)
-	if err != nil {
-		return fmt.Errorf("raw HSM: %w", err)
-	}
-	measure("raw HSM AES-256-GCM encrypt 64 B, 1 session", 1, 1, raw.EncryptAESGCM64)
-	measure(fmt.Sprintf("raw HSM AES-256-GCM encrypt 64 B, %d sessions", n), n, 1, raw.EncryptAESGCM64)
-	measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session", 1, 1, raw.SignRSA2048)
-	measure(fmt.Sprintf("raw HSM RSA-2048 PKCS#1 v1.5 sign, %d sessions", n), n, 1, raw.SignRSA2048)
-	measure("raw HSM ECDSA P-256 sign, 1 session", 1, 1, raw.SignECDSAP256)
-	measure(fmt.Sprintf("raw HSM ECDSA P-256 sign, %d sessions", n), n, 1, raw.SignECDSAP256)
-	raw.Close()
-
-	for _, mount := range []string{o.kmsPath, o.transitP} {
-		who := "hsmkms"
-		if mount == o.transitP {
-			who = "Transit"
+	rawAES1 := "raw HSM AES-256-GCM encrypt 64 B, 1 session"
+	rawRSAN := fmt.Sprintf("raw HSM RSA-2048 PKCS#1 v1.5 sign, %d sessions", n)
+	for _, t := range tokens {
+		rep.Tokens = append(rep.Tokens, t.kind)
+		// For reference: the same token with session keys, which some
+		// tokens (SoftHSM's file store, NSS's database) serve faster than
+		// the token keys a KMS must use.
+		sessionKeys, err := loadbench.OpenRawHSM(t.raw, 1, false)
+		if err != nil {
+			return fmt.Errorf("raw %s: %w", t.kind, err)
 		}
+		measure("raw HSM AES-256-GCM encrypt 64 B, 1 session, session key", t.kind, 1, 1, sessionKeys.EncryptAESGCM64)
+		measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session, session key", t.kind, 1, 1, sessionKeys.SignRSA2048)
+		sessionKeys.Close()
+
+		raw, err := loadbench.OpenRawHSM(t.raw, n, true)
+		if err != nil {
+			return fmt.Errorf("raw %s: %w", t.kind, err)
+		}
+		measure(rawAES1, t.kind, 1, 1, raw.EncryptAESGCM64)
+		measure(fmt.Sprintf("raw HSM AES-256-GCM encrypt 64 B, %d sessions", n), t.kind, n, 1, raw.EncryptAESGCM64)
+		measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session", t.kind, 1, 1, raw.SignRSA2048)
+		measure(rawRSAN, t.kind, n, 1, raw.SignRSA2048)
+		measure("raw HSM ECDSA P-256 sign, 1 session", t.kind, 1, 1, raw.SignECDSAP256)
+		measure(fmt.Sprintf("raw HSM ECDSA P-256 sign, %d sessions", n), t.kind, n, 1, raw.SignECDSAP256)
+		raw.Close()
+	}
+
+	httpScenarios := func(who, tok, mount string) {
 		post := func(path string, body []byte) loadbench.Worker {
 			return func(ctx context.Context, _ int) error { return client.Post(ctx, mount+"/"+path, body) }
 		}
-		measure(who+" key read (no HSM)", n, 1, func(ctx context.Context, _ int) error {
+		measure(who+" key read (no HSM)", tok, n, 1, func(ctx context.Context, _ int) error {
 			return client.Get(ctx, mount+"/keys/bench-aes")
 		})
-		measure(who+" encrypt 64 B", n, 1, post("encrypt/bench-aes", fx.encrypt))
-		measure(who+" encrypt batch of 100", n, 100, post("encrypt/bench-aes", fx.batch))
-		measure(who+" decrypt 64 B", n, 1, post("decrypt/bench-aes", fx.decrypt[mount]))
-		measure(who+" sign rsa-2048", n, 1, post("sign/bench-rsa", fx.signRSA))
-		measure(who+" sign ecdsa-p256", n, 1, post("sign/bench-ec", fx.signEC))
-		measure(who+" datakey/wrapped", n, 1, post("datakey/wrapped/bench-aes", []byte(`{"bits":256}`)))
+		measure(who+" encrypt 64 B", tok, n, 1, post("encrypt/bench-aes", fx.encrypt))
+		measure(who+" encrypt batch of 100", tok, n, 100, post("encrypt/bench-aes", fx.batch))
+		measure(who+" decrypt 64 B", tok, n, 1, post("decrypt/bench-aes", fx.decrypt[mount]))
+		measure(who+" sign rsa-2048", tok, n, 1, post("sign/bench-rsa", fx.signRSA))
+		measure(who+" sign ecdsa-p256", tok, n, 1, post("sign/bench-ec", fx.signEC))
+		measure(who+" datakey/wrapped", tok, n, 1, post("datakey/wrapped/bench-aes", []byte(`{"bits":256}`)))
 	}
+	for _, t := range tokens {
+		httpScenarios("hsmkms", t.kind, t.mount)
+	}
+	httpScenarios("Transit", "", o.transitP)
 
-	ceiling := results["hsmkms key read (no HSM)"]
-	rep.Ratios = []loadbench.Ratio{
-		loadbench.ComputeRatio("encrypt / plugin no-HSM ceiling", results["hsmkms encrypt 64 B"], ceiling, 0.85),
-		loadbench.ComputeRatio("batch encrypt items/s / raw AES-GCM at 1 session", results["hsmkms encrypt batch of 100"], results["raw HSM AES-256-GCM encrypt 64 B, 1 session"], 0.7),
-		loadbench.ComputeRatio(fmt.Sprintf("rsa-2048 sign / raw RSA-2048 at %d sessions", n), results["hsmkms sign rsa-2048"], results[fmt.Sprintf("raw HSM RSA-2048 PKCS#1 v1.5 sign, %d sessions", n)], 0.75),
-		loadbench.ComputeRatio("rsa-2048 sign / Transit rsa-2048 sign", results["hsmkms sign rsa-2048"], results["Transit sign rsa-2048"], 1.2),
-		loadbench.ComputeRatio("ecdsa-p256 sign / plugin no-HSM ceiling", results["hsmkms sign ecdsa-p256"], ceiling, 0.85),
+	for _, t := range tokens {
+		title := loadbench.TokenTitle(t.kind) + ": "
+		ceiling := get("hsmkms key read (no HSM)", t.kind)
+		rep.Ratios = append(rep.Ratios,
+			loadbench.ComputeRatio(title+"encrypt / plugin no-HSM ceiling", get("hsmkms encrypt 64 B", t.kind), ceiling, 0.85),
+			loadbench.ComputeRatio(title+"batch encrypt items/s / raw AES-GCM at 1 session", get("hsmkms encrypt batch of 100", t.kind), get(rawAES1, t.kind), 0.7),
+			loadbench.ComputeRatio(fmt.Sprintf("%srsa-2048 sign / raw RSA-2048 at %d sessions", title, n), get("hsmkms sign rsa-2048", t.kind), get(rawRSAN, t.kind), 0.75),
+			loadbench.ComputeRatio(title+"rsa-2048 sign / Transit rsa-2048 sign", get("hsmkms sign rsa-2048", t.kind), get("Transit sign rsa-2048", ""), 1.2),
+			loadbench.ComputeRatio(title+"ecdsa-p256 sign / plugin no-HSM ceiling", get("hsmkms sign ecdsa-p256", t.kind), ceiling, 0.85),
+		)
 	}
 	if o.goBench != "" {
 		text, err := os.ReadFile(o.goBench)
 		if err != nil {
 			return err
 		}
-		ns := loadbench.ParseGoBench(string(text))
-		rep.Ratios = append(rep.Ratios,
-			loadbench.ComputeCostRatio("in-process rsa-2048 sign: handler / bare hsm call", "HandlerSignRSA2048", "HSMSignRSA2048", ns["HandlerSignRSA2048"], ns["HSMSignRSA2048"], 1.15),
-			loadbench.ComputeCostRatio("in-process AES-GCM 64 B encrypt: handler / bare hsm call", "HandlerEncryptAES64", "HSMEncryptAES64", ns["HandlerEncryptAES64"], ns["HSMEncryptAES64"], 1.5),
-		)
+		rep.Ratios = append(rep.Ratios, goBenchRatios(string(text))...)
 	}
 	if o.soak > 0 {
-		soak, err := loadbench.Soak(ctx, client, o.kmsPath, o.pluginPID, o.concurrency, o.soak, fx.mixed(o.kmsPath))
+		mount := o.softhsm.mount
+		soak, err := loadbench.Soak(ctx, client, mount, o.pluginPID, o.concurrency, o.soak, fx.mixed(mount))
 		if err != nil {
 			return err
 		}
@@ -147,6 +210,7 @@ func run(ctx context.Context, o options) error {
 		rep.Ratios = append(rep.Ratios, soak.Ratios()...)
 	}
 
+	rep.SideBySide, _ = loadbench.SideBySide(rep.Results)
 	fmt.Println(loadbench.Table(rep.Results, rep.Ratios))
 	if rep.Soak != nil {
 		fmt.Println(rep.Soak.Summary())
@@ -156,6 +220,43 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	return os.WriteFile(o.out, data, 0o644)
+}
+
+// seamTarget bounds what the hsm.PKCS11 interface may add to the calls of
+// one operation made on the concrete binding.
+const seamTarget = 1.02
+
+// goBenchRatios are the targets measured in process by `go test -bench`:
+// the handler against the bare hsm call (root package, SoftHSM2), and the
+// PKCS11 seam on every token (hsm's BenchmarkSeam, medians of interleaved
+// calls). A benchmark missing from the output is a MISSED target.
+func goBenchRatios(text string) []loadbench.Ratio {
+	metrics := loadbench.ParseGoBenchMetrics(text)
+	// cost divides benchmark num's metric numUnit by den's denUnit.
+	cost := func(name, num, numUnit, den, denUnit string, bound float64) loadbench.Ratio {
+		numV, numOK := metrics[num][numUnit]
+		denV, denOK := metrics[den][denUnit]
+		r := loadbench.ComputeCostRatio(name, num+" "+numUnit, den+" "+denUnit, numV, denV, bound)
+		if !numOK || !denOK {
+			r.Met, r.Note = false, "(not measured)"
+		}
+		return r
+	}
+	ratios := []loadbench.Ratio{
+		cost("SoftHSM2: in-process rsa-2048 sign: handler / bare hsm call", "HandlerSignRSA2048", "ns/op", "HSMSignRSA2048", "ns/op", 1.15),
+		cost("SoftHSM2: in-process AES-GCM 64 B encrypt: handler / bare hsm call", "HandlerEncryptAES64", "ns/op", "HSMEncryptAES64", "ns/op", 1.5),
+	}
+	for _, kind := range []string{"softhsm2", "nss"} {
+		for _, op := range []struct{ bench, title string }{
+			{"EncryptAESGCM64", "AES-GCM 64 B encrypt"},
+			{"SignRSA2048PKCS1", "RSA-2048 PKCS#1 v1.5 sign"},
+		} {
+			b := "Seam/" + kind + "/" + op.bench
+			name := fmt.Sprintf("%s: PKCS11 seam, %s: interface / concrete", loadbench.TokenTitle(kind), op.title)
+			ratios = append(ratios, cost(name, b, "iface-p50-ns", b, "direct-p50-ns", seamTarget))
+		}
+	}
+	return ratios
 }
 
 // fixture holds the request bodies every scenario sends.
@@ -176,8 +277,10 @@ func (f *fixture) mixed(mount string) []loadbench.Request {
 	}
 }
 
-func setup(ctx context.Context, c *loadbench.HTTPClient, o options) (*fixture, error) {
-	if _, err := c.PostJSON(ctx, "sys/mounts/"+o.transitP, []byte(`{"type":"transit"}`)); err != nil && !strings.Contains(err.Error(), "path is already in use") {
+// setup enables Transit if needed, makes the bench keys on the hsmkms mounts
+// and Transit, and the request bodies.
+func setup(ctx context.Context, c *loadbench.HTTPClient, transit string, kmsMounts []string) (*fixture, error) {
+	if _, err := c.PostJSON(ctx, "sys/mounts/"+transit, []byte(`{"type":"transit"}`)); err != nil && !strings.Contains(err.Error(), "path is already in use") {
 		return nil, fmt.Errorf("enabling Transit: %w", err)
 	}
 	plaintext := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("p", 64)))
@@ -191,7 +294,7 @@ func setup(ctx context.Context, c *loadbench.HTTPClient, o options) (*fixture, e
 	input := base64.StdEncoding.EncodeToString([]byte("hsmkms bench input"))
 	f.signRSA = []byte(fmt.Sprintf(`{"input":%q,"hash_algorithm":"sha2-256","signature_algorithm":"pkcs1v15"}`, input))
 	f.signEC = []byte(fmt.Sprintf(`{"input":%q,"hash_algorithm":"sha2-256"}`, input))
-	for _, mount := range []string{o.kmsPath, o.transitP} {
+	for _, mount := range append(slices.Clone(kmsMounts), transit) {
 		for name, typ := range map[string]string{"bench-aes": "aes256-gcm96", "bench-rsa": "rsa-2048", "bench-ec": "ecdsa-p256"} {
 			if _, err := c.PostJSON(ctx, mount+"/keys/"+name, []byte(fmt.Sprintf(`{"type":%q}`, typ))); err != nil {
 				return nil, err
