@@ -197,7 +197,12 @@ func TokenTitle(token string) string {
 	return token
 }
 
-const cellWidth = 38 // one token's columns: items/s, p50, p99, errors
+// groupTitle is a token's title centred in dashes over its columns.
+func groupTitle(title string) string {
+	width := len(cellHeader()) - 2
+	dashes := max(2, width-len(title)-2)
+	return "  " + strings.Repeat("-", dashes/2) + " " + title + " " + strings.Repeat("-", dashes-dashes/2)
+}
 
 func cellHeader() string {
 	return fmt.Sprintf(" %11s %9s %9s %6s", "items/s", "p50", "p99", "errors")
@@ -224,7 +229,7 @@ func Table(results []Result, ratios []Ratio) string {
 	if len(rows) > 0 {
 		fmt.Fprintf(&out, "%-*s %5s", width, "", "")
 		for _, t := range tokens {
-			fmt.Fprintf(&out, "  %-*s", cellWidth-2, TokenTitle(t))
+			out.WriteString(groupTitle(TokenTitle(t)))
 		}
 		fmt.Fprintf(&out, "\n%-*s %5s", width, "scenario", "conc")
 		for range tokens {
