@@ -29,7 +29,7 @@ trap cleanup EXIT
 echo "== in-process handler benchmarks, and the PKCS11 seam on every token" >&2
 {
   go test -count=1 -run '^$' -bench 'Handler|HSM' -benchtime 2s .
-  go test -count=1 -run '^$' -bench 'Seam' -benchtime 2s ./hsm/
+  go test -count=1 -run '^$' -bench 'Seam' -benchtime 3s ./hsm/
 } | tee bench-results/gobench.txt >&2
 
 conf=$(bash scripts/make-token.sh "$work/softhsm" bench)
