@@ -289,3 +289,29 @@ func TestOAEPProbeSurvivesATransientFailure(t *testing.T) {
 		}
 	})
 }
+
+// CKR_GENERAL_ERROR from C_Decrypt is SoftHSM's answer to a bad tag, and
+// only there is it taken as one. On any other token it is the HSM's
+// failure: good data is retried, never called corrupt.
+func TestGeneralErrorOnDecryptIsABadTagOnlyOnSoftHSM(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		id := newKey(t, c)
+		blob, err := c.EncryptGCM(ctx, id, []byte("good data"), []byte("aad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ft.FailNext("C_Decrypt", pkcs11.Error(pkcs11.CKR_GENERAL_ERROR))
+		got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
+		if tokenA.Kind == tokentest.SoftHSM2 {
+			if !errors.Is(err, hsm.ErrDecrypt) {
+				t.Fatalf("SoftHSM's tag-mismatch answer: %v, want ErrDecrypt", err)
+			}
+			return
+		}
+		if err != nil || string(got) != "good data" {
+			t.Fatalf("good data after a CKR_GENERAL_ERROR: %q, %v; want it decrypted on the retry", got, err)
+		}
+	})
+}
