@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/pkcs11"
 )
 
@@ -36,6 +37,17 @@ type Config struct {
 	PIN string
 	// PoolSize is the most sessions the client keeps open at once.
 	PoolSize int
+	// Owner names the user of the client (the Vault mount) in messages
+	// about a shared login; a client whose owner alone uses a login may
+	// replace its PIN.
+	Owner string
+	// LoginBackoff is how long no login is tried after the token refused
+	// the PIN (DefaultLoginBackoff when zero); opening a client with the
+	// PIN lifts it at once.
+	LoginBackoff time.Duration
+	// Logger receives re-initialisations, logins, device errors and pool
+	// exhaustion, never a PIN or key material. Nil discards them.
+	Logger hclog.Logger
 	// Intercept, for tests, wraps this client's view of the module: every
 	// PKCS#11 call the client makes, including the module's initialisation
 	// and login on its behalf, goes through what it returns.
@@ -50,6 +62,8 @@ type Client struct {
 	p11   PKCS11 // this client's view of the module
 	token *tokenSession
 	pool  *pool
+	owner string
+	log   hclog.Logger
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -62,16 +76,20 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.PoolSize < 1 {
 		return nil, fmt.Errorf("%w: pool size must be at least 1", ErrInvalidInput)
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	mod, p11, err := acquireModule(cfg.Library, cfg.InitArgs, cfg.Intercept)
 	if err != nil {
 		return nil, err
 	}
-	token, err := mod.login(p11, cfg)
+	token, err := mod.login(p11, cfg, log)
 	if err != nil {
 		mod.release()
 		return nil, err
 	}
-	c := &Client{mod: mod, p11: p11, token: token, pool: newPool(cfg.PoolSize), closed: make(chan struct{})}
+	c := &Client{mod: mod, p11: p11, token: token, pool: newPool(cfg.PoolSize), owner: cfg.Owner, log: log, closed: make(chan struct{})}
 	if err := c.token.quirks.identify(c); err != nil {
 		c.Close()
 		return nil, err
@@ -95,7 +113,7 @@ func (c *Client) Close() {
 			}
 		})
 		c.mod.mu.RUnlock()
-		c.mod.logout(c.p11, c.token)
+		c.mod.logout(c.p11, c.token, c.owner)
 		c.mod.release()
 	})
 }
@@ -116,15 +134,23 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 		ctx, cancel = context.WithTimeout(ctx, DefaultBorrowTimeout)
 		defer cancel()
 	}
-	retried, reinitialised := false, false
+	retried, reinitialised, handleFailed := false, false, false
 	for {
 		gen, err := c.attempt(ctx, op)
 		if errors.As(err, new(reloginFailed)) {
-			// The token is still away (or refuses the PIN): nothing to retry.
+			// The module or the login is still down (the token is away,
+			// or refused the PIN): report it, nothing to retry.
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		class := classify(err)
-		if class == classSession && !c.tokenAnswers() {
+		switch {
+		case class == classSession && !c.tokenAnswers():
+			class = classDevice
+		case handleFailed && (errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrTokenNotFound)):
+			// A handle went stale and the object is now not found: the
+			// token's storage may have gone away under the module (SoftHSM
+			// keeps answering from a token directory that vanished), which
+			// only a re-initialisation can tell.
 			class = classDevice
 		}
 		switch class {
@@ -133,6 +159,7 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 		case classSession, classHandle:
 			c.pool.errors.Add(1)
 			if class == classHandle {
+				handleFailed = true
 				c.token.forgetHandles()
 			}
 			if retried {
@@ -141,15 +168,19 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 			retried = true
 		case classDevice:
 			c.pool.errors.Add(1)
+			c.log.Warn("HSM device-level error", "error", err)
 			if reinitialised {
 				return fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			c.pool.reconnects.Add(1)
-			if rerr := c.mod.reinitialise(c.p11, gen); rerr != nil {
+			if rerr := c.mod.recover(ctx, c.p11, c.token, gen, true, c.log); rerr != nil {
 				return fmt.Errorf("%w: re-initialising the module: %w (after %w)", ErrUnavailable, rerr, err)
 			}
 			reinitialised, retried = true, true
 		default:
+			if errors.Is(err, ErrPoolTimeout) {
+				c.log.Warn("no HSM session became free in time", "pool_size", cap(c.pool.open), "error", err)
+			}
 			return err
 		}
 	}
@@ -161,24 +192,42 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 func (c *Client) tokenAnswers() bool {
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
+	if c.isClosed() || !c.mod.initialised {
+		return false
+	}
 	_, err := c.p11.GetTokenInfo(c.token.slot)
 	return err == nil
+}
+
+func (c *Client) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // attempt borrows a session, runs op and gives the session back or replaces
 // it. It returns the module generation the attempt ran in.
 func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHandle) error) (uint64, error) {
 	c.mod.mu.RLock()
-	loggedIn, gen := c.token.loginOK, c.mod.generation
+	healthy, gen := c.mod.initialised && c.token.loginOK, c.mod.generation
 	c.mod.mu.RUnlock()
-	if !loggedIn {
-		if err := c.mod.relogin(c.p11, c.token); err != nil {
+	if !healthy {
+		if err := c.mod.recover(ctx, c.p11, c.token, gen, false, c.log); err != nil {
 			return gen, reloginFailed{err}
 		}
 	}
 
+	// The closed check is made under the module's read lock: the last
+	// client's Close finalises and unloads the module under its write
+	// lock, so no call can reach an unloaded module.
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
+	if c.isClosed() {
+		return c.mod.generation, ErrClosed
+	}
 	gen = c.mod.generation
 	s, err := c.borrowCurrent(ctx, gen)
 	if err != nil {
@@ -187,7 +236,7 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 	err = op(c.p11, s.handle)
 	switch classify(err) {
 	case classNone, classCaller, classHandle:
-		c.pool.giveBack(s)
+		c.pool.giveBack(s, c.closeIfCurrent)
 	case classSession, classDevice:
 		c.pool.discard(s, c.closeIfCurrent)
 	default:
@@ -197,7 +246,7 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 			c.pool.discard(s, c.closeIfCurrent)
 			err = fmt.Errorf("%w (the session is gone: %w)", err, sessionLost{infoErr})
 		} else {
-			c.pool.giveBack(s)
+			c.pool.giveBack(s, c.closeIfCurrent)
 		}
 	}
 	return gen, err
@@ -251,6 +300,12 @@ type TokenInfo struct {
 func (c *Client) TokenInfo() (TokenInfo, error) {
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
+	if c.isClosed() {
+		return TokenInfo{}, ErrClosed
+	}
+	if !c.mod.initialised {
+		return TokenInfo{}, fmt.Errorf("%w: the module is being re-initialised", ErrUnavailable)
+	}
 	info, err := c.p11.GetTokenInfo(c.token.slot)
 	if err != nil {
 		return TokenInfo{}, call("C_GetTokenInfo", err)

@@ -187,15 +187,46 @@ func TestTokenNotPresentAndBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		ft.SetAbsent(true)
-		for i := 0; i < 3; i++ {
-			if _, err := c.DecryptGCM(ctx, id, blob, []byte("aad")); !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrDecrypt) {
+		inits := ft.Calls("C_Initialize")
+		errs := make([]error, 20)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = c.DecryptGCM(ctx, id, blob, []byte("aad"))
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrDecrypt) {
 				t.Fatalf("token away, request %d: %v, want ErrUnavailable", i, err)
 			}
 		}
+		// An outage is not one re-initialisation per request: the 20
+		// requests share the attempts (one at once, one per backoff).
+		if n := ft.Calls("C_Initialize") - inits; n > 3 {
+			t.Fatalf("20 concurrent requests during the outage made %d C_Initialize calls", n)
+		}
 		ft.SetAbsent(false)
-		got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
-		if err != nil || string(got) != "kept" {
-			t.Fatalf("token back: %q %v", got, err)
+		// The client heals by itself once the backoff allows the next
+		// attempt; no reload, no new client.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
+			if err == nil {
+				if string(got) != "kept" {
+					t.Fatalf("token back: %q", got)
+				}
+				break
+			}
+			if !errors.Is(err, hsm.ErrUnavailable) || time.Now().After(deadline) {
+				t.Fatalf("token back: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := c.EncryptGCM(ctx, id, []byte("again"), []byte("aad")); err != nil {
+			t.Fatalf("after recovery: %v", err)
 		}
 	})
 }

@@ -404,7 +404,7 @@ func TestPoolBorrowHonoursDeadline(t *testing.T) {
 		if _, err := c.Random(short, 8); !errors.Is(err, ErrPoolTimeout) {
 			t.Fatalf("borrow with the only session held: got %v, want ErrPoolTimeout", err)
 		}
-		c.pool.giveBack(held)
+		c.pool.giveBack(held, c.closeIfCurrent)
 		if _, err := c.Random(ctx, 8); err != nil {
 			t.Fatalf("after the session came back: %v", err)
 		}

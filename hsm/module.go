@@ -1,12 +1,16 @@
 package hsm
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/pkcs11"
 )
 
@@ -19,6 +23,17 @@ var modules = struct {
 	byPath map[string]*module
 }{byPath: map[string]*module{}}
 
+// recoveryBackoff is the least time between two attempts to re-initialise
+// a module that could not be: an outage costs the HSM two attempts a
+// second, not one per request, and the mount heals within a second of the
+// HSM's return.
+const recoveryBackoff = 500 * time.Millisecond
+
+// pinCompareInterval is the least time between two PIN comparisons that
+// failed for one token: a holder of one mount's config cannot guess the
+// PIN of another mount's login at the speed of the process.
+const pinCompareInterval = time.Second
+
 // module is one loaded PKCS#11 library.
 type module struct {
 	path     string
@@ -28,9 +43,13 @@ type module struct {
 
 	// mu is held for reading by every PKCS#11 call and for writing while
 	// the module is re-initialised, so no call runs across C_Finalize.
-	mu         sync.RWMutex
-	generation uint64                   // bumped by every re-initialisation
-	tokens     map[string]*tokenSession // by tokenKey; guarded by mu
+	mu           sync.RWMutex
+	generation   uint64                   // bumped by every re-initialisation
+	initialised  bool                     // false after a C_Initialize that failed
+	unloaded     bool                     // set by the last release
+	nextRecovery time.Time                // no re-initialisation before then
+	attempts     uint64                   // recovery attempts made, for callers waiting on one
+	tokens       map[string]*tokenSession // by tokenKey; guarded by mu
 }
 
 // tokenSession is this process's login to one token: one session kept open
@@ -42,8 +61,18 @@ type tokenSession struct {
 	slot    uint   // found again by label after a re-initialisation
 	pin     string // kept to log in again after a re-initialisation
 	refs    int    // guarded by module.mu (write)
+	owners  map[string]int
 	session pkcs11.SessionHandle
-	loginOK bool // false when the last (re-)login failed
+	loginOK bool  // false when the last (re-)login failed
+	lastErr error // why, when loginOK is false
+
+	// After the token refused the PIN, no login is tried before
+	// pinRetryAt (or a config write with a PIN): a real HSM locks the PIN
+	// after a few failures, for every application on the partition.
+	pinRefused   error
+	pinRetryAt   time.Time
+	loginBackoff time.Duration
+	lastMismatch time.Time
 
 	// createMu serialises object-creating calls: SoftHSM 2.6.1 races on
 	// concurrent key creation in one token.
@@ -93,6 +122,7 @@ func acquireModule(path, initArgs string, intercept func(PKCS11) PKCS11) (*modul
 		b.unload()
 		return nil, nil, fmt.Errorf("%w: C_Initialize: %w", ErrLibrary, err)
 	}
+	m.initialised = true
 	modules.byPath[path] = m
 	return m, p, nil
 }
@@ -107,11 +137,13 @@ func (m *module) release() {
 	delete(modules.byPath, m.path)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.unloaded = true
 	_ = m.binding.Finalize()
 	m.binding.unload()
 }
 
-// findSlot returns the slot of the token cfg names. Callers hold m.mu.
+// findSlot returns the slot of the token named by label, or slotID when
+// label is empty. Callers hold m.mu.
 func findSlot(p PKCS11, label string, slotID uint) (uint, error) {
 	slots, err := p.GetSlotList(true)
 	if err != nil {
@@ -128,7 +160,7 @@ func findSlot(p PKCS11, label string, slotID uint) (uint, error) {
 		if err != nil {
 			continue
 		}
-		if strings.TrimRight(info.Label, " \x00") == label {
+		if trimPadded(info.Label) == label {
 			return slot, nil
 		}
 	}
@@ -139,117 +171,308 @@ func findSlot(p PKCS11, label string, slotID uint) (uint, error) {
 }
 
 // login returns the process's login to the token cfg names, logging in if
-// no client of this process has. A PIN that differs from the one this
-// process logged in with is refused without asking the token: the token
-// would answer CKR_USER_ALREADY_LOGGED_IN whatever PIN it was given.
-func (m *module) login(p PKCS11, cfg Config) (*tokenSession, error) {
+// no client of this process has. A module whose token is not found is
+// re-initialised once first: modules such as SoftHSM read their tokens at
+// C_Initialize, so a token made (or brought back) since is otherwise
+// invisible.
+//
+// A PIN that differs from the one this process logged in with is never
+// compared by asking the token (it would answer CKR_USER_ALREADY_LOGGED_IN
+// whatever it was given). When every user of the login is cfg.Owner (the
+// same mount writing a new PIN after the token's PIN changed), the process
+// logs out and in with the new PIN; otherwise the PIN is refused, naming
+// the mounts that share the login.
+func (m *module) login(p PKCS11, cfg Config, log hclog.Logger) (*tokenSession, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.unloaded {
+		return nil, ErrClosed
+	}
 	key := tokenKey(cfg)
 	if ts, ok := m.tokens[key]; ok {
-		if subtle.ConstantTimeCompare([]byte(ts.pin), []byte(cfg.PIN)) != 1 {
-			return nil, fmt.Errorf("%w: differs from the PIN this process is logged in with", ErrPINIncorrect)
+		if err := m.checkPIN(p, ts, cfg, log); err != nil {
+			return nil, err
 		}
 		ts.refs++
+		ts.owners[cfg.Owner]++
 		return ts, nil
 	}
+	if !m.initialised {
+		if err := m.reinitialiseLocked(p, log); err != nil {
+			return nil, err
+		}
+	}
 	slot, err := findSlot(p, cfg.TokenLabel, cfg.Slot)
+	if errors.Is(err, ErrTokenNotFound) {
+		log.Info("token not found; re-initialising the module to look again", "library", m.path, "token", key)
+		if rerr := m.reinitialiseLocked(p, log); rerr != nil {
+			return nil, rerr
+		}
+		slot, err = findSlot(p, cfg.TokenLabel, cfg.Slot)
+	}
 	if err != nil {
 		return nil, err
 	}
-	ts := &tokenSession{key: key, label: cfg.TokenLabel, slot: slot, pin: cfg.PIN, refs: 1}
+	ts := &tokenSession{key: key, label: cfg.TokenLabel, slot: slot, pin: cfg.PIN, refs: 1,
+		owners: map[string]int{cfg.Owner: 1}, loginBackoff: cfg.LoginBackoff}
 	if err := m.openLoginSession(p, ts); err != nil {
+		if classify(err) == classPIN {
+			log.Error("the token refused the PIN", "token", key, "error", err)
+		}
 		return nil, err
 	}
 	m.tokens[key] = ts
 	return ts, nil
 }
 
-// openLoginSession opens the token's long-lived session and logs in on it.
-// Callers hold m.mu for writing.
+// checkPIN lets a client share an existing login. Callers hold m.mu.
+func (m *module) checkPIN(p PKCS11, ts *tokenSession, cfg Config, log hclog.Logger) error {
+	if cfg.LoginBackoff > 0 {
+		ts.loginBackoff = cfg.LoginBackoff
+	}
+	if subtle.ConstantTimeCompare([]byte(ts.pin), []byte(cfg.PIN)) == 1 {
+		if !ts.loginOK {
+			// A config write with the PIN lifts a remembered refusal.
+			ts.pinRefused, ts.pinRetryAt = nil, time.Time{}
+		}
+		return nil
+	}
+	now := time.Now()
+	if now.Sub(ts.lastMismatch) < pinCompareInterval {
+		return fmt.Errorf("%w: another PIN was refused for this token less than %v ago; try again later", ErrPINIncorrect, pinCompareInterval)
+	}
+	if others := otherOwners(ts, cfg.Owner); len(others) > 0 || cfg.Owner == "" {
+		ts.lastMismatch = now
+		return fmt.Errorf("%w: differs from the PIN this process is logged in with for %s; "+
+			"the token's login is shared, so every mount on it must give the same PIN", ErrPINIncorrect, describeOwners(others))
+	}
+	// Only this mount uses the login: try the new PIN on the token.
+	_ = p.Logout(ts.session)
+	err := p.Login(ts.session, pkcs11.CKU_USER, cfg.PIN)
+	if err == nil || isSuccess(err) {
+		log.Info("logged in to the token with a new PIN", "token", ts.key)
+		ts.pin, ts.loginOK, ts.lastErr, ts.pinRefused, ts.pinRetryAt = cfg.PIN, true, nil, nil, time.Time{}
+		return nil
+	}
+	ts.lastMismatch = now
+	log.Error("the token refused the new PIN", "token", ts.key, "error", err)
+	if lerr := p.Login(ts.session, pkcs11.CKU_USER, ts.pin); lerr != nil && !isSuccess(lerr) {
+		ts.loginOK, ts.lastErr = false, call("C_Login", lerr)
+	}
+	if classify(err) == classPIN {
+		return pinError(err)
+	}
+	return call("C_Login", err)
+}
+
+func otherOwners(ts *tokenSession, owner string) []string {
+	var out []string
+	for o, n := range ts.owners {
+		if o != owner && n > 0 {
+			out = append(out, o)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func describeOwners(owners []string) string {
+	var named []string
+	for _, o := range owners {
+		if o != "" {
+			named = append(named, o)
+		}
+	}
+	if len(named) == 0 {
+		return "another client"
+	}
+	return "mounts " + strings.Join(named, ", ")
+}
+
+// openLoginSession opens the token's long-lived session and logs in on it,
+// unless the token refused the PIN too recently. Callers hold m.mu for
+// writing.
 func (m *module) openLoginSession(p PKCS11, ts *tokenSession) error {
+	if ts.pinRefused != nil && time.Now().Before(ts.pinRetryAt) {
+		ts.loginOK, ts.lastErr = false, fmt.Errorf("%w; no login is tried before %s or the next config write",
+			ts.pinRefused, ts.pinRetryAt.UTC().Format(time.RFC3339))
+		return ts.lastErr
+	}
 	sh, err := p.OpenSession(ts.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
-		return call("C_OpenSession", err)
+		ts.loginOK, ts.lastErr = false, call("C_OpenSession", err)
+		return ts.lastErr
 	}
 	if err := p.Login(sh, pkcs11.CKU_USER, ts.pin); err != nil && !isSuccess(err) {
 		_ = p.CloseSession(sh)
+		ts.loginOK = false
 		if classify(err) == classPIN {
-			return pinError(err)
+			ts.pinRefused, ts.pinRetryAt = pinError(err), time.Now().Add(ts.loginBackoffOrDefault())
+			ts.lastErr = ts.pinRefused
+			return ts.lastErr
 		}
-		return call("C_Login", err)
+		ts.lastErr = call("C_Login", err)
+		return ts.lastErr
 	}
-	ts.session = sh
-	ts.loginOK = true
+	ts.session, ts.loginOK, ts.lastErr, ts.pinRefused = sh, true, nil, nil
 	return nil
 }
 
-func (m *module) logout(p PKCS11, ts *tokenSession) {
+// DefaultLoginBackoff is how long the plugin waits after the token refused
+// the PIN before it tries to log in again.
+const DefaultLoginBackoff = time.Minute
+
+func (ts *tokenSession) loginBackoffOrDefault() time.Duration {
+	if ts.loginBackoff > 0 {
+		return ts.loginBackoff
+	}
+	return DefaultLoginBackoff
+}
+
+func (m *module) logout(p PKCS11, ts *tokenSession, owner string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ts.refs--
+	ts.owners[owner]--
 	if ts.refs > 0 {
 		return
 	}
 	delete(m.tokens, ts.key)
-	if ts.loginOK {
+	if ts.loginOK && !m.unloaded {
 		_ = p.Logout(ts.session)
 		_ = p.CloseSession(ts.session)
 	}
 }
 
-// reinitialise finalises and initialises the module again after a
-// device-level error, unless another caller already did since generation
-// seen; finds every token again by label (slot ids can change when a token
-// is re-initialised or a device comes back) and logs it back in. Session
-// handles from older generations are never used again (not even closed:
-// their numbers may now belong to new sessions); object handles are checked
-// before they are used again (see findObject).
-func (m *module) reinitialise(p PKCS11, seen uint64) error {
+// recover brings the module and the token's login back. After a
+// device-level error seen in generation seen (deviceErr), it re-initialises
+// the module at once, unless another caller already did since. Otherwise
+// (the module or the login is still down from an earlier failure) it
+// respects the backoffs: no attempt within recoveryBackoff of a failed one,
+// no login within the login backoff of a refused PIN; a token whose login
+// alone is down is logged in again, and the module is re-initialised only
+// if the token cannot be found. Every re-initialisation finds the tokens
+// again by label and logs them back in. Session handles from older
+// generations are never used again (not even closed: their numbers may now
+// belong to new sessions); object handles are checked before they are used
+// again (see findObject).
+func (m *module) recover(ctx context.Context, p PKCS11, ts *tokenSession, seen uint64, deviceErr bool, log hclog.Logger) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.generation != seen {
-		return nil
+	if m.unloaded {
+		return ErrClosed
 	}
-	_ = p.Finalize()
-	m.generation++
-	if err := p.Initialize(); err != nil && !isSuccess(err) {
-		for _, ts := range m.tokens {
-			ts.loginOK = false
-		}
-		return call("C_Initialize", err)
+	healthy := m.initialised && ts.loginOK
+	if healthy && (m.generation != seen || !deviceErr) {
+		return nil // recovered by another caller meanwhile
 	}
-	var errs []error
-	for _, ts := range m.tokens {
-		ts.loginOK = false
-		if ts.label != "" {
-			slot, err := findSlot(p, ts.label, 0)
-			if err != nil {
-				errs = append(errs, err)
-				continue
+	if !healthy && m.initialised && ts.pinRefused != nil && time.Now().Before(ts.pinRetryAt) {
+		return m.openLoginSession(p, ts) // explains the refusal; no login is tried
+	}
+	if !healthy {
+		// Within the backoff, wait for the next attempt (made by this
+		// caller or another) rather than fail at once: a request sent
+		// after the HSM came back then succeeds, and the HSM still sees
+		// one attempt per interval.
+		for seq := m.attempts; time.Now().Before(m.nextRecovery); {
+			wait := time.Until(m.nextRecovery)
+			m.mu.Unlock()
+			timer := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				m.mu.Lock()
+				if ts.lastErr != nil {
+					return fmt.Errorf("%w (waiting for the next attempt: %w)", ts.lastErr, ctx.Err())
+				}
+				return ctx.Err()
+			case <-timer.C:
 			}
-			ts.slot = slot
+			m.mu.Lock()
+			if m.unloaded {
+				return ErrClosed
+			}
+			if m.attempts != seq {
+				if m.initialised && ts.loginOK {
+					return nil
+				}
+				return ts.lastErr
+			}
 		}
-		if err := m.openLoginSession(p, ts); err != nil {
-			errs = append(errs, err)
+		m.attempts++
+		if m.initialised {
+			err := m.reloginLocked(p, ts)
+			if err == nil || !errors.Is(err, ErrTokenNotFound) {
+				if err != nil {
+					m.nextRecovery = time.Now().Add(recoveryBackoff)
+				}
+				return err
+			}
 		}
 	}
-	return errors.Join(errs...)
+	m.attempts++
+	err := m.reinitialiseLocked(p, log)
+	if err == nil && !ts.loginOK {
+		err = ts.lastErr
+	}
+	if err != nil {
+		m.nextRecovery = time.Now().Add(recoveryBackoff)
+	}
+	return err
 }
 
-// relogin logs in again when an earlier re-initialisation could not.
-func (m *module) relogin(p PKCS11, ts *tokenSession) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if ts.loginOK {
-		return nil
-	}
+// reloginLocked finds the token again and logs in. Callers hold m.mu for
+// writing.
+func (m *module) reloginLocked(p PKCS11, ts *tokenSession) error {
 	if ts.label != "" {
 		slot, err := findSlot(p, ts.label, 0)
 		if err != nil {
+			ts.lastErr = err
 			return err
 		}
 		ts.slot = slot
 	}
 	return m.openLoginSession(p, ts)
+}
+
+// reinitialiseLocked finalises and initialises the module and logs every
+// token in again. Callers hold m.mu for writing.
+func (m *module) reinitialiseLocked(p PKCS11, log hclog.Logger) error {
+	_ = p.Finalize()
+	m.generation++
+	m.initialised = false
+	for _, ts := range m.tokens {
+		ts.loginOK = false
+	}
+	if err := p.Initialize(); err != nil && !isSuccess(err) {
+		err = call("C_Initialize", err)
+		for _, ts := range m.tokens {
+			ts.lastErr = err
+		}
+		log.Warn("re-initialising the PKCS#11 module failed", "library", m.path, "error", err)
+		return err
+	}
+	m.initialised = true
+	var errs []error
+	for _, ts := range m.tokens {
+		old := ts.slot
+		if err := m.reloginLocked(p, ts); err != nil {
+			if classify(err) == classPIN {
+				log.Error("the token refused the PIN; no login before the backoff ends or the next config write",
+					"token", ts.key, "retry_at", ts.pinRetryAt, "error", err)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		if ts.slot != old {
+			log.Info("token found in another slot", "token", ts.key, "old_slot", old, "slot", ts.slot)
+		}
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		log.Warn("re-initialised the PKCS#11 module; some tokens are not back", "library", m.path, "generation", m.generation, "error", err)
+	} else {
+		log.Info("re-initialised the PKCS#11 module and logged in again", "library", m.path, "generation", m.generation)
+	}
+	return err
 }

@@ -3,6 +3,7 @@ package hsm
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
@@ -20,6 +21,11 @@ type session struct {
 type pool struct {
 	open chan struct{}
 	idle chan *session
+
+	// mu guards closed against giveBack: a session borrowed while the pool
+	// is drained comes back to a closed pool and is closed, not kept.
+	mu     sync.Mutex
+	closed bool
 
 	inUse      atomic.Int64
 	waits      atomic.Int64
@@ -66,9 +72,17 @@ func (p *pool) borrow(ctx context.Context, opener func() (*session, error)) (*se
 	return s, nil
 }
 
-// giveBack puts a healthy session back.
-func (p *pool) giveBack(s *session) {
+// giveBack puts a healthy session back; into a closed pool, it closes it
+// with close.
+func (p *pool) giveBack(s *session, close func(*session)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.inUse.Add(-1)
+	if p.closed {
+		close(s)
+		<-p.open
+		return
+	}
 	p.idle <- s // never blocks: idle holds at most cap(open) sessions
 }
 
@@ -83,8 +97,12 @@ func (p *pool) discard(s *session, close func(*session)) {
 	<-p.open
 }
 
-// drain closes every idle session; used when the client closes.
+// drain closes the pool: every idle session now, every borrowed one when it
+// comes back.
 func (p *pool) drain(close func(*session)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
 	for {
 		select {
 		case s := <-p.idle:

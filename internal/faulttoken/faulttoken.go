@@ -40,6 +40,8 @@ type Token struct {
 
 	mu        sync.Mutex
 	queued    map[string][]error // call name -> errors for its next calls
+	failing   map[string]error   // call name -> error for every call until cleared
+	hidden    int                // C_FindObjects calls left that find nothing
 	absent    bool
 	slotShift uint
 	delays    map[string]time.Duration
@@ -56,7 +58,7 @@ type ownIV struct {
 
 // New returns a token that behaves exactly like inner until told otherwise.
 func New(inner hsm.PKCS11) *Token {
-	return &Token{inner: inner, queued: map[string][]error{}, delays: map[string]time.Duration{},
+	return &Token{inner: inner, queued: map[string][]error{}, failing: map[string]error{}, delays: map[string]time.Duration{},
 		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{}}
 }
 
@@ -74,6 +76,26 @@ func (t *Token) FailNext(name string, errs ...error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.queued[name] = append(t.queued[name], errs...)
+}
+
+// SetFailing makes every call of name return err, until SetFailing(name,
+// nil).
+func (t *Token) SetFailing(name string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err == nil {
+		delete(t.failing, name)
+		return
+	}
+	t.failing[name] = err
+}
+
+// HideObjects makes the next n C_FindObjects calls find nothing, as a
+// token whose storage went away does.
+func (t *Token) HideObjects(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.hidden = n
 }
 
 // SetAbsent takes the token away (every call answers
@@ -129,6 +151,8 @@ func (t *Token) before(name string) error {
 	var err error
 	if q := t.queued[name]; len(q) > 0 {
 		err, t.queued[name] = q[0], q[1:]
+	} else if f, ok := t.failing[name]; ok {
+		err = f
 	} else if t.absent && name != "C_Finalize" && name != "C_Initialize" && name != "C_GetSlotList" {
 		err = pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT)
 	}
@@ -250,7 +274,14 @@ func (t *Token) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHa
 	if err := t.before("C_FindObjects"); err != nil {
 		return nil, false, err
 	}
-	return t.inner.FindObjects(sh, max)
+	handles, more, err := t.inner.FindObjects(sh, max)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err == nil && t.hidden > 0 {
+		t.hidden--
+		return nil, false, nil
+	}
+	return handles, more, err
 }
 
 func (t *Token) FindObjectsFinal(sh pkcs11.SessionHandle) error {
