@@ -46,17 +46,20 @@ for _ in $(seq 1 100); do
   kill -0 "$vault_pid" 2>/dev/null || { cat "$work/vault.log" >&2; exit 1; }
   sleep 0.2
 done
+# quietly runs a vault command, showing its output only when it fails (a
+# config write warns that it made the default key).
+quietly() { "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log" >&2; return 1; }; }
 sha=$(sha256sum bin/vault-plugin-secrets-hsmkms | cut -d' ' -f1)
 # Both modules' directories (as given and resolved) are allowed.
 library_dirs=$(printf '%s\n' "$library" "$(readlink -f "$library")" "$nss_library" "$(readlink -f "$nss_library")" |
   xargs -n1 dirname | sort -u | paste -sd:)
-"$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms \
-  -env="HSMKMS_LIBRARY_DIRS=$library_dirs" secret hsmkms >/dev/null
-"$vault_bin" secrets enable -path=kms hsmkms >/dev/null
-"$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0 >/dev/null
-"$vault_bin" secrets enable -path=kms-nss hsmkms >/dev/null
-"$vault_bin" write kms-nss/config library="$nss_library" init_args=@"$work/nss/init-args" token_label=bench \
-  pin=@"$work/nss/pin" max_keys=0 >/dev/null
+quietly "$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms \
+  -env="HSMKMS_LIBRARY_DIRS=$library_dirs" secret hsmkms
+quietly "$vault_bin" secrets enable -path=kms hsmkms
+quietly "$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0
+quietly "$vault_bin" secrets enable -path=kms-nss hsmkms
+quietly "$vault_bin" write kms-nss/config library="$nss_library" init_args=@"$work/nss/init-args" token_label=bench \
+  pin=@"$work/nss/pin" max_keys=0
 plugin_pid=$(pgrep -P "$vault_pid" -f vault-plugin-secrets-hsmkms | head -1 || true)
 
 echo "== through Vault (plugin pid ${plugin_pid:-unknown})" >&2
