@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-uuid"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -48,6 +51,11 @@ type backend struct {
 
 	// now is the clock; tests move it to see automatic rotation happen.
 	now func() time.Time
+
+	// owner identifies this mount to the hsm package (Vault's backend
+	// UUID); mountPoint, learnt from config writes, names it in messages.
+	owner      string
+	mountPoint atomic.Value // string
 
 	// intercept, set by tests only, puts a misbehaving token between the
 	// mount and the PKCS#11 module (hsm.Config.Intercept).
@@ -95,6 +103,10 @@ func newBackend(allowedLibraryDirs []string) *backend {
 	return b
 }
 
+// errHSMOpen: the stored config could not open the token (it is away, or
+// refuses the PIN): the HSM's failure, answered 503.
+var errHSMOpen = errors.New("opening the HSM from the stored config")
+
 // errNotConfigured is returned for every crypto or key request before config.
 var errNotConfigured = errors.New("this mount has no HSM configuration yet: write the config path first (library, token_label or slot, pin)")
 
@@ -124,9 +136,9 @@ func (b *backend) hsmClient(ctx context.Context, s logical.Storage) (*hsm.Client
 	if conf.resolvedLibrary, err = checkLibraryPath(conf.Library, b.allowedLibraryDirs); err != nil {
 		return nil, nil, fmt.Errorf("stored config: %w", err)
 	}
-	c, err := b.openHSM(ctx, conf.hsmConfig())
+	c, err := b.openHSM(ctx, conf)
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening the HSM from the stored config: %w", err)
+		return nil, nil, fmt.Errorf("%w: %w", errHSMOpen, err)
 	}
 	b.client, b.conf = c, conf
 	return c, conf, nil
@@ -144,8 +156,26 @@ func (b *backend) swapClient(c *hsm.Client, conf *mountConfig) {
 	}
 }
 
-// openHSM opens a client for a config, through the test interceptor if any.
-func (b *backend) openHSM(ctx context.Context, hc hsm.Config) (*hsm.Client, error) {
+// Setup records the mount's identity, then sets the framework up.
+func (b *backend) Setup(ctx context.Context, conf *logical.BackendConfig) error {
+	b.owner = conf.BackendUUID
+	if b.owner == "" {
+		id, err := uuid.GenerateUUID()
+		if err != nil {
+			return err
+		}
+		b.owner = id
+	}
+	return b.Backend.Setup(ctx, conf)
+}
+
+// openHSM opens a client for a config: this mount's identity and logger,
+// and the test interceptor if any.
+func (b *backend) openHSM(ctx context.Context, conf *mountConfig) (*hsm.Client, error) {
+	hc := conf.hsmConfig()
+	hc.Owner = b.owner
+	hc.OwnerName, _ = b.mountPoint.Load().(string)
+	hc.Logger = b.Logger()
 	hc.Intercept = b.intercept
 	return hsm.Open(ctx, hc)
 }
@@ -173,10 +203,17 @@ func respondError(op string, err error) (*logical.Response, error) {
 		return logical.ErrorResponse("%s: ciphertext could not be decrypted: it was altered, made by another key or version, or the context, associated_data or encryption_context differ", op), logical.ErrInvalidRequest
 	case errors.Is(err, hsm.ErrInvalidInput):
 		return logical.ErrorResponse("%s: %s", op, err.Error()), logical.ErrInvalidRequest
-	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrPoolTimeout), errors.Is(err, hsm.ErrClosed):
+	case hsmUnavailable(err):
 		return nil, logical.CodedError(503, fmt.Sprintf("%s: %v", op, err))
 	}
 	return nil, fmt.Errorf("%s: %w", op, err)
+}
+
+// hsmUnavailable reports the errors that mean the HSM (not the caller, not
+// the plugin) failed: answered 503, so clients retry.
+func hsmUnavailable(err error) bool {
+	return errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrPoolTimeout) || errors.Is(err, hsm.ErrClosed) ||
+		errors.Is(err, errHSMOpen)
 }
 
 const backendHelp = `

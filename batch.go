@@ -42,7 +42,8 @@ type batchResult struct {
 	Error      string `json:"error,omitempty"`
 	Reference  string `json:"reference"`
 
-	internal bool // the error was ours, not the caller's
+	internal    bool // the error was ours, not the caller's
+	unavailable bool // the HSM failed (retried once); answered 503
 }
 
 // readItems returns the request's items: batch_input when given, else one
@@ -186,10 +187,10 @@ func toInt(v interface{}) (int, string) {
 
 // batchResponse follows Transit's encrypt and decrypt: results in input
 // order with references echoed; any failed item makes the status 400 (or
-// 500 when only internal errors failed), which partial_failure_response_code
+// 503 when the HSM failed, 500 for other internal errors), which partial_failure_response_code
 // may override when some items succeeded.
 func batchResponse(req *logical.Request, d *framework.FieldData, results []batchResult, items []cryptoItem) (*logical.Response, error) {
-	var userErr, internalErr, success bool
+	var userErr, internalErr, unavailable, success bool
 	for i := range results {
 		results[i].Reference = items[i].Reference
 		switch {
@@ -197,6 +198,7 @@ func batchResponse(req *logical.Request, d *framework.FieldData, results []batch
 			success = true
 		case results[i].internal:
 			internalErr = true
+			unavailable = unavailable || results[i].unavailable
 		default:
 			userErr = true
 		}
@@ -206,7 +208,11 @@ func batchResponse(req *logical.Request, d *framework.FieldData, results []batch
 		return resp, nil
 	}
 	code := http.StatusBadRequest
-	if !userErr {
+	switch {
+	case userErr:
+	case unavailable:
+		code = http.StatusServiceUnavailable
+	default:
 		code = http.StatusInternalServerError
 	}
 	if raw, ok := d.GetOk("partial_failure_response_code"); ok && success {

@@ -41,6 +41,7 @@ type mountConfig struct {
 	DefaultResidency  string        `json:"default_residency"`
 	KEKLabel          string        `json:"kek_label"`
 	UnwrappedCacheTTL time.Duration `json:"unwrapped_cache_ttl"`
+	LoginBackoff      time.Duration `json:"login_backoff"`
 
 	// resolvedLibrary is the allow-listed path actually loaded.
 	resolvedLibrary string
@@ -55,11 +56,13 @@ func defaultConfig() *mountConfig {
 		DefaultResidency:  residencyHSM,
 		KEKLabel:          defaultKEKLabel,
 		UnwrappedCacheTTL: defaultUnwrappedCacheTTL,
+		LoginBackoff:      hsm.DefaultLoginBackoff,
 	}
 }
 
 func (c *mountConfig) hsmConfig() hsm.Config {
-	hc := hsm.Config{Library: c.resolvedLibrary, InitArgs: c.InitArgs, TokenLabel: c.TokenLabel, PIN: c.PIN, PoolSize: c.PoolSize}
+	hc := hsm.Config{Library: c.resolvedLibrary, InitArgs: c.InitArgs, TokenLabel: c.TokenLabel, PIN: c.PIN,
+		PoolSize: c.PoolSize, LoginBackoff: c.LoginBackoff}
 	if c.Slot != nil {
 		hc.Slot = *c.Slot
 	}

@@ -77,6 +77,13 @@ func (b *backend) pathConfig() *framework.Path {
 				Description: "Label of the HSM AES key that will wrap keys of residency 'wrapped'.",
 				Default:     defaultKEKLabel,
 			},
+			"login_backoff": {
+				Type: framework.TypeDurationSecond,
+				Description: "After the token refused the PIN, how long the plugin waits before it tries to log in again " +
+					"(requests meanwhile get 503 naming the cause). A config write with the PIN tries at once. Real HSMs " +
+					"lock the PIN after a few failed logins, for every application on the partition.",
+				Default: int(hsm.DefaultLoginBackoff.Seconds()),
+			},
 			"unwrapped_cache_ttl": {
 				Type:        framework.TypeDurationSecond,
 				Description: "How long an unwrapped key stays loaded after its last use (for residency 'wrapped').",
@@ -125,6 +132,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"default_residency":   conf.DefaultResidency,
 		"kek_label":           conf.KEKLabel,
 		"unwrapped_cache_ttl": int64(conf.UnwrappedCacheTTL.Seconds()),
+		"login_backoff":       int64(conf.LoginBackoff.Seconds()),
 	}
 	mechanisms := map[string]string{
 		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, or the token's own when it uses one; 128-bit tag)",
@@ -197,7 +205,10 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	}
 
-	client, err := b.openHSM(ctx, conf.hsmConfig())
+	if req.MountPoint != "" {
+		b.mountPoint.Store(req.MountPoint)
+	}
+	client, err := b.openHSM(ctx, conf)
 	if err != nil {
 		return configOpenError(conf, err)
 	}
@@ -305,6 +316,12 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	}
 	if conf.KEKLabel == "" {
 		return "kek_label must not be empty"
+	}
+	if v, ok := d.GetOk("login_backoff"); ok {
+		conf.LoginBackoff = time.Duration(v.(int)) * time.Second
+	}
+	if conf.LoginBackoff < time.Second || conf.LoginBackoff > 24*time.Hour {
+		return "login_backoff must be between 1s and 24h"
 	}
 	if v, ok := d.GetOk("unwrapped_cache_ttl"); ok {
 		conf.UnwrappedCacheTTL = time.Duration(v.(int)) * time.Second

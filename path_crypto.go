@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -266,6 +267,8 @@ func itemFailure(err error) batchResult {
 		return batchResult{Error: decryptFailedMsg}
 	case errors.Is(err, hsm.ErrInvalidInput):
 		return batchResult{Error: err.Error()}
+	case hsmUnavailable(err):
+		return batchResult{Error: err.Error(), internal: true, unavailable: true}
 	}
 	return batchResult{Error: fmt.Sprintf("internal error: %v", err), internal: true}
 }
@@ -273,6 +276,9 @@ func itemFailure(err error) batchResult {
 const decryptFailedMsg = "ciphertext could not be decrypted: it was altered, made by another key, or the context, associated_data or encryption_context differ"
 
 func singleFailure(op string, r batchResult) (*logical.Response, error) {
+	if r.unavailable {
+		return nil, logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("%s: %s", op, r.Error))
+	}
 	if r.internal {
 		return nil, fmt.Errorf("%s: %s", op, r.Error)
 	}

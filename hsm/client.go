@@ -37,10 +37,10 @@ type Config struct {
 	PIN string
 	// PoolSize is the most sessions the client keeps open at once.
 	PoolSize int
-	// Owner names the user of the client (the Vault mount) in messages
-	// about a shared login; a client whose owner alone uses a login may
-	// replace its PIN.
-	Owner string
+	// Owner identifies the user of the client (the Vault mount); a client
+	// whose owner alone uses a login may replace its PIN. OwnerName is
+	// how messages about a shared login name it.
+	Owner, OwnerName string
 	// LoginBackoff is how long no login is tried after the token refused
 	// the PIN (DefaultLoginBackoff when zero); opening a client with the
 	// PIN lifts it at once.

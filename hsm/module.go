@@ -56,12 +56,13 @@ type module struct {
 // so the token does not log the process out, shared by every client of the
 // token and counted.
 type tokenSession struct {
-	key     string // the registry key: the label, or the slot when no label was given
-	label   string // "" when the token was chosen by slot
-	slot    uint   // found again by label after a re-initialisation
-	pin     string // kept to log in again after a re-initialisation
-	refs    int    // guarded by module.mu (write)
-	owners  map[string]int
+	key     string            // the registry key: the label, or the slot when no label was given
+	label   string            // "" when the token was chosen by slot
+	slot    uint              // found again by label after a re-initialisation
+	pin     string            // kept to log in again after a re-initialisation
+	refs    int               // guarded by module.mu (write)
+	owners  map[string]int    // clients by Config.Owner
+	names   map[string]string // Config.OwnerName by Config.Owner
 	session pkcs11.SessionHandle
 	loginOK bool  // false when the last (re-)login failed
 	lastErr error // why, when loginOK is false
@@ -195,6 +196,7 @@ func (m *module) login(p PKCS11, cfg Config, log hclog.Logger) (*tokenSession, e
 		}
 		ts.refs++
 		ts.owners[cfg.Owner]++
+		ts.names[cfg.Owner] = cfg.OwnerName
 		return ts, nil
 	}
 	if !m.initialised {
@@ -214,7 +216,7 @@ func (m *module) login(p PKCS11, cfg Config, log hclog.Logger) (*tokenSession, e
 		return nil, err
 	}
 	ts := &tokenSession{key: key, label: cfg.TokenLabel, slot: slot, pin: cfg.PIN, refs: 1,
-		owners: map[string]int{cfg.Owner: 1}, loginBackoff: cfg.LoginBackoff}
+		owners: map[string]int{cfg.Owner: 1}, names: map[string]string{cfg.Owner: cfg.OwnerName}, loginBackoff: cfg.LoginBackoff}
 	if err := m.openLoginSession(p, ts); err != nil {
 		if classify(err) == classPIN {
 			log.Error("the token refused the PIN", "token", key, "error", err)
@@ -244,25 +246,30 @@ func (m *module) checkPIN(p PKCS11, ts *tokenSession, cfg Config, log hclog.Logg
 	if others := otherOwners(ts, cfg.Owner); len(others) > 0 || cfg.Owner == "" {
 		ts.lastMismatch = now
 		return fmt.Errorf("%w: differs from the PIN this process is logged in with for %s; "+
-			"the token's login is shared, so every mount on it must give the same PIN", ErrPINIncorrect, describeOwners(others))
+			"the token's login is shared, so every mount on it must give the same PIN", ErrPINIncorrect, describeOwners(ts, others))
 	}
-	// Only this mount uses the login: try the new PIN on the token.
-	_ = p.Logout(ts.session)
-	err := p.Login(ts.session, pkcs11.CKU_USER, cfg.PIN)
-	if err == nil || isSuccess(err) {
+	// Only this mount uses the login: log in with the new PIN. The module
+	// is re-initialised for it, since some modules (SoftHSM) keep the
+	// token's PIN in memory and would judge the new one by the old.
+	// Exactly one login is tried with the new PIN; if the token refuses
+	// it, the previous PIN stays in force and is tried again only after
+	// the login backoff (or the next config write), so a typo costs the
+	// token's retry counter one failure.
+	old := ts.pin
+	ts.pin, ts.pinRefused = cfg.PIN, nil
+	err := m.reinitialiseLocked(p, log)
+	if ts.loginOK {
 		log.Info("logged in to the token with a new PIN", "token", ts.key)
-		ts.pin, ts.loginOK, ts.lastErr, ts.pinRefused, ts.pinRetryAt = cfg.PIN, true, nil, nil, time.Time{}
 		return nil
 	}
-	ts.lastMismatch = now
-	log.Error("the token refused the new PIN", "token", ts.key, "error", err)
-	if lerr := p.Login(ts.session, pkcs11.CKU_USER, ts.pin); lerr != nil && !isSuccess(lerr) {
-		ts.loginOK, ts.lastErr = false, call("C_Login", lerr)
+	ts.pin, ts.lastMismatch = old, now
+	if ts.pinRefused != nil {
+		return ts.pinRefused
 	}
-	if classify(err) == classPIN {
-		return pinError(err)
+	if err == nil {
+		err = ts.lastErr
 	}
-	return call("C_Login", err)
+	return err
 }
 
 func otherOwners(ts *tokenSession, owner string) []string {
@@ -276,10 +283,13 @@ func otherOwners(ts *tokenSession, owner string) []string {
 	return out
 }
 
-func describeOwners(owners []string) string {
+func describeOwners(ts *tokenSession, owners []string) string {
 	var named []string
 	for _, o := range owners {
-		if o != "" {
+		switch {
+		case ts.names[o] != "":
+			named = append(named, ts.names[o])
+		case o != "":
 			named = append(named, o)
 		}
 	}

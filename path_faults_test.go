@@ -1,0 +1,152 @@
+package hsmkms
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/miekg/pkcs11"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/faulttoken"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
+)
+
+// faultyMount is a mount configured on testToken through a fault token.
+func faultyMount(t *testing.T) (*testMount, *faulttoken.Token) {
+	t.Helper()
+	m := newMount(t)
+	ft := faulttoken.New(nil)
+	m.b.intercept = ft.Intercept
+	m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{
+		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN,
+	})
+	return m, ft
+}
+
+// mustStatus asserts the HTTP status a request would be answered with.
+func (m *testMount) mustStatus(op logical.Operation, path string, data map[string]interface{}, want int) {
+	m.t.Helper()
+	resp, err := m.do(op, path, data)
+	got := http.StatusOK
+	var coded logical.HTTPCodedError
+	switch {
+	case errors.As(err, &coded):
+		got = coded.Code()
+	case errors.Is(err, logical.ErrInvalidRequest):
+		got = http.StatusBadRequest
+	case err != nil:
+		got = http.StatusInternalServerError
+	case resp != nil && resp.Data[logical.HTTPStatusCode] != nil:
+		got = resp.Data[logical.HTTPStatusCode].(int)
+	case resp != nil && resp.IsError():
+		got = http.StatusBadRequest
+	}
+	if got != want {
+		m.t.Fatalf("%s %s: status %d (err %v, resp %v), want %d", op, path, got, err, respError(resp), want)
+	}
+}
+
+// While the token fails, every operation answers 503 (never 500, never a
+// 400 that calls good data bad), and the mount heals by itself after.
+func TestDeviceFailureIs503Everywhere(t *testing.T) {
+	m, ft := faultyMount(t)
+	m.mustOK(logical.UpdateOperation, "keys/dev-aes", nil)
+	m.mustOK(logical.UpdateOperation, "keys/dev-ec", map[string]interface{}{"type": "ecdsa-p256"})
+	m.mustOK(logical.UpdateOperation, "keys/dev-mac", map[string]interface{}{"type": "hmac"})
+	ct := m.mustOK(logical.UpdateOperation, "encrypt/dev-aes", map[string]interface{}{"plaintext": "aGVsbG8="}).Data["ciphertext"]
+	item := map[string]interface{}{"plaintext": "aGVsbG8="}
+
+	ft.SetAbsent(true)
+	for _, r := range []struct {
+		path string
+		data map[string]interface{}
+	}{
+		{"encrypt/dev-aes", map[string]interface{}{"plaintext": "aGVsbG8="}},
+		{"encrypt/dev-aes", map[string]interface{}{"batch_input": []interface{}{item, item}}},
+		{"decrypt/dev-aes", map[string]interface{}{"ciphertext": ct}},
+		{"decrypt/dev-aes", map[string]interface{}{"batch_input": []interface{}{map[string]interface{}{"ciphertext": ct}}}},
+		{"rewrap/dev-aes", map[string]interface{}{"ciphertext": ct}},
+		{"sign/dev-ec", map[string]interface{}{"input": "aGVsbG8="}},
+		{"hmac/dev-mac", map[string]interface{}{"input": "aGVsbG8="}},
+		{"datakey/wrapped/dev-aes", nil},
+		{"random/16", nil},
+		{"keys/dev-aes/rotate", nil},
+		{"keys/dev-new", nil},
+	} {
+		m.mustStatus(logical.UpdateOperation, r.path, r.data, http.StatusServiceUnavailable)
+	}
+	ft.SetAbsent(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := m.do(logical.UpdateOperation, "decrypt/dev-aes", map[string]interface{}{"ciphertext": ct})
+		if err == nil && resp != nil && !resp.IsError() {
+			if resp.Data["plaintext"] != "aGVsbG8=" {
+				t.Fatalf("decrypt after the token came back: %v", resp.Data)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the mount did not heal: %v %v", err, respError(resp))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The token's PIN is changed; the mount's operator writes the new PIN and
+// the mount works on with it, without a plugin reload. Another mount
+// sharing the login with the old PIN is refused, named.
+func TestNewPINAfterTheTokensPINChanged(t *testing.T) {
+	tok, err := tokentest.NewSoftHSM(testToken.Dir, "pin-change", "1111")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMount(t)
+	conf := map[string]interface{}{"library": tok.Library, "token_label": tok.Label, "pin": "1111"}
+	m.mustOK(logical.UpdateOperation, "config", conf)
+	m.mustOK(logical.UpdateOperation, "encrypt/default", map[string]interface{}{"plaintext": "aGVsbG8="})
+
+	cmd := exec.Command("pkcs11-tool", "--module", tok.Library, "--token-label", tok.Label,
+		"--login", "--pin", "1111", "--change-pin", "--new-pin", "2222")
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+tok.Conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("changing the token's PIN: %v: %s", err, out)
+	}
+
+	conf["pin"] = "2222"
+	m.mustOK(logical.UpdateOperation, "config", conf)
+	m.mustOK(logical.UpdateOperation, "encrypt/default", map[string]interface{}{"plaintext": "aGVsbG8="})
+
+	other := newMount(t)
+	other.b.mountPoint.Store("other/")
+	m.b.mountPoint.Store("kms/")
+	conf["pin"] = "1111"
+	resp, err := other.do(logical.UpdateOperation, "config", conf)
+	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(respError(resp), "PIN") {
+		t.Fatalf("a second mount with the old PIN: %v %v", err, respError(resp))
+	}
+}
+
+// While a stored PIN is refused, requests are 503s that name the cause,
+// and the token sees one login attempt, not one per request.
+func TestRefusedPINAnswers503WithOneLogin(t *testing.T) {
+	m, ft := faultyMount(t)
+	m.mustOK(logical.UpdateOperation, "keys/pin-aes", nil)
+	logins := ft.Calls("C_Login")
+	ft.SetFailing("C_Login", pkcs11.Error(pkcs11.CKR_PIN_INCORRECT))
+	ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+	for i := 0; i < 20; i++ {
+		_, err := m.do(logical.UpdateOperation, "encrypt/pin-aes", map[string]interface{}{"plaintext": "aGVsbG8="})
+		var coded logical.HTTPCodedError
+		if !errors.As(err, &coded) || coded.Code() != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "PIN") {
+			t.Fatalf("request %d: %v, want a 503 naming the PIN", i, err)
+		}
+	}
+	if n := ft.Calls("C_Login") - logins; n != 1 {
+		t.Fatalf("20 requests made %d C_Login calls, want 1", n)
+	}
+}
