@@ -199,17 +199,14 @@ func (m *module) login(p PKCS11, cfg Config, log hclog.Logger) (*tokenSession, e
 		ts.names[cfg.Owner] = cfg.OwnerName
 		return ts, nil
 	}
+	// Errors of other tokens' logins during a re-initialisation are theirs.
 	if !m.initialised {
-		if err := m.reinitialiseLocked(p, log); err != nil {
-			return nil, err
-		}
+		_ = m.reinitialiseLocked(p, log)
 	}
 	slot, err := findSlot(p, cfg.TokenLabel, cfg.Slot)
 	if errors.Is(err, ErrTokenNotFound) {
 		log.Info("token not found; re-initialising the module to look again", "library", m.path, "token", key)
-		if rerr := m.reinitialiseLocked(p, log); rerr != nil {
-			return nil, rerr
-		}
+		_ = m.reinitialiseLocked(p, log)
 		slot, err = findSlot(p, cfg.TokenLabel, cfg.Slot)
 	}
 	if err != nil {
@@ -250,26 +247,26 @@ func (m *module) checkPIN(p PKCS11, ts *tokenSession, cfg Config, log hclog.Logg
 	}
 	// Only this mount uses the login: log in with the new PIN. The module
 	// is re-initialised for it, since some modules (SoftHSM) keep the
-	// token's PIN in memory and would judge the new one by the old.
-	// Exactly one login is tried with the new PIN; if the token refuses
-	// it, the previous PIN stays in force and is tried again only after
-	// the login backoff (or the next config write), so a typo costs the
-	// token's retry counter one failure.
+	// token's PIN in memory and would judge the new one by the old. One
+	// login is tried with the new PIN; if the token refuses it, the
+	// previous PIN is logged in again at once, so the previous config
+	// stays in force (that costs a second failure only when the token no
+	// longer takes the old PIN either).
 	old := ts.pin
 	ts.pin, ts.pinRefused = cfg.PIN, nil
-	err := m.reinitialiseLocked(p, log)
+	_ = m.reinitialiseLocked(p, log)
 	if ts.loginOK {
 		log.Info("logged in to the token with a new PIN", "token", ts.key)
 		return nil
 	}
-	ts.pin, ts.lastMismatch = old, now
-	if ts.pinRefused != nil {
-		return ts.pinRefused
+	refused := ts.lastErr
+	ts.pin, ts.pinRefused, ts.lastMismatch = old, nil, now
+	if m.initialised && classify(refused) == classPIN {
+		if err := m.reloginLocked(p, ts); err != nil {
+			log.Error("the previous PIN is refused too; the mount is logged out", "token", ts.key, "error", err)
+		}
 	}
-	if err == nil {
-		err = ts.lastErr
-	}
-	return err
+	return refused
 }
 
 func otherOwners(ts *tokenSession, owner string) []string {
