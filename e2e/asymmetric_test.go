@@ -15,13 +15,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/miekg/pkcs11"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 var jwaCases = []struct {
@@ -39,10 +42,30 @@ var jwaCases = []struct {
 	{"ES512", "ec521", "-sha512", crypto.SHA512},
 }
 
+// TestAsymmetricKeysThroughVault starts one dev Vault per token kind with
+// the keys of asymmetricVault and runs the asymmetric checks on it, each a
+// subtest named after the token kind and the check.
+func TestAsymmetricKeysThroughVault(t *testing.T) {
+	eachToken(t, func(t *testing.T, tok *tokentest.Token) {
+		v := asymmetricVault(t, tok)
+		for _, check := range []struct {
+			name string
+			run  func(t *testing.T, v *vaultServer, tok *tokentest.Token)
+		}{
+			{"SignaturesOfEveryJWAAlgorithmVerifyEverywhere", testSignaturesOfEveryJWAAlgorithmVerifyEverywhere},
+			{"ECDSAJWSSignaturesVerifyAsJWS", testECDSAJWSSignaturesVerifyAsJWS},
+			{"RSAEncryptionInteroperates", testRSAEncryptionInteroperates},
+			{"BatchDeactivationAndBadInput", testAsymmetricBatchDeactivationAndBadInput}, // last: it deactivates keys
+		} {
+			t.Run(check.name, func(t *testing.T) { check.run(t, v.forTest(t), tok) })
+		}
+	})
+}
+
 // asymmetricVault is one dev Vault with an RSA key (signing and encryption),
 // an EC key per curve and a second RSA key.
-func asymmetricVault(t *testing.T) *vaultServer {
-	v := startDevVault(t)
+func asymmetricVault(t *testing.T, tok *tokentest.Token) *vaultServer {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/rsa", "type=rsa-2048", "operations=sign,verify,encrypt,decrypt")
 	v.cli("write", "kms/keys/rsa-other", "type=RSA", "size=2048")
@@ -96,8 +119,7 @@ func openssl(t *testing.T, args ...string) (string, error) {
 	return string(out), err
 }
 
-func TestSignaturesOfEveryJWAAlgorithmVerifyEverywhere(t *testing.T) {
-	v := asymmetricVault(t)
+func testSignaturesOfEveryJWAAlgorithmVerifyEverywhere(t *testing.T, v *vaultServer, tok *tokentest.Token) {
 	dir := t.TempDir()
 	message := []byte("the quarterly numbers, signed by the HSM")
 	msgFile := filepath.Join(dir, "msg")
@@ -171,8 +193,7 @@ func TestSignaturesOfEveryJWAAlgorithmVerifyEverywhere(t *testing.T) {
 }
 
 // ECDSA jws signatures are r||s of the curve's size and verify as JWS.
-func TestECDSAJWSSignaturesVerifyAsJWS(t *testing.T) {
-	v := asymmetricVault(t)
+func testECDSAJWSSignaturesVerifyAsJWS(t *testing.T, v *vaultServer, tok *tokentest.Token) {
 	for _, tc := range []struct {
 		alg, key string
 		size     int
@@ -208,8 +229,7 @@ func TestECDSAJWSSignaturesVerifyAsJWS(t *testing.T) {
 	}
 }
 
-func TestRSAEncryptionInteroperates(t *testing.T) {
-	v := asymmetricVault(t)
+func testRSAEncryptionInteroperates(t *testing.T, v *vaultServer, tok *tokentest.Token) {
 	pemPath, pub := v.exportPEM(t, "rsa")
 	dir := t.TempDir()
 	msg := "a data key, 32 bytes long......."
@@ -245,7 +265,7 @@ func TestRSAEncryptionInteroperates(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _ := hex.DecodeString(secret.Data["hsm_objects"].(map[string]interface{})["1"].(map[string]interface{})["id"].(string))
-	p11, sh := openTokenSession(t)
+	p11, sh := openTokenSession(t, tok)
 	priv := findObject(t, p11, sh, id, pkcs11.CKO_PRIVATE_KEY)
 	k := (pub.(*rsa.PublicKey).N.BitLen() + 7) / 8
 	for _, padding := range []string{"oaep", "pkcs1v15"} {
@@ -256,18 +276,29 @@ func TestRSAEncryptionInteroperates(t *testing.T) {
 			t.Fatal(err)
 		}
 		ct, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret.Data["ciphertext"].(string), "vault:v1:"))
-		mech := pkcs11.CKM_RSA_PKCS
+		// SoftHSM has no OAEP with SHA-256: the test removes the padding of
+		// a raw RSA decryption. NSS does it in the token.
+		mech := pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)
+		unpad := false
 		if padding == "oaep" {
-			mech = pkcs11.CKM_RSA_X_509 // SoftHSM has no OAEP with SHA-256
+			switch tok.Kind {
+			case tokentest.SoftHSM2:
+				mech, unpad = pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil), true
+			case tokentest.NSS:
+				mech = pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP,
+					pkcs11.NewOAEPParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pkcs11.CKZ_DATA_SPECIFIED, nil))
+			default:
+				t.Fatalf("no OAEP decryption for token kind %q", tok.Kind)
+			}
 		}
-		if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(uint(mech), nil)}, priv); err != nil {
+		if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{mech}, priv); err != nil {
 			t.Fatal(err)
 		}
 		out, err := p11.Decrypt(sh, ct)
 		if err != nil {
 			t.Fatalf("token decrypt of kms/encrypt's %s: %v", padding, err)
 		}
-		if padding == "oaep" {
+		if unpad {
 			em := append(make([]byte, k-len(out)), out...)
 			if out, err = hsm.UnpadOAEP(sha256.New(), em, nil); err != nil {
 				t.Fatalf("kms/encrypt's OAEP ciphertext has bad padding: %v", err)
@@ -279,8 +310,7 @@ func TestRSAEncryptionInteroperates(t *testing.T) {
 	}
 }
 
-func TestAsymmetricBatchDeactivationAndBadInput(t *testing.T) {
-	v := asymmetricVault(t)
+func testAsymmetricBatchDeactivationAndBadInput(t *testing.T, v *vaultServer, tok *tokentest.Token) {
 	items := make([]map[string]interface{}, 100)
 	for i := range items {
 		items[i] = map[string]interface{}{"input": base64.StdEncoding.EncodeToString([]byte(fmt.Sprint("doc ", i))), "reference": fmt.Sprint(i)}
@@ -339,21 +369,33 @@ func TestAsymmetricBatchDeactivationAndBadInput(t *testing.T) {
 	}
 }
 
-func openTokenSession(t *testing.T) (*pkcs11.Ctx, pkcs11.SessionHandle) {
+// openTokenSession opens tok from this process, apart from Vault, and logs
+// in. NSS softokn takes its whole configuration as the C_Initialize
+// parameter string (a NUL-terminated C string in pReserved) and shares the
+// sql: database with the plugin's process.
+func openTokenSession(t *testing.T, tok *tokentest.Token) (*pkcs11.Ctx, pkcs11.SessionHandle) {
 	t.Helper()
-	p11 := pkcs11.New(token.Library)
+	p11 := pkcs11.New(tok.Library)
 	if p11 == nil {
-		t.Fatal("loading SoftHSM")
+		t.Fatalf("loading %s", tok.Library)
 	}
-	if err := p11.Initialize(); err != nil {
-		t.Fatal(err)
+	var opts []pkcs11.InitializeOption
+	cargs := append([]byte(tok.InitArgs), 0)
+	if tok.InitArgs != "" {
+		opts = append(opts, pkcs11.InitializeWithReserved(unsafe.Pointer(&cargs[0])))
 	}
-	slot := findSlot(t, p11, token.Label)
+	err := p11.Initialize(opts...)
+	runtime.KeepAlive(cargs)
+	if err != nil {
+		p11.Destroy()
+		t.Fatalf("C_Initialize of %s: %v", tok.Kind, err)
+	}
+	slot := findSlot(t, p11, tok.Label)
 	sh, err := p11.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p11.Login(sh, pkcs11.CKU_USER, token.PIN); err != nil {
+	if err := p11.Login(sh, pkcs11.CKU_USER, tok.PIN); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -5,14 +5,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestKeysAndCryptoThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testKeysAndCryptoThroughVault)
+}
+
+func testKeysAndCryptoThroughVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 
 	// Keys of every AES size, made with the vault CLI in both type forms.
@@ -76,7 +83,11 @@ func TestKeysAndCryptoThroughVault(t *testing.T) {
 }
 
 func TestContextsAndTamperingThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testContextsAndTamperingThroughVault)
+}
+
+func testContextsAndTamperingThroughVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
 	bound := map[string]interface{}{
@@ -125,7 +136,11 @@ func TestContextsAndTamperingThroughVault(t *testing.T) {
 }
 
 func TestBatchOfHundredThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testBatchOfHundredThroughVault)
+}
+
+func testBatchOfHundredThroughVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/k", "type=aes128-gcm96")
 	const bad = 58
@@ -180,7 +195,11 @@ func TestBatchOfHundredThroughVault(t *testing.T) {
 }
 
 func TestKeyLifecycleRulesThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testKeyLifecycleRulesThroughVault)
+}
+
+func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms", "max_keys=3")
 	v.cli("write", "kms/keys/a", "type=aes256-gcm96")
 	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/a", "plaintext="+b64("x")))
@@ -223,7 +242,11 @@ func TestKeyLifecycleRulesThroughVault(t *testing.T) {
 }
 
 func TestConfigThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testConfigThroughVault)
+}
+
+func testConfigThroughVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
 	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/k", "plaintext="+b64("kept")))
@@ -236,15 +259,19 @@ func TestConfigThroughVault(t *testing.T) {
 		t.Fatal("config read returned a pin field")
 	}
 	whole, _ := json.Marshal(secret)
-	if strings.Contains(string(whole), token.PIN) {
+	if strings.Contains(string(whole), tok.PIN) {
 		t.Fatal("config read contains the PIN")
 	}
-	if tok, _ := secret.Data["token"].(map[string]interface{}); tok["label"] != token.Label || tok["manufacturer"] == "" {
+	if info, _ := secret.Data["token"].(map[string]interface{}); info["label"] != tok.Label || info["manufacturer"] == "" {
 		t.Fatalf("token info: %v", secret.Data["token"])
 	}
+	if secret.Data["init_args"] != tok.InitArgs {
+		t.Errorf("init_args read back as %q, want %q", secret.Data["init_args"], tok.InitArgs)
+	}
+	checkQuirksAndOAEP(t, tok.Kind, secret.Data)
 
 	status, resp := v.raw("POST", "kms/config", v.token, map[string]interface{}{
-		"library": token.Library, "token_label": token.Label, "pin": "not-the-pin",
+		"library": tok.Library, "init_args": tok.InitArgs, "token_label": tok.Label, "pin": "not-the-pin",
 	})
 	if status != 400 || !strings.Contains(fmt.Sprint(resp["errors"]), "refused the PIN") {
 		t.Fatalf("wrong PIN: %d %v", status, resp)
@@ -256,8 +283,89 @@ func TestConfigThroughVault(t *testing.T) {
 	if out := strings.TrimSpace(v.cli("write", "-field=plaintext", "kms/decrypt/k", "ciphertext="+ct)); out != b64("kept") {
 		t.Fatalf("after a refused config: %q", out)
 	}
+
+	// A second mount in the same plugin process, on the other token of the
+	// same module: with other init_args it is refused (the module is
+	// initialised once per process), with the same ones it works.
+	other := tokens[tok.Kind][1]
+	v.cli("secrets", "enable", "-path=kms-b", "hsmkms")
+	conflicting := tokentest.NSSInitArgs([]string{t.TempDir()}, []string{other.Label})
+	args := v.configArgs("kms-b", &tokentest.Token{Library: other.Library, Label: other.Label, PIN: other.PIN, InitArgs: conflicting})
+	out, err := v.cliErr(args...)
+	if err == nil || !strings.Contains(out, "Code: 400") || !strings.Contains(out, "other init_args") {
+		t.Fatalf("kms-b with other init_args than kms: %v\n%s", err, out)
+	}
+	if secret, err := v.client.Logical().Read("kms-b/config"); err != nil || secret != nil {
+		t.Fatalf("a refused init_args left a config: %v %v", secret, err)
+	}
+	v.cli(v.configArgs("kms-b", other)...)
+	ctB := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms-b/encrypt/default", "plaintext="+b64("on token b")))
+	if out := strings.TrimSpace(v.cli("write", "-field=plaintext", "kms-b/decrypt/default", "ciphertext="+ctB)); out != b64("on token b") {
+		t.Fatalf("kms-b round trip: %q", out)
+	}
+	secret, err = v.client.Logical().Read("kms-b/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := secret.Data["token"].(map[string]interface{}); info["label"] != other.Label {
+		t.Fatalf("kms-b token info: %v", secret.Data["token"])
+	}
+	// kms is untouched by kms-b.
+	if out := strings.TrimSpace(v.cli("write", "-field=plaintext", "kms/decrypt/k", "ciphertext="+ct)); out != b64("kept") {
+		t.Fatalf("kms after kms-b was configured: %q", out)
+	}
+
 	log, _ := readFile(v.logPath)
-	if strings.Contains(log, token.PIN) {
-		t.Fatal("Vault's log contains the PIN")
+	if strings.Contains(log, tok.PIN) || strings.Contains(log, other.PIN) {
+		t.Fatal("Vault's log contains a PIN")
+	}
+}
+
+// checkQuirksAndOAEP checks that GET config lists the quirks in force on a
+// token of kind (each with how it is handled) and says how RSA-OAEP-SHA-256
+// is decrypted there.
+func checkQuirksAndOAEP(t *testing.T, kind tokentest.Kind, data map[string]interface{}) {
+	t.Helper()
+	var want, notWanted []string
+	var oaepPrefix string
+	switch kind {
+	case tokentest.SoftHSM2:
+		want = []string{"gcm_tag_mismatch_general_error", "lenient_gcm_parameters", "concurrent_key_creation", "oaep_sha256_unavailable"}
+		notWanted = []string{"gcm_encrypt_size_query", "random_64k_per_call", "pairwise_consistency", "finalize_error_order"}
+		oaepPrefix = "CKM_RSA_X_509 in the token, "
+	case tokentest.NSS:
+		want = []string{"gcm_encrypt_size_query", "random_64k_per_call", "pairwise_consistency", "finalize_error_order"}
+		notWanted = []string{"gcm_tag_mismatch_general_error", "lenient_gcm_parameters", "concurrent_key_creation", "oaep_sha256_unavailable"}
+		oaepPrefix = "CKM_RSA_PKCS_OAEP with SHA-256 in the token"
+	default:
+		t.Fatalf("no expectations for token kind %q", kind)
+	}
+	list, ok := data["quirks"].([]interface{})
+	if !ok {
+		t.Fatalf("quirks is %T %v, want a list", data["quirks"], data["quirks"])
+	}
+	var names []string
+	for _, q := range list {
+		m, _ := q.(map[string]interface{})
+		name, _ := m["name"].(string)
+		handling, _ := m["handling"].(string)
+		if name == "" || len(handling) < 10 {
+			t.Errorf("quirk without a name or a handling: %v", q)
+		}
+		names = append(names, name)
+	}
+	for _, n := range want {
+		if !slices.Contains(names, n) {
+			t.Errorf("quirks %v lack %s", names, n)
+		}
+	}
+	for _, n := range notWanted {
+		if slices.Contains(names, n) {
+			t.Errorf("quirks %v list %s, which is not this token's", names, n)
+		}
+	}
+	mechanisms, _ := data["mechanisms"].(map[string]interface{})
+	if oaep, _ := mechanisms["rsa_decrypt_oaep"].(string); !strings.HasPrefix(oaep, oaepPrefix) {
+		t.Errorf("mechanisms.rsa_decrypt_oaep is %q, want %q...", oaep, oaepPrefix)
 	}
 }

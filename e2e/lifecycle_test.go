@@ -13,10 +13,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 func TestVersionsRotationAndRewrap(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testVersionsRotationAndRewrap)
+}
+
+func testVersionsRotationAndRewrap(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
 	encrypt := func(text string, extra ...string) string {
@@ -71,7 +77,11 @@ func TestVersionsRotationAndRewrap(t *testing.T) {
 // 10 MiB file locally; only the wrapped key is kept; later it is unwrapped
 // and the file decrypts byte for byte.
 func TestEnvelopeEncryptionOfALargeFile(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testEnvelopeEncryptionOfALargeFile)
+}
+
+func testEnvelopeEncryptionOfALargeFile(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/files", "type=aes256-gcm96")
 	dir := t.TempDir()

@@ -7,16 +7,22 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 	"time"
 )
 
 // Data encrypted before a restart of Vault (persistent storage, unseal, the
-// same SoftHSM token) decrypts after it, with the plugin re-opening the HSM
-// from its stored config.
+// same token) decrypts after it, with the plugin re-opening the HSM from its
+// stored config (for NSS, init_args included).
 func TestDataSurvivesVaultRestart(t *testing.T) {
+	eachToken(t, testDataSurvivesVaultRestart)
+}
+
+func testDataSurvivesVaultRestart(t *testing.T, tok *tokentest.Token) {
 	dataDir := t.TempDir()
 	port := freePort(t)
-	v, unsealKey, rootToken := startPersistentVault(t, dataDir, port, "", "")
+	v, unsealKey, rootToken := startPersistentVault(t, tok, dataDir, port, "", "")
 	v.registerAndMount("kms")
 	v.configure("kms")
 	v.cli("write", "kms/keys/durable", "type=aes256-gcm96")
@@ -32,7 +38,7 @@ func TestDataSurvivesVaultRestart(t *testing.T) {
 	sig := strings.TrimSpace(v.cli("write", "-field=signature", "kms/sign/signer", "input="+b64("signed before")))
 	v.stop()
 
-	v2, _, _ := startPersistentVault(t, dataDir, port, unsealKey, rootToken)
+	v2, _, _ := startPersistentVault(t, tok, dataDir, port, unsealKey, rootToken)
 	for i, ct := range cts {
 		out := strings.TrimSpace(v2.cli("write", "-field=plaintext", "kms/decrypt/durable", "ciphertext="+ct, "context="+b64("ctx")))
 		if out != b64(fmt.Sprint("survives restarts ", i+1)) {
@@ -46,15 +52,26 @@ func TestDataSurvivesVaultRestart(t *testing.T) {
 		t.Fatal("the latest version after restart is not v3")
 	}
 	// Config and keys are both still there; the PIN still is not readable.
-	if out := v2.cli("read", "-format=json", "kms/config"); strings.Contains(out, token.PIN) {
+	if out := v2.cli("read", "-format=json", "kms/config"); strings.Contains(out, tok.PIN) {
 		t.Fatal("config read shows the PIN after restart")
+	}
+	secret, err := v2.client.Logical().Read("kms/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := secret.Data["token"].(map[string]interface{}); secret.Data["init_args"] != tok.InitArgs || info["label"] != tok.Label {
+		t.Fatalf("config after restart: init_args %q, token %v", secret.Data["init_args"], secret.Data["token"])
 	}
 	v2.cli("write", "kms/keys/after-restart", "type=aes128-gcm96")
 }
 
 // Vault restarts a plugin process that died; the next request succeeds.
 func TestPluginProcessKilledIsRestartedByVault(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testPluginProcessKilledIsRestartedByVault)
+}
+
+func testPluginProcessKilledIsRestartedByVault(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
 	ct := strings.TrimSpace(v.cli("write", "-field=ciphertext", "kms/encrypt/k", "plaintext="+b64("before the crash")))

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 func readFile(path string) (string, error) {
@@ -18,7 +20,7 @@ func readFile(path string) (string, error) {
 }
 
 func TestPolicyLimitsATokenToOnePath(t *testing.T) {
-	v := startDevVault(t)
+	v := startDevVault(t, softHSM())
 	v.configure("kms")
 	v.cli("write", "kms/keys/app1", "type=aes256-gcm96")
 	v.cli("write", "kms/keys/app2", "type=aes256-gcm96")
@@ -49,7 +51,7 @@ func TestPolicyLimitsATokenToOnePath(t *testing.T) {
 }
 
 func TestConfigRefusesLibrariesOutsideTheAllowList(t *testing.T) {
-	v := startDevVault(t)
+	v := startDevVault(t, softHSM())
 	dir := t.TempDir()
 	evil := filepath.Join(dir, "evil.so")
 	writeFile(t, evil, "not a module")
@@ -59,7 +61,7 @@ func TestConfigRefusesLibrariesOutsideTheAllowList(t *testing.T) {
 	}
 	for _, lib := range []string{"/tmp/evil.so", evil, "libsofthsm2.so", "../softhsm/libsofthsm2.so", link} {
 		status, resp := v.raw("POST", "kms/config", v.token, map[string]interface{}{
-			"library": lib, "token_label": token.Label, "pin": token.PIN,
+			"library": lib, "token_label": softHSM().Label, "pin": softHSM().PIN,
 		})
 		if status != http.StatusBadRequest {
 			t.Errorf("library %q: %d %v, want 400", lib, status, resp)
@@ -73,7 +75,11 @@ func TestConfigRefusesLibrariesOutsideTheAllowList(t *testing.T) {
 // Opens the token from this process, as an auditor would, and checks the
 // secret and private key objects the plugin made through Vault.
 func TestKeyObjectsOnTheTokenAreSensitive(t *testing.T) {
-	v := startDevVault(t)
+	eachToken(t, testKeyObjectsOnTheTokenAreSensitive)
+}
+
+func testKeyObjectsOnTheTokenAreSensitive(t *testing.T, tok *tokentest.Token) {
+	v := startDevVault(t, tok)
 	v.configure("kms")
 	type object struct {
 		id         []byte
@@ -103,7 +109,7 @@ func TestKeyObjectsOnTheTokenAreSensitive(t *testing.T) {
 		objects = append(objects, o)
 	}
 
-	p11, sh := openTokenSession(t)
+	p11, sh := openTokenSession(t, tok)
 	for _, o := range objects {
 		h := findObject(t, p11, sh, o.id, o.class)
 		attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
@@ -145,7 +151,7 @@ func findSlot(t *testing.T, p11 *pkcs11.Ctx, label string) uint {
 
 // Every caller mistake is a 4xx with a message, never a 5xx.
 func TestBadInputGets4xxThroughVault(t *testing.T) {
-	v := startDevVault(t)
+	v := startDevVault(t, softHSM())
 	v.configure("kms", "max_plaintext_bytes=4096")
 	v.cli("write", "kms/keys/k", "type=aes256-gcm96")
 	v.cli("write", "kms/keys/other", "type=aes256-gcm96")

@@ -1,6 +1,7 @@
 // Package e2e runs hsmkms inside a real Vault server, built by
-// scripts/build-vault.sh, on a real SoftHSM2 token, and talks to it over HTTP
-// with the vault CLI and the Go api client.
+// scripts/build-vault.sh, on real tokens of both implementations the project
+// is tested on (SoftHSM2 and NSS softokn), and talks to it over HTTP with the
+// vault CLI and the Go api client.
 package e2e
 
 import (
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,12 +31,28 @@ import (
 const pluginName = "vault-plugin-secrets-hsmkms"
 
 var (
-	vaultBin   string
-	pluginDir  string
-	pluginSHA  string
-	token      *tokentest.Token
-	libraryDir string // the real directory of SoftHSM's module
+	vaultBin  string
+	pluginDir string
+	pluginSHA string
+	// tokens holds two tokens of each kind, labelled "e2e" and "e2e-b",
+	// made by one tokentest.New call per kind so that they can be used
+	// together by one plugin process (NSS's pair shares one InitArgs).
+	tokens map[tokentest.Kind][]*tokentest.Token
+	// libraryDirs is HSMKMS_LIBRARY_DIRS for the plugin: the directories of
+	// both modules, as named and with symlinks resolved.
+	libraryDirs string
 )
+
+// eachToken runs f as a subtest on every token implementation, named after
+// it ("softhsm2", "nss"), with that implementation's first token.
+func eachToken(t *testing.T, f func(t *testing.T, tok *tokentest.Token)) {
+	for _, kind := range tokentest.Kinds {
+		t.Run(string(kind), func(t *testing.T) { f(t, tokens[kind][0]) })
+	}
+}
+
+// softHSM is the SoftHSM2 token of the tests that run on one token only.
+func softHSM() *tokentest.Token { return tokens[tokentest.SoftHSM2][0] }
 
 func TestMain(m *testing.M) {
 	code, err := setup(m)
@@ -73,21 +91,33 @@ func setup(m *testing.M) (int, error) {
 	sum := sha256.Sum256(bin)
 	pluginSHA = hex.EncodeToString(sum[:])
 
-	token, err = tokentest.NewSoftHSM(filepath.Join(work, "softhsm"), "e2e", "e2e-pin-2468")
-	if err != nil {
-		return 1, err
+	tokens = map[tokentest.Kind][]*tokentest.Token{}
+	var dirs []string
+	for _, kind := range tokentest.Kinds {
+		made, err := tokentest.New(kind, filepath.Join(work, string(kind)),
+			tokentest.Spec{Label: "e2e", PIN: "e2e-pin-2468"}, tokentest.Spec{Label: "e2e-b", PIN: "e2e-pin-1357"})
+		if err != nil {
+			return 1, fmt.Errorf("making %s tokens: %w", kind, err)
+		}
+		tokens[kind] = made
+		real, err := filepath.EvalSymlinks(made[0].Library)
+		if err != nil {
+			return 1, err
+		}
+		for _, d := range []string{filepath.Dir(real), filepath.Dir(made[0].Library)} {
+			if !slices.Contains(dirs, d) {
+				dirs = append(dirs, d)
+			}
+		}
 	}
-	real, err := filepath.EvalSymlinks(token.Library)
-	if err != nil {
-		return 1, err
-	}
-	libraryDir = filepath.Dir(real)
+	libraryDirs = strings.Join(dirs, ":")
 	return m.Run(), nil
 }
 
 // vaultServer is one running Vault process.
 type vaultServer struct {
 	t       *testing.T
+	tok     *tokentest.Token // the token configure uses
 	addr    string
 	cmd     *exec.Cmd
 	logPath string
@@ -108,10 +138,11 @@ func freePort(t *testing.T) int {
 }
 
 // startDevVault starts `vault server -dev` with the plugin directory set,
-// registers the plugin by SHA-256 and mounts it at kms/.
-func startDevVault(t *testing.T) *vaultServer {
+// registers the plugin by SHA-256 and mounts it at kms/; configure then
+// points kms/ at tok.
+func startDevVault(t *testing.T, tok *tokentest.Token) *vaultServer {
 	t.Helper()
-	v := &vaultServer{t: t, port: freePort(t), token: "e2e-root"}
+	v := &vaultServer{t: t, tok: tok, port: freePort(t), token: "e2e-root"}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "vault.hcl")
 	writeFile(t, cfg, fmt.Sprintf("plugin_directory = %q\n", pluginDir))
@@ -123,9 +154,9 @@ func startDevVault(t *testing.T) *vaultServer {
 
 // startPersistentVault starts a Vault with file storage in dataDir,
 // initialising it on first use, and unseals it.
-func startPersistentVault(t *testing.T, dataDir string, port int, unsealKey, rootToken string) (*vaultServer, string, string) {
+func startPersistentVault(t *testing.T, tok *tokentest.Token, dataDir string, port int, unsealKey, rootToken string) (*vaultServer, string, string) {
 	t.Helper()
-	v := &vaultServer{t: t, port: port, dataDir: dataDir}
+	v := &vaultServer{t: t, tok: tok, port: port, dataDir: dataDir}
 	cfg := filepath.Join(dataDir, "vault.hcl")
 	writeFile(t, cfg, fmt.Sprintf(`
 plugin_directory = %q
@@ -156,6 +187,14 @@ listener "tcp" {
 	return v, unsealKey, rootToken
 }
 
+// forTest is v as seen by t, a subtest of the test that started v: CLI and
+// request failures end t. The process still belongs to the starter.
+func (v *vaultServer) forTest(t *testing.T) *vaultServer {
+	w := *v
+	w.t = t
+	return &w
+}
+
 func (v *vaultServer) start(dir string, args ...string) {
 	t := v.t
 	v.addr = fmt.Sprintf("http://127.0.0.1:%d", v.port)
@@ -166,7 +205,9 @@ func (v *vaultServer) start(dir string, args ...string) {
 	}
 	cmd := exec.Command(vaultBin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+token.Conf, "VAULT_ADDR="+v.addr)
+	// SoftHSM2 reads its configuration from the environment; NSS needs
+	// nothing there (init_args in the mount's config is all of it).
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+softHSM().Conf, "VAULT_ADDR="+v.addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -238,17 +279,29 @@ func (v *vaultServer) stop() {
 
 func (v *vaultServer) registerAndMount(path string) {
 	v.cli("plugin", "register", "-sha256="+pluginSHA, "-command="+pluginName,
-		"-env="+"HSMKMS_LIBRARY_DIRS="+libraryDir+":"+filepath.Dir(token.Library), "secret", "hsmkms")
+		"-env="+"HSMKMS_LIBRARY_DIRS="+libraryDirs, "secret", "hsmkms")
 	v.cli("secrets", "enable", "-path="+path, "hsmkms")
 }
 
-// configure writes the mount's config with the token's PIN, read by the
-// CLI from a file so that it is not on a command line.
+// configure writes the mount's config for the server's token with its PIN,
+// read by the CLI from a file so that it is not on a command line.
 func (v *vaultServer) configure(mount string, extra ...string) {
+	v.t.Helper()
+	v.cli(v.configArgs(mount, v.tok, extra...)...)
+}
+
+// configArgs are the vault CLI arguments that write mount's config for tok:
+// library, init_args (NSS: one argv element, spaces and quotes included),
+// label and the PIN from a file.
+func (v *vaultServer) configArgs(mount string, tok *tokentest.Token, extra ...string) []string {
+	v.t.Helper()
 	pinFile := filepath.Join(v.t.TempDir(), "pin")
-	writeFile(v.t, pinFile, token.PIN)
-	args := append([]string{"write", mount + "/config", "library=" + token.Library, "token_label=" + token.Label, "pin=@" + pinFile}, extra...)
-	v.cli(args...)
+	writeFile(v.t, pinFile, tok.PIN)
+	args := []string{"write", mount + "/config", "library=" + tok.Library, "token_label=" + tok.Label, "pin=@" + pinFile}
+	if tok.InitArgs != "" {
+		args = append(args, "init_args="+tok.InitArgs)
+	}
+	return append(args, extra...)
 }
 
 // cli runs the vault CLI against this server and fails the test on error.
