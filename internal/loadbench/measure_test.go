@@ -157,4 +157,27 @@ func TestSoakGrowthAndRatios(t *testing.T) {
 	if r := rep.Ratios(); !r[0].Met || !r[1].Met {
 		t.Fatalf("%+v", r)
 	}
+	// Memory that shrank meets the target; a soak with nothing to compare
+	// does not.
+	shrinking := []SoakSample{at(0, 50), at(1, 52), at(4, 51)}
+	if g := growthOverLast(shrinking, 3*time.Minute); g >= 0 || g <= growthUnknown {
+		t.Fatalf("shrinking RSS: growth %v", g)
+	}
+	rep = SoakReport{PoolSize: 4, MaxOpenSessions: 4, RSSGrowthLast3Min: growthOverLast(shrinking, 3*time.Minute)}
+	if r := rep.Ratios(); !r[0].Met || r[0].Note != "" {
+		t.Fatalf("shrinking RSS: %+v", r[0])
+	}
+	rep.RSSGrowthLast3Min = growthOverLast(shrinking[:2], 3*time.Minute)
+	if r := rep.Ratios(); r[0].Met || r[0].Note == "" {
+		t.Fatalf("a 1-minute soak: %+v", r[0])
+	}
+	// The summary shows a sample a minute and the last one.
+	var every10s []SoakSample
+	for i := 0; i <= 19; i++ {
+		every10s = append(every10s, SoakSample{At: time.Duration(i) * 10 * time.Second, RSSBytes: 50 << 20})
+	}
+	summary := SoakReport{Samples: every10s}.Summary()
+	if n := strings.Count(summary, "rss="); n != 5 || !strings.Contains(summary, "t=1m0s") || !strings.Contains(summary, "t=3m10s") {
+		t.Fatalf("summary:\n%s", summary)
+	}
 }

@@ -35,7 +35,8 @@ type SoakReport struct {
 	MaxOpenSessions int           `json:"max_open_sessions"`
 	Samples         []SoakSample  `json:"samples"`
 	// RSSGrowthLast3Min is (last RSS - RSS three minutes before the end) /
-	// the latter; -1 when the soak was shorter than four minutes.
+	// the latter (negative when it shrank); -1 (growthUnknown) when the
+	// soak was shorter than four minutes or the RSS could not be read.
 	RSSGrowthLast3Min float64 `json:"rss_growth_last_3min"`
 }
 
@@ -107,15 +108,19 @@ func Soak(ctx context.Context, c *HTTPClient, mount string, pluginPID, concurren
 	return rep, nil
 }
 
+// growthUnknown is RSSGrowthLast3Min when there was nothing to compare: a
+// real growth is always above it, RSS being positive.
+const growthUnknown = -1
+
 // growthOverLast compares the last sample's RSS with the one closest to
 // window before it.
 func growthOverLast(samples []SoakSample, window time.Duration) float64 {
 	if len(samples) < 2 {
-		return -1
+		return growthUnknown
 	}
 	last := samples[len(samples)-1]
 	if last.At < window+time.Minute || last.RSSBytes <= 0 {
-		return -1
+		return growthUnknown
 	}
 	ref := samples[0]
 	for _, s := range samples {
@@ -124,7 +129,7 @@ func growthOverLast(samples []SoakSample, window time.Duration) float64 {
 		}
 	}
 	if ref.RSSBytes <= 0 {
-		return -1
+		return growthUnknown
 	}
 	return float64(last.RSSBytes-ref.RSSBytes) / float64(ref.RSSBytes)
 }
@@ -133,8 +138,9 @@ func growthOverLast(samples []SoakSample, window time.Duration) float64 {
 // never above the pool size, no errors.
 func (r SoakReport) Ratios() []Ratio {
 	growth := Ratio{Name: "soak: plugin RSS growth over the last 3 minutes", Value: r.RSSGrowthLast3Min, Target: 0.10, AtMost: true}
-	growth.Met = r.RSSGrowthLast3Min >= 0 && r.RSSGrowthLast3Min <= 0.10 && r.Errors == 0
-	if r.RSSGrowthLast3Min < 0 {
+	known := r.RSSGrowthLast3Min > growthUnknown
+	growth.Met = known && r.RSSGrowthLast3Min <= 0.10 && r.Errors == 0
+	if !known {
 		growth.Note = "(soak too short, or the plugin's RSS could not be read)"
 	}
 	sessions := Ratio{Name: "soak: max open sessions / pool_size", Target: 1, AtMost: true}
@@ -145,11 +151,17 @@ func (r SoakReport) Ratios() []Ratio {
 	return []Ratio{growth, sessions}
 }
 
-// Summary is a short text of the soak.
+// Summary is a short text of the soak: the first sample, the first of every
+// minute and the last (the JSON has them all).
 func (r SoakReport) Summary() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "soak: %s mixed load, %d requests, %d errors %s\n", r.Duration, r.Requests, r.Errors, r.FirstError)
-	for _, s := range r.Samples {
+	next := time.Duration(0)
+	for i, s := range r.Samples {
+		if s.At < next && i != len(r.Samples)-1 {
+			continue
+		}
+		next = s.At.Truncate(time.Minute) + time.Minute
 		fmt.Fprintf(&b, "  t=%-8s rss=%6.1f MiB  open sessions=%d/%d\n", s.At.Round(time.Second), float64(s.RSSBytes)/(1<<20), s.OpenSessions, r.PoolSize)
 	}
 	return b.String()
