@@ -44,10 +44,15 @@ var (
 )
 
 // eachToken runs f as a subtest on every token implementation, named after
-// it ("softhsm2", "nss"), with that implementation's first token.
+// it ("softhsm2", "nss"), with that implementation's first token. The
+// subtests run in parallel with each other (each has its own Vault and
+// token), not with other tests: much of a Vault's start is waiting.
 func eachToken(t *testing.T, f func(t *testing.T, tok *tokentest.Token)) {
 	for _, kind := range tokentest.Kinds {
-		t.Run(string(kind), func(t *testing.T) { f(t, tokens[kind][0]) })
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			f(t, tokens[kind][0])
+		})
 	}
 }
 
@@ -146,7 +151,10 @@ func startDevVault(t *testing.T, tok *tokentest.Token) *vaultServer {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "vault.hcl")
 	writeFile(t, cfg, fmt.Sprintf("plugin_directory = %q\n", pluginDir))
-	v.start(dir, "server", "-dev", "-dev-root-token-id="+v.token,
+	// -dev-no-store-token: dev Vaults started at once (the token kinds'
+	// subtests run in parallel, other runs may share HOME) would race on
+	// ~/.vault-token; the tests pass the token explicitly anyway.
+	v.start(dir, "server", "-dev", "-dev-no-store-token", "-dev-root-token-id="+v.token,
 		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port), "-config="+cfg)
 	v.registerAndMount("kms")
 	return v
