@@ -228,9 +228,9 @@ const seamTarget = 1.02
 
 // goBenchRatios are the targets measured in process by `go test -bench`:
 // the handler against the bare hsm call (root package, SoftHSM2), and the
-// PKCS11 seam on every token (hsm's BenchmarkSeam: the median over
-// interleaved pairs of calls of interface / concrete). A benchmark missing
-// from the output is a MISSED target.
+// PKCS11 seam on every token (hsm's BenchmarkSeam: interface / concrete
+// over interleaved pairs of calls timed by the thread's CPU clock). A
+// benchmark missing from the output is a MISSED target.
 func goBenchRatios(text string) []loadbench.Ratio {
 	metrics := loadbench.ParseGoBenchMetrics(text)
 	// cost divides benchmark num's metric numUnit by den's denUnit.
