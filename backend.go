@@ -64,15 +64,16 @@ type backend struct {
 	// stats counts operations for the status path.
 	stats *opStats
 
-	// keyCache holds key entries by name; see key_cache.go.
-	keyCache sync.Map
+	// keys caches key entries by name; see key_cache.go.
+	keys keyCache
 
 	// publicKeys caches parsed public keys by their DER bytes.
 	publicKeys sync.Map
 
 	// keysMu serialises changes to key entries (create, delete, state,
-	// quota); reads and crypto take it for reading.
-	keysMu sync.RWMutex
+	// quota, rotation). Readers take no lock: they read published entries
+	// (key_cache.go).
+	keysMu sync.Mutex
 }
 
 func newBackend(allowedLibraryDirs []string) *backend {
