@@ -52,6 +52,10 @@ type backend struct {
 	// now is the clock; tests move it to see automatic rotation happen.
 	now func() time.Time
 
+	// nextRotateCheck (a time.Time) is when the periodic function next
+	// looks for keys due for rotation.
+	nextRotateCheck atomic.Value
+
 	// owner identifies this mount to the hsm package (Vault's backend
 	// UUID); mountPoint, learnt from config writes, names it in messages.
 	owner      string

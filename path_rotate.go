@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -127,7 +128,26 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 // rotateDueKeys is the backend's periodic function: it rotates every active
 // key whose latest version is older than its auto_rotate_period. The age is
 // read from storage, so the schedule survives restarts.
+// autoRotateCheckInterval is how often the periodic function looks for
+// keys due for rotation (Vault calls it about once a minute), as Transit.
+const autoRotateCheckInterval = time.Hour
+
+// rotateDueKeys is the backend's periodic function. It does nothing on
+// performance standbys and replication secondaries, which must not write
+// storage nor touch the HSM for it, and looks at the keys once an hour; a
+// key is rotated by the first check after its period ran out. It reads the
+// cached key entries without a lock and takes the key lock only for a key
+// that is due.
 func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error {
+	if state := b.System().ReplicationState(); state.HasState(consts.ReplicationPerformanceStandby |
+		consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary) {
+		return nil
+	}
+	now := b.now()
+	if next, _ := b.nextRotateCheck.Load().(time.Time); now.Before(next) {
+		return nil
+	}
+	b.nextRotateCheck.Store(now.Add(autoRotateCheckInterval))
 	conf, err := loadConfig(ctx, req.Storage)
 	if err != nil || conf == nil {
 		return err
@@ -138,6 +158,14 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 	}
 	var errs []error
 	for _, name := range names {
+		k, err := b.cachedKey(ctx, req.Storage, name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
+			continue
+		}
+		if k == nil || !b.rotationDue(k) {
+			continue
+		}
 		if err := b.rotateIfDue(ctx, req.Storage, name); err != nil {
 			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
 		}
@@ -149,12 +177,8 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name strin
 	b.keysMu.Lock()
 	defer b.keysMu.Unlock()
 	k, err := loadKey(ctx, s, name)
-	if err != nil || k == nil || k.AutoRotatePeriod <= 0 || k.State != stateActive {
+	if err != nil || k == nil || !b.rotationDue(k) {
 		return err
-	}
-	latest := k.Versions[k.LatestVersion]
-	if latest == nil || b.now().Sub(latest.CreationTime) < k.AutoRotatePeriod {
-		return nil
 	}
 	client, _, err := b.hsmClient(ctx, s)
 	if err != nil {
@@ -166,4 +190,13 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name strin
 	b.stats.count("auto_rotate")
 	b.Logger().Info("rotated key automatically", "key", name, "version", k.LatestVersion)
 	return nil
+}
+
+// rotationDue reports whether k's automatic rotation period ran out.
+func (b *backend) rotationDue(k *keyEntry) bool {
+	if k.AutoRotatePeriod <= 0 || k.State != stateActive {
+		return false
+	}
+	latest := k.Versions[k.LatestVersion]
+	return latest != nil && b.now().Sub(latest.CreationTime) >= k.AutoRotatePeriod
 }

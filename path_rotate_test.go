@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/faulttoken"
 )
 
 func TestRotateMinVersionsAndRewrap(t *testing.T) {
@@ -105,7 +108,14 @@ func TestAutoRotationWithATestClock(t *testing.T) {
 	if latest("auto") != 1 {
 		t.Fatal("rotated before the period ran out")
 	}
+	// Checks run once an hour, as Transit's: the next is an hour after
+	// the first, and rotates what ran out meanwhile.
 	clock = clock.Add(2 * time.Minute)
+	periodic(m.b)
+	if latest("auto") != 1 {
+		t.Fatal("checked again within the hour")
+	}
+	clock = clock.Add(58 * time.Minute)
 	periodic(m.b)
 	if latest("auto") != 2 || latest("manual") != 1 {
 		t.Fatalf("after the period: auto v%d, manual v%d", latest("auto"), latest("manual"))
@@ -118,7 +128,7 @@ func TestAutoRotationWithATestClock(t *testing.T) {
 	// A restarted backend on the same storage picks up the schedule.
 	restarted := newMount(t)
 	restarted.storage = m.storage
-	restarted.b.now = func() time.Time { return clock.Add(61 * time.Minute) }
+	restarted.b.now = func() time.Time { return clock.Add(2 * time.Hour) }
 	periodic(restarted.b)
 	reader = restarted // the old backend is gone after a restart, and its cache with it
 	if latest("auto") != 3 {
@@ -126,5 +136,51 @@ func TestAutoRotationWithATestClock(t *testing.T) {
 	}
 	if decrypt(t, restarted, "auto", encrypt(t, restarted, "auto", "x", nil), nil) != "x" {
 		t.Fatal("automatically rotated key does not work")
+	}
+}
+
+// On a performance standby (and replication secondaries) the periodic
+// function must neither write storage nor touch the HSM.
+func TestNoAutoRotationOnAPerformanceStandby(t *testing.T) {
+	allowed, err := libraryAllowList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	view := &logical.StaticSystemView{}
+	conf.System = view
+	b := newBackend(allowed)
+	ft := faulttoken.New(nil)
+	b.intercept = ft.Intercept
+	if err := b.Setup(context.Background(), conf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.clean(context.Background()) })
+	m := &testMount{t: t, b: b, storage: conf.StorageView}
+	m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{
+		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN,
+	})
+	m.mustOK(logical.UpdateOperation, "keys/standby-auto", map[string]interface{}{"auto_rotate_period": "1h"})
+	b.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
+
+	view.ReplicationStateVal = consts.ReplicationPerformanceStandby
+	before := ft.TotalCalls()
+	if err := b.PeriodicFunc(context.Background(), &logical.Request{Storage: m.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if n := ft.TotalCalls() - before; n != 0 {
+		t.Fatalf("the periodic function made %d HSM calls on a performance standby", n)
+	}
+	if v := m.mustOK(logical.ReadOperation, "keys/standby-auto", nil).Data["latest_version"]; v != 1 {
+		t.Fatalf("rotated on a performance standby: v%v", v)
+	}
+	// The same backend as an active node rotates.
+	view.ReplicationStateVal = consts.ReplicationPerformancePrimary
+	if err := b.PeriodicFunc(context.Background(), &logical.Request{Storage: m.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.mustOK(logical.ReadOperation, "keys/standby-auto", nil).Data["latest_version"]; v != 2 {
+		t.Fatalf("the active node did not rotate: v%v", v)
 	}
 }

@@ -128,6 +128,17 @@ func (t *Token) SetIVMode(m IVMode) {
 	t.ivMode = m
 }
 
+// TotalCalls counts every call that reached this token.
+func (t *Token) TotalCalls() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, c := range t.calls {
+		n += c
+	}
+	return n
+}
+
 // LastIV is the last AES-GCM IV the token chose itself.
 func (t *Token) LastIV() []byte {
 	t.mu.Lock()
