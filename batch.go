@@ -28,6 +28,10 @@ type cryptoItem struct {
 	EncryptionContext map[string]string
 	KeyVersion        int
 	Reference         string
+
+	// domain is what the AES-GCM ciphertext is for (aadDomain or
+	// dataKeyAADDomain); set by the plugin, never by the request.
+	domain string
 }
 
 // batchResult is one element of batch_results. Transit's clients read these

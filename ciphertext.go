@@ -52,14 +52,24 @@ func parseVersionPart(s string) (int, string) {
 }
 
 // aadDomain starts every AAD: it keeps the AAD non-empty whatever the
-// caller binds, and ties the format to its version.
-const aadDomain = "hsmkms.aead.v1"
+// caller binds, and ties the format to its version. Data keys have their
+// own domain, so a ciphertext is bound to its purpose: datakey/decrypt
+// (allowed by unwrapKey) never opens what encrypt made.
+const (
+	aadDomain        = "hsmkms.aead.v1"
+	dataKeyAADDomain = "hsmkms.datakey.v1"
+)
 
 // buildAAD encodes the three ways a caller binds data to a context into one
 // unambiguous AAD: each part is length-prefixed, and the encryption context
 // is sorted by key so that its order does not matter.
 func buildAAD(context, associatedData []byte, encryptionContext map[string]string) []byte {
-	size := len(aadDomain) + 12 + len(context) + len(associatedData)
+	return buildDomainAAD(aadDomain, context, associatedData, encryptionContext)
+}
+
+// buildDomainAAD is buildAAD for a ciphertext of the given domain.
+func buildDomainAAD(domain string, context, associatedData []byte, encryptionContext map[string]string) []byte {
+	size := len(domain) + 12 + len(context) + len(associatedData)
 	keys := make([]string, 0, len(encryptionContext))
 	for k, v := range encryptionContext {
 		keys = append(keys, k)
@@ -67,7 +77,7 @@ func buildAAD(context, associatedData []byte, encryptionContext map[string]strin
 	}
 	slices.Sort(keys)
 	out := make([]byte, 0, size)
-	out = append(out, aadDomain...)
+	out = append(out, domain...)
 	out = appendPart(out, context)
 	out = appendPart(out, associatedData)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(keys)))

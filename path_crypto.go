@@ -167,7 +167,7 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	results := make([]batchResult, len(items))
 	for i, item := range items {
-		plaintext, err := b.decryptItem(ctx, client, k, item)
+		plaintext, _, err := b.decryptItem(ctx, client, k, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
@@ -184,8 +184,13 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 	return &logical.Response{Data: map[string]interface{}{"plaintext": results[0].Plaintext}}, nil
 }
 
-// itemAAD decodes an item's context fields into the AAD.
+// itemAAD decodes an item's context fields into the AAD of its domain
+// (aadDomain unless the item says otherwise).
 func itemAAD(item cryptoItem) ([]byte, error) {
+	domain := item.domain
+	if domain == "" {
+		domain = aadDomain
+	}
 	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
 	if err != nil {
 		return nil, userErrorf("context is not valid base64")
@@ -194,7 +199,7 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	if err != nil {
 		return nil, userErrorf("associated_data is not valid base64")
 	}
-	return buildAAD(ctxBytes, ad, item.EncryptionContext), nil
+	return buildDomainAAD(domain, ctxBytes, ad, item.EncryptionContext), nil
 }
 
 func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
@@ -235,26 +240,43 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	return formatCiphertext(version, blob), version, nil
 }
 
-func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, error) {
+// decryptItem opens a ciphertext of the item's domain; an item with none
+// opens ordinary ciphertexts and, failing that, data keys (decrypt opens
+// what datakey made, as in Transit). It returns the domain that opened it.
+func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, string, error) {
 	version, blob, msg := parseCiphertext(item.Ciphertext)
 	if msg != "" {
-		return nil, userError{msg: msg}
+		return nil, "", userError{msg: msg}
 	}
 	kv, msg := k.decryptionVersion(version)
 	if msg != "" {
-		return nil, userError{msg: msg}
+		return nil, "", userError{msg: msg}
 	}
 	if k.keyType().family == familyRSA {
-		return b.decryptRSA(ctx, client, kv, item, blob)
+		plaintext, err := b.decryptRSA(ctx, client, kv, item, blob)
+		return plaintext, "", err
 	}
 	if item.PaddingScheme != "" {
-		return nil, userErrorf("padding_scheme applies only to RSA keys")
+		return nil, "", userErrorf("padding_scheme applies only to RSA keys")
 	}
-	aad, err := itemAAD(item)
-	if err != nil {
-		return nil, err
+	domains := []string{item.domain}
+	if item.domain == "" {
+		domains = []string{aadDomain, dataKeyAADDomain}
 	}
-	return client.DecryptGCM(ctx, kv.ObjectID, blob, aad)
+	var err error
+	for _, domain := range domains {
+		item.domain = domain
+		aad, aerr := itemAAD(item)
+		if aerr != nil {
+			return nil, "", aerr
+		}
+		var plaintext []byte
+		plaintext, err = client.DecryptGCM(ctx, kv.ObjectID, blob, aad)
+		if !errors.Is(err, hsm.ErrDecrypt) {
+			return plaintext, domain, err
+		}
+	}
+	return nil, "", err
 }
 
 // itemFailure turns an item's error into its batch result.

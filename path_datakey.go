@@ -73,7 +73,10 @@ func (b *backend) pathDatakeyDecrypt() *framework.Path {
 		HelpSynopsis: "Decrypt (unwrap) a data key made by datakey.",
 		HelpDescription: `
 Returns the plaintext of a data key's ciphertext. Needs the key's unwrapKey
-operation and the same context fields the data key was made with.
+operation and the same context fields the data key was made with. Only data
+keys are opened here: a ciphertext made by encrypt is refused, so a token
+allowed datakey/decrypt cannot decrypt ordinary data. (decrypt, which needs
+the decrypt operation, opens both.)
 `,
 	}
 }
@@ -91,6 +94,7 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
 	}
 	item := items[0]
+	item.domain = dataKeyAADDomain
 	aad, err := itemAAD(item)
 	if err != nil {
 		return singleFailure("datakey", itemFailure(err))
@@ -124,7 +128,9 @@ func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Requ
 	if k.keyType().family != familyAES {
 		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
 	}
-	plaintext, err := b.decryptItem(ctx, client, k, items[0])
+	item := items[0]
+	item.domain = dataKeyAADDomain // never what encrypt made
+	plaintext, _, err := b.decryptItem(ctx, client, k, item)
 	if err != nil {
 		return singleFailure("datakey decrypt", itemFailure(err))
 	}

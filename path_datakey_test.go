@@ -162,3 +162,36 @@ func TestStatusFiguresMoveAndHideSecrets(t *testing.T) {
 		}
 	}
 }
+
+// A ciphertext is bound to its purpose: datakey/decrypt (the unwrapKey
+// operation) refuses what encrypt made, even on a key whose decrypt
+// operation is off, while decrypt still opens data keys and rewrap keeps a
+// data key a data key.
+func TestDatakeyDecryptRefusesOrdinaryCiphertexts(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/both", nil)
+	m.mustOK(logical.UpdateOperation, "keys/enc-unwrap", map[string]interface{}{"operations": "encrypt,unwrapKey"})
+	for _, name := range []string{"both", "enc-unwrap"} {
+		ct := encrypt(t, m, name, "not a data key", nil)
+		m.mustFail(logical.UpdateOperation, "datakey/decrypt/"+name, map[string]interface{}{"ciphertext": ct}, "could not be decrypted")
+	}
+	dk := m.mustOK(logical.UpdateOperation, "datakey/plaintext/both", nil).Data
+	if decrypt(t, m, "both", dk["ciphertext"].(string), nil) != mustB64Decode(t, dk["plaintext"].(string)) {
+		t.Fatal("decrypt does not open a data key")
+	}
+	m.mustOK(logical.UpdateOperation, "keys/both/rotate", nil)
+	rewrapped := m.mustOK(logical.UpdateOperation, "rewrap/both", map[string]interface{}{"ciphertext": dk["ciphertext"]}).Data["ciphertext"].(string)
+	got := m.mustOK(logical.UpdateOperation, "datakey/decrypt/both", map[string]interface{}{"ciphertext": rewrapped}).Data["plaintext"]
+	if got != dk["plaintext"] {
+		t.Fatal("a rewrapped data key no longer opens with datakey/decrypt")
+	}
+}
+
+func mustB64Decode(t *testing.T, s string) string {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

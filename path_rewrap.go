@@ -50,11 +50,12 @@ func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *
 	}
 	results := make([]batchResult, len(items))
 	for i, item := range items {
-		plaintext, err := b.decryptItem(ctx, client, k, item)
+		plaintext, domain, err := b.decryptItem(ctx, client, k, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
 		}
+		item.domain = domain // a data key stays a data key
 		item.Plaintext = base64.StdEncoding.EncodeToString(plaintext)
 		clear(plaintext)
 		ciphertext, version, err := b.encryptItem(ctx, client, conf, k, item)
