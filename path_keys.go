@@ -356,8 +356,10 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 
 // addVersionLocked makes the key's next version in the HSM and stores the
 // key with it. Callers hold keysMu. A WAL entry written before the HSM object
-// exists lets a crash before the storage write be rolled back; a failure
-// destroys the object at once.
+// exists lets a crash before the storage write be rolled back. A failure to
+// make the object destroys what may exist at once; a failed storage write
+// does not: the write may have landed (an error from storage is ambiguous),
+// so the WAL rollback, which looks in storage first, decides.
 func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry) error {
 	id, err := client.NewObjectID(ctx)
 	if err != nil {
@@ -379,7 +381,7 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 	if err := b.saveKey(ctx, s, k); err != nil {
 		delete(k.Versions, version)
 		k.LatestVersion = version - 1
-		b.undoObject(ctx, s, client, walID, id)
+		b.Logger().Warn("storing a new key version failed; its HSM object is left to the WAL rollback", "key", k.Name, "version", version, "error", err)
 		return err
 	}
 	if err := framework.DeleteWAL(ctx, s, walID); err != nil {

@@ -3,7 +3,9 @@ package hsmkms
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -223,4 +225,50 @@ func TestInvalidateDropsCachedKeys(t *testing.T) {
 	encrypt(t, m, "k", "still cached", nil)
 	m.b.invalidate(context.Background(), keyStoragePrefix+"k")
 	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x")}, "deactivated")
+}
+
+// ambiguousStorage writes key entries and then reports failure, once: a
+// storage error does not say whether the write landed.
+type ambiguousStorage struct {
+	logical.Storage
+	failed atomic.Bool
+}
+
+func (s *ambiguousStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := s.Storage.Put(ctx, e); err != nil {
+		return err
+	}
+	if strings.HasPrefix(e.Key, keyStoragePrefix) && s.failed.CompareAndSwap(false, true) {
+		return errors.New("storage timed out (the write may have landed)")
+	}
+	return nil
+}
+
+// After an ambiguous storage error the HSM object stays: storage may point
+// at it. The WAL rollback, which looks in storage, keeps it too.
+func TestAmbiguousStorageErrorKeepsTheHSMObject(t *testing.T) {
+	m := configuredMount(t, nil)
+	ctx := context.Background()
+	amb := &ambiguousStorage{Storage: m.storage}
+	m.storage = amb
+	if _, err := m.do(logical.UpdateOperation, "keys/ambiguous", nil); err == nil {
+		t.Fatal("the storage error was not reported")
+	}
+	k, err := loadKey(ctx, m.storage, "ambiguous")
+	if err != nil || k == nil {
+		t.Fatalf("the write landed, yet the key is not in storage: %v", err)
+	}
+	client, _, err := m.b.hsmClient(ctx, m.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := client.ObjectExists(ctx, k.Versions[1].ObjectID); err != nil || !ok {
+		t.Fatalf("the HSM object of a stored key was destroyed: %v %v", ok, err)
+	}
+	if _, err := m.do(logical.RollbackOperation, "", map[string]interface{}{"immediate": true}); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if got := decrypt(t, m, "ambiguous", encrypt(t, m, "ambiguous", "still here", nil), nil); got != "still here" {
+		t.Fatalf("the key does not work: %q", got)
+	}
 }
