@@ -2,6 +2,8 @@ package hsmkms
 
 import (
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -269,4 +271,28 @@ func TestAADIsUnambiguous(t *testing.T) {
 	if string(e) != string(f) {
 		t.Fatal("encryption context order matters")
 	}
+}
+
+// A secret sent with the wrong JSON type is refused without being quoted:
+// the SDK's own conversion errors repeat the value.
+func TestWrongTypesNeverEchoTheValue(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	const secret = "TOP-SECRET-VALUE"
+	for _, tc := range []struct{ path, field string }{
+		{"encrypt/k", "plaintext"},
+		{"encrypt/k", "context"},
+		{"sign/k", "input"},
+		{"config", "pin"},
+	} {
+		for _, value := range []interface{}{[]interface{}{secret}, map[string]interface{}{"x": secret}} {
+			resp, err := m.do(logical.UpdateOperation, tc.path, map[string]interface{}{tc.field: value})
+			msg := respError(resp)
+			if !errors.Is(err, logical.ErrInvalidRequest) || strings.Contains(msg, secret) || !strings.Contains(msg, tc.field) {
+				t.Fatalf("%s %s as %T: %v %q", tc.path, tc.field, value, err, msg)
+			}
+		}
+	}
+	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x"), "key_version": json.Number("99999999999999999999")}, "key_version must be a whole number")
+	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x"), "key_version": json.Number("4294967297")}, "key_version is out of range")
 }

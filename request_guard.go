@@ -1,0 +1,91 @@
+package hsmkms
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"strconv"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// HandleRequest checks every field's type before the framework does: the
+// SDK's conversion errors quote the submitted value, which for a plaintext
+// or a PIN sent as a list would put the secret in the response and the
+// audit log. Whole numbers are checked for range too, so a huge
+// key_version is not read as a negative one.
+func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	if len(req.Data) > 0 {
+		if p := b.Route(req.Path); p != nil {
+			if msg := checkFieldTypes(p.Fields, req.Data); msg != "" {
+				return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+			}
+		}
+	}
+	return b.Backend.HandleRequest(ctx, req)
+}
+
+// checkFieldTypes returns a message, naming the field and never its
+// value, for the first field that does not convert to its schema's type.
+func checkFieldTypes(schema map[string]*framework.FieldSchema, raw map[string]interface{}) string {
+	fd := &framework.FieldData{Raw: raw, Schema: schema}
+	for name, value := range raw {
+		s, ok := schema[name]
+		if !ok {
+			continue
+		}
+		if _, _, err := fd.GetOkErr(name); err != nil {
+			return name + " must be " + typeDescription(s.Type)
+		}
+		if s.Type == framework.TypeInt && !fitsInt32(value) {
+			return name + " is out of range"
+		}
+	}
+	return ""
+}
+
+func fitsInt32(v interface{}) bool {
+	var f float64
+	switch n := v.(type) {
+	case json.Number:
+		parsed, err := strconv.ParseFloat(string(n), 64)
+		if err != nil {
+			return true // not a number: the conversion check speaks for it
+		}
+		f = parsed
+	case float64:
+		f = n
+	case int64:
+		f = float64(n)
+	case string:
+		parsed, err := strconv.ParseFloat(n, 64)
+		if err != nil {
+			return true
+		}
+		f = parsed
+	default:
+		return true
+	}
+	return f >= math.MinInt32 && f <= math.MaxInt32
+}
+
+func typeDescription(t framework.FieldType) string {
+	switch t {
+	case framework.TypeString, framework.TypeLowerCaseString, framework.TypeNameString:
+		return "a string"
+	case framework.TypeInt, framework.TypeInt64:
+		return "a whole number"
+	case framework.TypeBool:
+		return "true or false"
+	case framework.TypeDurationSecond, framework.TypeSignedDurationSecond:
+		return "a duration (seconds, or a string such as 1h)"
+	case framework.TypeMap:
+		return "an object"
+	case framework.TypeKVPairs:
+		return "an object of strings, or a list of key=value strings"
+	case framework.TypeSlice, framework.TypeStringSlice, framework.TypeCommaStringSlice, framework.TypeCommaIntSlice:
+		return "a list"
+	}
+	return "of type " + t.String()
+}
