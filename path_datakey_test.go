@@ -1,6 +1,7 @@
 package hsmkms
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"strings"
@@ -194,4 +195,33 @@ func mustB64Decode(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// While the HSM is unavailable, status says so in words any reader may
+// see: no library path, no PKCS#11 detail.
+func TestStatusWhileTheHSMIsAwayShowsNoPaths(t *testing.T) {
+	m := newMount(t)
+	m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{
+		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN,
+	})
+	// The stored config now names a token that is not there (as after the
+	// HSM was re-initialised without it), and the client is reopened.
+	conf, err := loadConfig(context.Background(), m.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.TokenLabel = "gone-token"
+	if err := storeConfig(context.Background(), m.storage, conf); err != nil {
+		t.Fatal(err)
+	}
+	m.b.resetClient()
+	whole := dump(m.mustOK(logical.ReadOperation, "status", nil).Data)
+	for _, leak := range []string{testToken.Library, "gone-token", "CKR_", "libsofthsm2"} {
+		if strings.Contains(whole, leak) {
+			t.Fatalf("status shows %q: %s", leak, whole)
+		}
+	}
+	if !strings.Contains(whole, "unavailable") {
+		t.Fatalf("status does not say the HSM is unavailable: %s", whole)
+	}
 }

@@ -2,10 +2,13 @@ package hsmkms
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 )
 
 func (b *backend) pathStatus() *framework.Path {
@@ -33,7 +36,8 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	}
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
-		data["hsm"] = "unavailable: " + err.Error()
+		data["hsm"] = "unavailable: " + statusReason(err)
+		b.Logger().Warn("status: the HSM is unavailable", "error", err)
 		return &logical.Response{Data: data}, nil
 	}
 	data["hsm"] = "available"
@@ -48,7 +52,27 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 			"serial_number": info.SerialNumber, "slot": info.Slot,
 		}
 	} else {
-		data["token"] = "unreadable: " + err.Error()
+		data["token"] = "unreadable: " + statusReason(err)
+		b.Logger().Warn("status: the token could not be described", "error", err)
 	}
 	return &logical.Response{Data: data}, nil
+}
+
+// statusReason says why the HSM is unavailable in words fit for any reader
+// of status: no library path, label or PKCS#11 detail (those go to the
+// server log).
+func statusReason(err error) string {
+	switch {
+	case errors.Is(err, errNotConfigured):
+		return "this mount has no config yet"
+	case errors.Is(err, hsm.ErrPINIncorrect), errors.Is(err, hsm.ErrPINLocked):
+		return "the token refused the PIN"
+	case errors.Is(err, hsm.ErrTokenNotFound):
+		return "the token is not present"
+	case errors.Is(err, hsm.ErrLibrary):
+		return "the PKCS#11 library could not be loaded"
+	case errors.Is(err, hsm.ErrClosed):
+		return "the mount is being reconfigured"
+	}
+	return "the HSM did not answer; the Vault server log has the details"
 }
