@@ -225,7 +225,7 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 	// lock, so no call can reach an unloaded module.
 	c.mod.mu.RLock()
 	defer c.mod.mu.RUnlock()
-	if c.isClosed() {
+	if c.isClosed() || c.mod.unloaded {
 		return c.mod.generation, ErrClosed
 	}
 	gen = c.mod.generation

@@ -135,12 +135,29 @@ func (m *module) release() {
 	if m.refs > 0 {
 		return
 	}
-	delete(modules.byPath, m.path)
+	if modules.byPath[m.path] == m {
+		delete(modules.byPath, m.path)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.unloaded = true
 	_ = m.binding.Finalize()
 	m.binding.unload()
+}
+
+// Shutdown finalises every loaded module, which closes all sessions and
+// logs out of every token, for a process about to exit. Clients still open
+// get ErrClosed from then on.
+func Shutdown() {
+	modules.Lock()
+	defer modules.Unlock()
+	for path, m := range modules.byPath {
+		m.mu.Lock()
+		m.unloaded = true
+		_ = m.binding.Finalize()
+		m.mu.Unlock()
+		delete(modules.byPath, path)
+	}
 }
 
 // findSlot returns the slot of the token named by label, or slotID when

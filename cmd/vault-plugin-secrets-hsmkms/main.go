@@ -21,6 +21,7 @@ func main() {
 	if addr := os.Getenv(pprofAddrEnv); addr != "" {
 		servePprof(addr)
 	}
+	exitWhenOrphaned(hclog.New(&hclog.LoggerOptions{Name: "hsmkms"}))
 	meta := &api.PluginAPIClientMeta{}
 	flags := meta.FlagSet()
 	if err := flags.Parse(os.Args[1:]); err != nil {
