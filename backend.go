@@ -58,8 +58,9 @@ type backend struct {
 
 	// owner identifies this mount to the hsm package (Vault's backend
 	// UUID); mountPoint, learnt from config writes, names it in messages.
-	owner      string
-	mountPoint atomic.Value // string
+	owner           string
+	mountPoint      atomic.Value // string
+	unregisterOwner func()
 
 	// intercept, set by tests only, puts a misbehaving token between the
 	// mount and the PKCS#11 module (hsm.Config.Intercept).
@@ -86,7 +87,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config"},
+			Root:            []string{"config", "tidy"},
 			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
@@ -95,7 +96,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			b.pathKeys(),
 			[]*framework.Path{
 				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
-				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(),
+				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),
 			},
 		),
 		Secrets:           []*framework.Secret{},
@@ -171,6 +172,7 @@ func (b *backend) Setup(ctx context.Context, conf *logical.BackendConfig) error 
 		}
 		b.owner = id
 	}
+	b.unregisterOwner = hsm.RegisterOwner(b.owner)
 	return b.Backend.Setup(ctx, conf)
 }
 
@@ -195,7 +197,14 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	b.invalidateKey(key)
 }
 
-func (b *backend) clean(context.Context) { b.resetClient() }
+// clean runs when the mount is unmounted or Vault shuts down (Vault does
+// not say which): the mount is no longer alive in this process.
+func (b *backend) clean(context.Context) {
+	b.resetClient()
+	if b.unregisterOwner != nil {
+		b.unregisterOwner()
+	}
+}
 
 // respondError turns an error from the HSM layer into Vault's conventions:
 // the caller's mistakes are 400s, an HSM that failed twice is a 503, the

@@ -370,7 +370,7 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 		return fmt.Errorf("writing WAL: %w", err)
 	}
 	version := k.LatestVersion + 1
-	label := fmt.Sprintf("hsmkms %s v%d", k.Name, version)
+	label := objectLabel(b.owner, k.Name, version)
 	publicKey, err := b.generateVersion(ctx, client, k.keyType(), k.Operations, id, label)
 	if err != nil {
 		b.undoObject(ctx, s, client, walID, id)

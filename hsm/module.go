@@ -21,7 +21,36 @@ import (
 var modules = struct {
 	sync.Mutex
 	byPath map[string]*module
-}{byPath: map[string]*module{}}
+	// owners are the users (Vault mounts) alive in this process, whether
+	// or not they have opened a token yet: housekeeping must never take
+	// their objects for orphans.
+	owners map[string]int
+}{byPath: map[string]*module{}, owners: map[string]int{}}
+
+// RegisterOwner records that owner (a Vault mount) lives in this process
+// until the returned function is called.
+func RegisterOwner(owner string) (unregister func()) {
+	modules.Lock()
+	modules.owners[owner]++
+	modules.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			modules.Lock()
+			defer modules.Unlock()
+			if modules.owners[owner]--; modules.owners[owner] <= 0 {
+				delete(modules.owners, owner)
+			}
+		})
+	}
+}
+
+// OwnerAlive reports whether owner is registered in this process.
+func OwnerAlive(owner string) bool {
+	modules.Lock()
+	defer modules.Unlock()
+	return modules.owners[owner] > 0
+}
 
 // recoveryBackoff is the least time between two attempts to re-initialise
 // a module that could not be: an outage costs the HSM two attempts a

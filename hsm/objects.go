@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -145,4 +146,55 @@ func (c *Client) ObjectExists(ctx context.Context, id []byte) (bool, error) {
 		return err
 	})
 	return found, err
+}
+
+// ObjectInfo describes an object on the token, for housekeeping.
+type ObjectInfo struct {
+	ID    []byte
+	Label string
+	Class uint
+}
+
+// ListObjects lists the token objects this login can see whose label
+// starts with labelPrefix.
+func (c *Client) ListObjects(ctx context.Context, labelPrefix string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+		out = out[:0]
+		if err := p11.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}); err != nil {
+			return call("C_FindObjectsInit", err)
+		}
+		var handles []pkcs11.ObjectHandle
+		for {
+			batch, _, err := p11.FindObjects(sh, 256)
+			if err != nil {
+				_ = p11.FindObjectsFinal(sh)
+				return call("C_FindObjects", err)
+			}
+			if len(batch) == 0 {
+				break
+			}
+			handles = append(handles, batch...)
+		}
+		if err := p11.FindObjectsFinal(sh); err != nil {
+			return call("C_FindObjectsFinal", err)
+		}
+		for _, h := range handles {
+			attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+			})
+			if err != nil {
+				continue // an object without these attributes is none of ours
+			}
+			label := string(attrs[0].Value)
+			if !strings.HasPrefix(label, labelPrefix) {
+				continue
+			}
+			out = append(out, ObjectInfo{ID: attrs[1].Value, Label: label, Class: bytesToUint(attrs[2].Value)})
+		}
+		return nil
+	})
+	return out, err
 }
