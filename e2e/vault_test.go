@@ -215,7 +215,7 @@ func (v *vaultServer) start(dir string, args ...string) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// SoftHSM2 reads its configuration from the environment; NSS needs
 	// nothing there (init_args in the mount's config is all of it).
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+softHSM().Conf, "VAULT_ADDR="+v.addr)
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.softHSMConf(), "VAULT_ADDR="+v.addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -254,6 +254,39 @@ func (v *vaultServer) start(dir string, args ...string) {
 	}
 	log, _ := os.ReadFile(v.logPath)
 	t.Fatalf("vault did not come up at %s:\n%s", v.addr, tail(string(log), 4000))
+}
+
+// softHSMConf is the SOFTHSM2_CONF of the server and its plugin: its
+// token's own (a private token from newPrivateSoftHSM), else the one every
+// SoftHSM2 token of the package shares.
+func (v *vaultServer) softHSMConf() string {
+	if v.tok != nil && v.tok.Kind == tokentest.SoftHSM2 && v.tok.Conf != "" {
+		return v.tok.Conf
+	}
+	return softHSM().Conf
+}
+
+// newPrivateSoftHSM makes a SoftHSM2 token of its own, in its own token
+// directory and SOFTHSM2_CONF, for tests that take the token away or share
+// it between Vault servers: no other test sees it. Unlike
+// tokentest.NewSoftHSM it leaves this process's environment alone.
+func newPrivateSoftHSM(t *testing.T, label, pin string) *tokentest.Token {
+	t.Helper()
+	dir := t.TempDir()
+	tokensDir := filepath.Join(dir, "tokens")
+	if err := os.MkdirAll(tokensDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "softhsm2.conf")
+	writeFile(t, conf, fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", tokensDir))
+	tok := &tokentest.Token{Kind: tokentest.SoftHSM2, Dir: dir, Conf: conf, Library: softHSM().Library,
+		Label: label, PIN: pin, SOPIN: pin + "-so"}
+	cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", tok.SOPIN)
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("softhsm2-util --init-token: %v: %s", err, out)
+	}
+	return tok
 }
 
 func (v *vaultServer) waitActive() {
