@@ -17,3 +17,7 @@ go run honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2} ./...
 HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh)
 export HSMKMS_VAULT_BIN
 go test -count=1 -timeout 30m ./...
+# The races the code guards against, under the race detector: the key
+# cache's fill against writers, Close against calls, the pool's bound.
+go test -count=1 -race -timeout 10m -run 'TestKeyCacheNeverGoesBack|TestConcurrentMixedOperations' .
+go test -count=1 -race -timeout 10m -run 'TestCloseRacingCallsNeverCrashes|TestNoSessionLeakedByCloseUnderLoad|TestPoolNeverExceedsItsSize' ./hsm
