@@ -223,7 +223,7 @@ func encryptOnce(t *testing.T, v *vaultServer, key, pt, ctx string) string {
 	if ctx != "" {
 		body["context"] = ctx
 	}
-	status, resp := v.raw("POST", "kms/encrypt/"+key, v.token, body)
+	status, resp := v.post("kms/encrypt/"+key, body)
 	if status != 200 {
 		t.Fatalf("encrypt with %s on %s: %d %v", key, v.addr, status, resp)
 	}
@@ -244,7 +244,7 @@ func checkAllDecrypt(t *testing.T, v *vaultServer, key string, pairs []ctPair) {
 			}
 			items = append(items, item)
 		}
-		status, resp := v.raw("POST", "kms/decrypt/"+key, v.token, map[string]interface{}{"batch_input": items})
+		status, resp := v.post("kms/decrypt/"+key, map[string]interface{}{"batch_input": items})
 		if status != 200 {
 			t.Fatalf("decrypting %d ciphertexts through %s: %d %v", len(items), v.addr, status, resp)
 		}
@@ -264,7 +264,7 @@ func checkAllDecrypt(t *testing.T, v *vaultServer, key string, pairs []ctPair) {
 
 // sample is one request of a load.
 type sample struct {
-	op         string
+	op, addr   string
 	start, end time.Time
 	status     int    // 0 when no HTTP answer came
 	msg        string // the response's errors, or the transport error
@@ -291,7 +291,7 @@ type cryptoLoad struct {
 func startLoad(t *testing.T, addrs []string, token, key string, before []ctPair, workers int, decryptOnly bool) *cryptoLoad {
 	l := &cryptoLoad{
 		token: token, key: key, before: before, decryptOnly: decryptOnly,
-		client: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}},
+		client: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}, CheckRedirect: noRedirects},
 		stop:   make(chan struct{}),
 	}
 	for w := 0; w < workers; w++ {
@@ -382,7 +382,7 @@ func (l *cryptoLoad) record(s sample) {
 // the response's data.
 func (l *cryptoLoad) do(addr, op string, body map[string]interface{}) (sample, map[string]interface{}) {
 	b, _ := json.Marshal(body)
-	s := sample{op: op, start: time.Now()}
+	s := sample{op: op, addr: addr, start: time.Now()}
 	status, raw, err := sendRaw(l.client, "POST", addr+"/v1/kms/"+op+"/"+l.key, l.token, b)
 	s.end, s.status = time.Now(), status
 	if err != nil {
@@ -439,6 +439,32 @@ func (l *cryptoLoad) waitSuccessSentAfter(t0 time.Time, limit time.Duration) (sa
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// noRedirects makes a client return a redirect as the answer: a standby
+// that cannot forward a request redirects to the active node, and the
+// tests must see that rather than follow it.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+var noRedirectClient = &http.Client{Timeout: 60 * time.Second, CheckRedirect: noRedirects}
+
+// post sends body as JSON to v without following redirects and returns the
+// status and the decoded answer.
+func (v *vaultServer) post(path string, body interface{}) (int, map[string]interface{}) {
+	v.t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	status, raw, err := sendRaw(noRedirectClient, "POST", v.addr+"/v1/"+path, v.token, b)
+	if err != nil {
+		v.t.Fatalf("POST %s on %s: %v", path, v.addr, err)
+	}
+	var decoded map[string]interface{}
+	if err := json.Unmarshal(raw, &decoded); err != nil {
+		decoded = map[string]interface{}{"raw": string(raw)}
+	}
+	return status, decoded
 }
 
 // sendRaw sends one request with body as it is (nil: none) and returns the
