@@ -290,7 +290,7 @@ func (g *gen) upTo(n int) int {
 }
 
 func (g *gen) pick(options ...string) string { return options[g.r.Intn(len(options))] }
-func (g *gen) chance(p float64) bool        { return g.r.Float64() < p }
+func (g *gen) chance(p float64) bool         { return g.r.Float64() < p }
 
 func (g *gen) randBytes(n int) []byte {
 	b := make([]byte, n)
