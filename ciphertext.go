@@ -29,7 +29,7 @@ func parseCiphertext(s string) (int, []byte, string) {
 	if msg != "" {
 		return 0, nil, msg
 	}
-	blob, err := base64.StdEncoding.DecodeString(parts[2])
+	blob, err := base64.StdEncoding.Strict().DecodeString(parts[2])
 	if err != nil {
 		return 0, nil, "ciphertext payload is not valid base64"
 	}

@@ -32,8 +32,9 @@ func FuzzParseCiphertext(f *testing.F) {
 		if version < 1 || len(blob) == 0 {
 			t.Fatalf("accepted %q as version %d, %d bytes", s, version, len(blob))
 		}
-		// What is accepted is exactly what formatCiphertext writes.
-		if again := formatCiphertext(version, blob); again != s {
+		// What is accepted is what formatCiphertext writes (the base64
+		// decoder skips line breaks, as Go's and Transit's do).
+		if again := formatCiphertext(version, blob); again != stripLineBreaks(s) {
 			t.Fatalf("accepted %q, which formats back as %q", s, again)
 		}
 	})
@@ -52,7 +53,7 @@ func FuzzParseSignature(f *testing.F) {
 		if version < 1 || len(sig) == 0 {
 			t.Fatalf("accepted %q (jws %v) as version %d, %d bytes", s, jws, version, len(sig))
 		}
-		if again := formatSignature(version, sig, jws); again != s {
+		if again := formatSignature(version, sig, jws); again != stripLineBreaks(s) {
 			t.Fatalf("accepted %q, which formats back as %q", s, again)
 		}
 	})
@@ -170,3 +171,5 @@ func FuzzBatchInput(f *testing.F) {
 		}
 	})
 }
+
+func stripLineBreaks(s string) string { return strings.NewReplacer("\r", "", "\n", "").Replace(s) }

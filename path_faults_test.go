@@ -1,14 +1,19 @@
 package hsmkms
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/miekg/pkcs11"
 
@@ -149,4 +154,104 @@ func TestRefusedPINAnswers503WithOneLogin(t *testing.T) {
 	if n := ft.Calls("C_Login") - logins; n != 1 {
 		t.Fatalf("20 requests made %d C_Login calls, want 1", n)
 	}
+}
+
+// raceRounds config changes race the readers in make test (each is a
+// module login and GCM self-test); HSMKMS_RACE_ROUNDS=1000 for the long run.
+func raceRounds() int {
+	if n, err := strconv.Atoi(os.Getenv("HSMKMS_RACE_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 200
+}
+
+// GET config and GET status race DELETE config and config writes: no
+// call may reach a module that a Close finalised (that was a SIGSEGV,
+// taking every mount of the process down).
+func TestConfigAndStatusReadsRacingConfigChanges(t *testing.T) {
+	m := configuredMount(t, nil)
+	conf := map[string]interface{}{"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				path := []string{"config", "status"}[r%2]
+				_, _ = m.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: path, Storage: m.storage, MountPoint: "kms/"})
+			}
+		}()
+	}
+	for i := 0; i < raceRounds(); i++ {
+		if i%2 == 0 {
+			m.mustOK(logical.DeleteOperation, "config", nil)
+		} else {
+			m.mustOK(logical.UpdateOperation, "config", conf)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	m.mustOK(logical.UpdateOperation, "config", conf)
+	if decrypt(t, m, "default", encrypt(t, m, "default", "alive", nil), nil) != "alive" {
+		t.Fatal("the mount does not work after the race")
+	}
+}
+
+// Re-initialisations, device errors and PIN refusals reach the log as
+// key/value pairs, and the PIN never does.
+func TestRecoveryAndPINFailuresAreLoggedWithoutThePIN(t *testing.T) {
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	allowed, err := libraryAllowList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: lockedWriter{&logMu, &logged}, Level: hclog.Info})
+	b := newBackend(allowed)
+	ft := faulttoken.New(nil)
+	b.intercept = ft.Intercept
+	if err := b.Setup(context.Background(), conf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.clean(context.Background()) })
+	m := &testMount{t: t, b: b, storage: conf.StorageView}
+	m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN})
+	m.mustOK(logical.UpdateOperation, "keys/logged", nil)
+
+	ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+	m.mustOK(logical.UpdateOperation, "encrypt/logged", map[string]interface{}{"plaintext": "aGVsbG8="})
+	ft.SetFailing("C_Login", pkcs11.Error(pkcs11.CKR_PIN_INCORRECT))
+	ft.FailNext("C_Encrypt", pkcs11.Error(pkcs11.CKR_DEVICE_ERROR))
+	_, _ = m.do(logical.UpdateOperation, "encrypt/logged", map[string]interface{}{"plaintext": "aGVsbG8="})
+
+	logMu.Lock()
+	out := logged.String()
+	logMu.Unlock()
+	for _, want := range []string{"HSM device-level error", "re-initialised the PKCS#11 module", "refused the PIN"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, testToken.PIN) {
+		t.Fatalf("the log shows the PIN:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

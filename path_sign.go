@@ -356,9 +356,9 @@ func parseSignature(s string, jws bool) (int, []byte, string) {
 	if msg != "" {
 		return 0, nil, strings.Replace(msg, "ciphertext", "signature", 1)
 	}
-	enc := base64.StdEncoding
+	enc := base64.StdEncoding.Strict()
 	if jws {
-		enc = base64.RawURLEncoding
+		enc = base64.RawURLEncoding.Strict()
 	}
 	sig, err := enc.DecodeString(parts[2])
 	if err != nil || len(sig) == 0 {

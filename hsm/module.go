@@ -79,6 +79,9 @@ type module struct {
 	nextRecovery time.Time                // no re-initialisation before then
 	attempts     uint64                   // recovery attempts made, for callers waiting on one
 	tokens       map[string]*tokenSession // by tokenKey; guarded by mu
+	// oaepModes keep each token's RSA-OAEP probe result beyond its login
+	// (probing makes an RSA key pair); guarded by mu.
+	oaepModes map[string]OAEPMode
 }
 
 // tokenSession is this process's login to one token: one session kept open
@@ -146,7 +149,7 @@ func acquireModule(path, initArgs string, intercept func(PKCS11) PKCS11) (*modul
 	if err != nil {
 		return nil, nil, err
 	}
-	m := &module{path: path, initArgs: initArgs, binding: b, refs: 1, tokens: map[string]*tokenSession{}}
+	m := &module{path: path, initArgs: initArgs, binding: b, refs: 1, tokens: map[string]*tokenSession{}, oaepModes: map[string]OAEPMode{}}
 	p := view(m)
 	if err := p.Initialize(); err != nil && !isSuccess(err) {
 		b.unload()
@@ -260,6 +263,7 @@ func (m *module) login(p PKCS11, cfg Config, log hclog.Logger) (*tokenSession, e
 	}
 	ts := &tokenSession{key: key, label: cfg.TokenLabel, slot: slot, pin: cfg.PIN, refs: 1,
 		owners: map[string]int{cfg.Owner: 1}, names: map[string]string{cfg.Owner: cfg.OwnerName}, loginBackoff: cfg.LoginBackoff}
+	ts.quirks.oaep = m.oaepModes[key]
 	if err := m.openLoginSession(p, ts); err != nil {
 		if classify(err) == classPIN {
 			log.Error("the token refused the PIN", "token", key, "error", err)

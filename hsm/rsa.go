@@ -149,6 +149,9 @@ func (c *Client) OAEPMode(ctx context.Context) (OAEPMode, error) {
 	q.mu.Lock()
 	q.oaep = mode
 	q.mu.Unlock()
+	c.mod.mu.Lock()
+	c.mod.oaepModes[c.token.key] = mode
+	c.mod.mu.Unlock()
 	return mode, nil
 }
 
