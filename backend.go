@@ -226,8 +226,11 @@ func respondError(op string, err error) (*logical.Response, error) {
 // hsmUnavailable reports the errors that mean the HSM (not the caller, not
 // the plugin) failed: answered 503, so clients retry.
 func hsmUnavailable(err error) bool {
+	// A key object or token not found is the HSM's state, not the caller's
+	// fault: a request racing an outage can see it before the module is
+	// re-initialised (the key's metadata says the object exists).
 	return errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrPoolTimeout) || errors.Is(err, hsm.ErrClosed) ||
-		errors.Is(err, errHSMOpen)
+		errors.Is(err, errHSMOpen) || errors.Is(err, hsm.ErrKeyNotFound) || errors.Is(err, hsm.ErrTokenNotFound)
 }
 
 const backendHelp = `

@@ -255,3 +255,20 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// A request racing an outage can find the key's object gone before the
+// module is re-initialised: that is the HSM's state, a 503, never a 500.
+func TestKeyObjectNotFoundIs503(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/vanishing", nil)
+	ct := m.mustOK(logical.UpdateOperation, "encrypt/vanishing", map[string]interface{}{"plaintext": "aGVsbG8="}).Data["ciphertext"]
+	client, _, err := m.b.hsmClient(context.Background(), m.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.DestroyObjects(context.Background(), m.objectID("vanishing", 1)); err != nil {
+		t.Fatal(err)
+	}
+	m.mustStatus(logical.UpdateOperation, "decrypt/vanishing", map[string]interface{}{"ciphertext": ct}, http.StatusServiceUnavailable)
+	m.mustStatus(logical.UpdateOperation, "encrypt/vanishing", map[string]interface{}{"batch_input": []interface{}{map[string]interface{}{"plaintext": "aGVsbG8="}}}, http.StatusServiceUnavailable)
+}

@@ -37,7 +37,9 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		data["hsm"] = "unavailable: " + statusReason(err)
-		b.Logger().Warn("status: the HSM is unavailable", "error", err)
+		if !errors.Is(err, errNotConfigured) {
+			b.Logger().Warn("status: the HSM is unavailable", "error", err)
+		}
 		return &logical.Response{Data: data}, nil
 	}
 	data["hsm"] = "available"
