@@ -6,15 +6,7 @@ package hsm
 #include <dlfcn.h>
 #include <stdlib.h>
 
-#define CK_PTR *
-#ifndef NULL_PTR
-#define NULL_PTR 0
-#endif
-#define CK_DEFINE_FUNCTION(returnType, name) returnType name
-#define CK_DECLARE_FUNCTION(returnType, name) returnType name
-#define CK_DECLARE_FUNCTION_POINTER(returnType, name) returnType (* name)
-#define CK_CALLBACK_FUNCTION(returnType, name) returnType (* name)
-#include "pkcs11.h"
+#include "pkcs11_cgo.h"
 
 // oneshot holds this package's own reference to a module miekg/pkcs11 has
 // loaded: dlopen of the same path returns the same library, so the

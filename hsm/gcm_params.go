@@ -4,15 +4,7 @@ package hsm
 #include <stdlib.h>
 #include <string.h>
 
-#define CK_PTR *
-#ifndef NULL_PTR
-#define NULL_PTR 0
-#endif
-#define CK_DEFINE_FUNCTION(returnType, name) returnType name
-#define CK_DECLARE_FUNCTION(returnType, name) returnType name
-#define CK_DECLARE_FUNCTION_POINTER(returnType, name) returnType (* name)
-#define CK_CALLBACK_FUNCTION(returnType, name) returnType (* name)
-#include "pkcs11.h"
+#include "pkcs11_cgo.h"
 */
 import "C"
 
