@@ -34,6 +34,7 @@ type PKCS11 interface {
 	DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error
 	GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
 	GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, public, private []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error)
+	UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingKey pkcs11.ObjectHandle, wrapped []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
 
 	EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
 	// EncryptOnce calls C_Encrypt once, with an output buffer of outCap

@@ -29,6 +29,7 @@ var knownQuirks = map[string][]Quirk{
 		{"pairwise_consistency", "refuses a key pair whose public half cannot verify (or encrypt) what the private half signs (or decrypts); public halves carry the matching usage, and the plugin enforces each key's operations itself"},
 		{"finalize_error_order", "after C_Finalize behind the client's back answers CKR_SESSION_HANDLE_INVALID, then CKR_SLOT_ID_INVALID; either leads to one re-initialisation and one retry"},
 		{"key_wrap_pad_constant", "its 0x210A mechanism is not RFC 5649 key wrap with padding"},
+		{"ec_unwrap_needs_public_value", "refuses to unwrap an EC private key into the token without its vendor attribute CKA_NSS_DB; the plugin gives the public point when it has it, otherwise a stand-in (the plugin finds keys by CKA_ID)"},
 	},
 }
 
@@ -47,6 +48,8 @@ type tokenQuirks struct {
 	known        []Quirk
 	gcmIV        string   // "" until an encryption was seen
 	oaep         OAEPMode // "" until a probe succeeded
+	kwp          uint     // the RFC 5649 mechanism; 0 until a probe found it
+	seen         []Quirk  // departures observed at run time
 }
 
 // identify records the token's known quirks from its manufacturer, once.
@@ -88,6 +91,34 @@ func (q *tokenQuirks) noteGCMIV(mode string) {
 	}
 }
 
+var observableQuirks = map[string]string{
+	"unwrap_attributes_read_only": "answers CKR_ATTRIBUTE_READ_ONLY to CKA_MODIFIABLE and CKA_VALUE_LEN in C_UnwrapKey (SoftHSM 2.6.1 takes them at generation only); imported keys are unwrapped without them and stay unmodifiable in what matters: PKCS#11 never lets CKA_SENSITIVE be cleared or CKA_EXTRACTABLE be set",
+	"unwrap_value_len_unset": "leaves CKA_VALUE_LEN at 0 on an unwrapped secret key, so the length of a key imported by BYOK cannot be checked in the token; a JWK's length is checked by the plugin before import",
+}
+
+// observe records a quirk seen at run time, once.
+func (q *tokenQuirks) observe(name string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range q.seen {
+		if s.Name == name {
+			return
+		}
+	}
+	q.seen = append(q.seen, Quirk{name, observableQuirks[name]})
+}
+
+func (q *tokenQuirks) observed(name string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range q.seen {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Quirks lists the quirks in force for the client's token: those known for
 // its implementation and those observed (the GCM IV behaviour, the RSA-OAEP
 // probe's result).
@@ -95,9 +126,14 @@ func (c *Client) Quirks() []Quirk {
 	q := &c.token.quirks
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	out := append([]Quirk(nil), q.known...)
+	out := append(append([]Quirk(nil), q.known...), q.seen...)
 	if q.oaep == OAEPRawUnpad {
 		out = append(out, Quirk{"oaep_sha256_unavailable", "CKM_RSA_PKCS_OAEP does not take SHA-256 (SoftHSM 2.6 has SHA-1 only); RSA-OAEP-SHA-256 is decrypted with CKM_RSA_X_509 and the padding removed by the plugin in constant time"})
+	}
+	if q.kwp == ckmAESKeyWrapKWP {
+		out = append(out, Quirk{"key_wrap_kwp", "RFC 5649 key wrap is CKM_AES_KEY_WRAP_KWP (0x210B), found by unwrapping the RFC's test vector; imports use it"})
+	} else if q.kwp == ckmAESKeyWrapPad {
+		out = append(out, Quirk{"key_wrap_pad_is_rfc5649", "RFC 5649 key wrap is CKM_AES_KEY_WRAP_PAD (0x210A), found by unwrapping the RFC's test vector; imports use it"})
 	}
 	switch q.gcmIV {
 	case gcmIVWritten:

@@ -344,6 +344,13 @@ func (t *Token) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, 
 	return t.inner.GenerateKeyPair(sh, m, pub, priv)
 }
 
+func (t *Token) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := t.before("C_UnwrapKey"); err != nil {
+		return 0, err
+	}
+	return t.inner.UnwrapKey(sh, m, key, wrapped, temp)
+}
+
 // EncryptInit replaces the caller's GCM IV by one of the token's own when
 // the IV mode says so, and reports it the way that mode's HSMs do.
 func (t *Token) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
