@@ -93,7 +93,7 @@ func (q *tokenQuirks) noteGCMIV(mode string) {
 
 var observableQuirks = map[string]string{
 	"unwrap_attributes_read_only": "answers CKR_ATTRIBUTE_READ_ONLY to CKA_MODIFIABLE and CKA_VALUE_LEN in C_UnwrapKey (SoftHSM 2.6.1 takes them at generation only); imported keys are unwrapped without them and stay unmodifiable in what matters: PKCS#11 never lets CKA_SENSITIVE be cleared or CKA_EXTRACTABLE be set",
-	"unwrap_value_len_unset": "leaves CKA_VALUE_LEN at 0 on an unwrapped secret key, so the length of a key imported by BYOK cannot be checked in the token; a JWK's length is checked by the plugin before import",
+	"unwrap_value_len_unset":      "leaves CKA_VALUE_LEN at 0 on an unwrapped secret key, so the length of a key imported by BYOK cannot be checked in the token; a JWK's length is checked by the plugin before import",
 }
 
 // observe records a quirk seen at run time, once.
