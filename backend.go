@@ -94,6 +94,8 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			[]*framework.Path{b.pathConfig()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig()},
 			b.pathKeys(),
+			b.pathImport(),
+			[]*framework.Path{b.pathAdopt(), b.pathWrappingKey()},
 			[]*framework.Path{
 				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
 				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),

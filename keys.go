@@ -169,6 +169,46 @@ type keyVersion struct {
 	// PublicKey is the PKIX DER public key of an asymmetric version, kept so
 	// that verification, encryption and export need no HSM call.
 	PublicKey []byte `json:"public_key,omitempty"`
+	// Origin says how the version's key came to the token: generated
+	// (""), imported or adopted. A public-only import has no object.
+	Origin string `json:"origin,omitempty"`
+	// TransitLayout: an imported AES version that also opens Transit's
+	// ciphertexts (AAD = associated_data, or none).
+	TransitLayout bool `json:"transit_layout,omitempty"`
+	// Extractable: adopted with allow_extractable.
+	Extractable bool `json:"extractable,omitempty"`
+	// DestroyOnDelete: an adopted object the key's deletion destroys.
+	DestroyOnDelete bool `json:"destroy_on_delete,omitempty"`
+}
+
+const (
+	originGenerated = "generated"
+	originImported  = "imported"
+	originAdopted   = "adopted"
+)
+
+func (kv *keyVersion) origin() string {
+	if kv.Origin == "" {
+		return originGenerated
+	}
+	return kv.Origin
+}
+
+// publicOnly: the version is a public key with no token object.
+func (kv *keyVersion) publicOnly() bool { return len(kv.ObjectID) == 0 }
+
+// ownsObject: deleting the key destroys this version's object.
+func (kv *keyVersion) ownsObject() bool {
+	return !kv.publicOnly() && (kv.Origin != originAdopted || kv.DestroyOnDelete)
+}
+
+// privateKeyMissing is the caller-facing reason a version cannot do what
+// needs its private or secret key, or "".
+func (kv *keyVersion) privateKeyMissing(name string, version int) string {
+	if kv.publicOnly() {
+		return fmt.Sprintf("version %d of key %q was imported as a public key only; it can verify (and encrypt, RSA) but not sign or decrypt", version, name)
+	}
+	return ""
 }
 
 // keyEntry is a key's metadata in Vault storage. The key itself is only on
@@ -187,6 +227,10 @@ type keyEntry struct {
 	MinDecryptionVersion int                 `json:"min_decryption_version"`
 	MinEncryptionVersion int                 `json:"min_encryption_version"`
 	Versions             map[int]*keyVersion `json:"versions"`
+	// Imported: the key was made by import or adopt (Transit's
+	// imported_key); it rotates only when AllowRotation is set.
+	Imported      bool `json:"imported,omitempty"`
+	AllowRotation bool `json:"allow_rotation,omitempty"`
 }
 
 func (k *keyEntry) keyType() keyType {
@@ -275,10 +319,18 @@ func storeKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 // keyResponse is the read form: Transit's fields plus the seeds'.
 func (k *keyEntry) keyResponse() map[string]interface{} {
 	versions := make(map[string]interface{}, len(k.Versions))
-	objects := make(map[string]map[string]string, len(k.Versions))
+	objects := make(map[string]map[string]interface{}, len(k.Versions))
 	kt := k.keyType()
 	for v, kv := range k.Versions {
-		objects[strconv.Itoa(v)] = map[string]string{"id": hex.EncodeToString(kv.ObjectID), "label": kv.Label}
+		objects[strconv.Itoa(v)] = map[string]interface{}{
+			"id":                hex.EncodeToString(kv.ObjectID),
+			"label":             kv.Label,
+			"origin":            kv.origin(),
+			"public_only":       kv.publicOnly(),
+			"transit_layout":    kv.TransitLayout,
+			"extractable":       kv.Extractable,
+			"destroy_on_delete": kv.ownsObject(),
+		}
 		if !kt.asymmetric() {
 			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
 			continue
@@ -308,7 +360,8 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"allow_plaintext_backup": false,
 		"derived":                false,
 		"convergent_encryption":  false,
-		"imported_key":           false,
+		"imported_key":           k.Imported,
+		"allow_rotation":         k.AllowRotation,
 		"supports_encryption":    k.allows(opEncrypt) || k.allows(opWrapKey),
 		"supports_decryption":    k.allows(opDecrypt) || k.allows(opUnwrapKey),
 		"supports_derivation":    false,

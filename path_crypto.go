@@ -259,6 +259,7 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 	if item.PaddingScheme != "" {
 		return nil, "", userErrorf("padding_scheme applies only to RSA keys")
 	}
+	transit := opensTransitLayout(kv, item)
 	domains := []string{item.domain}
 	if item.domain == "" {
 		domains = []string{aadDomain, dataKeyAADDomain}
@@ -276,7 +277,26 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 			return plaintext, domain, err
 		}
 	}
+	if transit {
+		// A ciphertext Transit made under an imported key: its AAD is
+		// associated_data alone. rewrap writes it in the plugin's layout.
+		ad, aerr := base64.StdEncoding.DecodeString(item.AssociatedData)
+		if aerr != nil {
+			return nil, "", userErrorf("associated_data is not valid base64")
+		}
+		plaintext, terr := client.DecryptGCMForeign(ctx, kv.ObjectID, blob, ad)
+		if !errors.Is(terr, hsm.ErrDecrypt) {
+			return plaintext, aadDomain, terr
+		}
+	}
 	return nil, "", err
+}
+
+// opensTransitLayout: an ordinary decrypt (not a data key's) on a version
+// imported from Transit, with no context Transit would have derived a key
+// from.
+func opensTransitLayout(kv *keyVersion, item cryptoItem) bool {
+	return kv.TransitLayout && item.domain == "" && item.Context == "" && len(item.EncryptionContext) == 0
 }
 
 // itemFailure turns an item's error into its batch result.

@@ -109,6 +109,11 @@ func (b *backend) pathKeys() []*framework.Path {
 					Type:        framework.TypeDurationSecond,
 					Description: "Transit's automatic rotation period, stored for a later version; 0 disables.",
 				},
+				"keys": {
+					Type:         framework.TypeSlice,
+					Description:  "The seeds' import form: a list of JSON Web Keys, one per version, oldest first; see keys/:name/import.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
 			},
 			ExistenceCheck: b.keyExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -188,6 +193,9 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	name := d.Get("name").(string)
 	if msg := checkKeyName(name); msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	if raw, ok := d.Raw["keys"]; ok {
+		return b.importJWKList(ctx, req, d, raw)
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
@@ -323,13 +331,7 @@ func hmacBits(kt keyType) int {
 // generateVersion makes the HSM object (or key pair) of one key version and
 // returns the PKIX DER public key of an asymmetric one.
 func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt keyType, ops []string, id []byte, label string) ([]byte, error) {
-	has := func(op string) bool { return slices.Contains(ops, op) }
-	use := hsm.Usage{
-		Encrypt: has(opEncrypt) || has(opWrapKey),
-		Decrypt: has(opDecrypt) || has(opUnwrapKey),
-		Sign:    has(opSign),
-		Verify:  has(opVerify),
-	}
+	use := usageOf(ops)
 	var pub crypto.PublicKey
 	var err error
 	switch kt.family {
@@ -352,6 +354,17 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 		return nil, fmt.Errorf("encoding the public key: %w", err)
 	}
 	return der, nil
+}
+
+// usageOf is the token usage a key's operations need.
+func usageOf(ops []string) hsm.Usage {
+	has := func(op string) bool { return slices.Contains(ops, op) }
+	return hsm.Usage{
+		Encrypt: has(opEncrypt) || has(opWrapKey),
+		Decrypt: has(opDecrypt) || has(opUnwrapKey),
+		Sign:    has(opSign),
+		Verify:  has(opVerify),
+	}
 }
 
 // addVersionLocked makes the key's next version in the HSM and stores the
@@ -421,6 +434,20 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 	}
 	b.keysMu.Lock()
 	defer b.keysMu.Unlock()
+	if entry.Name == wrappingKeyName {
+		w, err := loadWrappingKey(ctx, req.Storage)
+		if err != nil {
+			return err
+		}
+		if w != nil && bytes.Equal(w.ObjectID, objectID) {
+			return nil
+		}
+		client, _, err := b.hsmClient(ctx, req.Storage)
+		if err != nil {
+			return err
+		}
+		return client.DestroyObjects(ctx, objectID)
+	}
 	k, err := loadKey(ctx, req.Storage, entry.Name)
 	if err != nil {
 		return err
@@ -464,6 +491,9 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 		return logical.ErrorResponse("key %q is active; deactivate it (keys/%s/deactivate) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name), logical.ErrInvalidRequest
 	}
 	for v, kv := range k.Versions {
+		if !kv.ownsObject() {
+			continue // a public key, or an adopted object the key only borrowed
+		}
 		if err := client.DestroyObjects(ctx, kv.ObjectID); err != nil {
 			return respondError(fmt.Sprintf("destroy version %d of key %q", v, name), err)
 		}

@@ -84,6 +84,9 @@ func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, 
 	if k.State != stateActive {
 		return logical.ErrorResponse("key %q is deactivated; activate it before rotating", k.Name), logical.ErrInvalidRequest
 	}
+	if k.Imported && !k.AllowRotation {
+		return logical.ErrorResponse("key %q was imported with allow_rotation=false, as Transit does by default; add versions with import_version, or import it with allow_rotation=true", k.Name), logical.ErrInvalidRequest
+	}
 	if err := b.addVersionLocked(ctx, req.Storage, client, k); err != nil {
 		return respondError(fmt.Sprintf("rotate key %q", k.Name), err)
 	}
@@ -194,7 +197,7 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name strin
 
 // rotationDue reports whether k's automatic rotation period ran out.
 func (b *backend) rotationDue(k *keyEntry) bool {
-	if k.AutoRotatePeriod <= 0 || k.State != stateActive {
+	if k.AutoRotatePeriod <= 0 || k.State != stateActive || (k.Imported && !k.AllowRotation) {
 		return false
 	}
 	latest := k.Versions[k.LatestVersion]

@@ -268,6 +268,9 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry,
 	if msg != "" {
 		return "", 0, userError{msg: msg}
 	}
+	if msg := kv.privateKeyMissing(k.Name, version); msg != "" {
+		return "", 0, userError{msg: msg}
+	}
 	pub, err := b.parsedPublicKey(kv)
 	if err != nil {
 		return "", 0, err

@@ -181,6 +181,11 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 		return nil, nil, fmt.Errorf("listing keys: %w", err)
 	}
 	used := map[string]bool{}
+	if w, err := loadWrappingKey(ctx, s); err != nil {
+		return nil, nil, err
+	} else if w != nil {
+		used[hex.EncodeToString(w.ObjectID)] = true
+	}
 	var missing []missingObject
 	for _, name := range names {
 		k, err := loadKey(ctx, s, name)
@@ -196,7 +201,9 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 			}
 			id := hex.EncodeToString(kv.ObjectID)
 			used[id] = true
-			if !containsObject(objects, kv.ObjectID) {
+			// Adopted objects keep their own labels, so the list by
+			// this plugin's label prefix never holds them.
+			if kv.origin() != originAdopted && !containsObject(objects, kv.ObjectID) {
 				missing = append(missing, missingObject{Key: name, Version: v, ObjectID: id})
 			}
 		}

@@ -17,6 +17,7 @@ import (
 // key_version is not read as a negative one.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
 	if len(req.Data) > 0 {
+		objectFieldsAsStrings(req.Data)
 		if p := b.Route(req.Path); p != nil {
 			if msg := checkFieldTypes(p.Fields, req.Data); msg != "" {
 				return logical.ErrorResponse(msg), logical.ErrInvalidRequest
@@ -43,6 +44,25 @@ func checkFieldTypes(schema map[string]*framework.FieldSchema, raw map[string]in
 		}
 	}
 	return ""
+}
+
+// jsonObjectFields are string fields that also take a JSON object (a JWK
+// sent as an object rather than as a string).
+var jsonObjectFields = map[string]bool{"jwk": true}
+
+// objectFieldsAsStrings turns an object given for a jsonObjectFields field
+// into its JSON text before the framework converts fields: its conversion
+// error would quote the object, a private key, into the response.
+func objectFieldsAsStrings(data map[string]interface{}) {
+	for name := range jsonObjectFields {
+		if obj, ok := data[name].(map[string]interface{}); ok {
+			if b, err := json.Marshal(obj); err == nil {
+				data[name] = string(b)
+			} else {
+				data[name] = nil
+			}
+		}
+	}
 }
 
 func fitsInt32(v interface{}) bool {

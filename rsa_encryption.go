@@ -93,6 +93,9 @@ func (b *backend) decryptRSA(ctx context.Context, client *hsm.Client, kv *keyVer
 	if err := noContextForRSA(item); err != nil {
 		return nil, err
 	}
+	if kv.publicOnly() {
+		return nil, userErrorf("this key version was imported as a public key only; it cannot decrypt")
+	}
 	pubKey, err := b.parsedPublicKey(kv)
 	if err != nil {
 		return nil, err

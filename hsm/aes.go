@@ -99,6 +99,16 @@ func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 	if len(aad) == 0 {
 		return nil, fmt.Errorf("%w: associated data must not be empty", ErrInvalidInput)
 	}
+	return c.decryptGCM(ctx, id, blob, aad)
+}
+
+// DecryptGCMForeign opens IV || ciphertext || tag made outside the plugin
+// (Transit's layout), whose associated data may be empty.
+func (c *Client) DecryptGCMForeign(ctx context.Context, id, blob, aad []byte) ([]byte, error) {
+	return c.decryptGCM(ctx, id, blob, aad)
+}
+
+func (c *Client) decryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, error) {
 	if len(blob) < GCMIVLen+GCMTagLen {
 		return nil, fmt.Errorf("%w: ciphertext too short", ErrDecrypt)
 	}

@@ -1,0 +1,497 @@
+package hsmkms
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+)
+
+func importFields(create bool) map[string]*framework.FieldSchema {
+	fields := map[string]*framework.FieldSchema{
+		"name": nameField,
+		"jwk": {
+			Type: framework.TypeString,
+			Description: "A JSON Web Key (RFC 7517/7518), as a JSON object or a string: kty oct (AES 16/24/32 bytes, or HMAC 16 to 512 bytes with type=hmac or alg HS*), " +
+				"RSA with n, e, d, p, q, dp, dq, qi (2048/3072/4096 bits), or EC with d on P-256/384/521. Without its private part, a public-only key for verify (and encrypt, RSA).",
+			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+		},
+		"ciphertext": {
+			Type: framework.TypeString,
+			Description: "Transit's BYOK form: base64 of RSA-OAEP(ephemeral AES-256 key) under wrapping_key, then the key wrapped under the ephemeral key with AES-KWP (RFC 5649). " +
+				"Raw bytes for AES and HMAC keys, PKCS#8 DER for RSA and EC keys. 'vault transit import' makes it.",
+			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+		},
+		"hash_function": {
+			Type:        framework.TypeString,
+			Description: "Hash of the RSA-OAEP that wrapped the ephemeral key: SHA1, SHA224, SHA256 (default), SHA384 or SHA512.",
+			Default:     "SHA256",
+		},
+		"public_key": {
+			Type:        framework.TypeString,
+			Description: "A PEM public key (RSA or EC) to import as a public-only key, as Transit takes it.",
+		},
+		"type": {
+			Type:        framework.TypeString,
+			Description: "Key type, Transit's names (aes128-gcm96, aes256-gcm96, rsa-2048, ecdsa-p256, hmac, ...). Default aes256-gcm96 for ciphertext; taken from the key for jwk and public_key.",
+		},
+	}
+	if !create {
+		return fields
+	}
+	for name, f := range map[string]*framework.FieldSchema{
+		"operations": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "What the key may be used for; default: the type's, or with public_key verify (and encrypt, RSA). A JWK without its private part needs operations=verify (or verify,encrypt).",
+		},
+		"description":        {Type: framework.TypeString, Description: "Free text describing the key."},
+		"deletion_allowed":   {Type: framework.TypeBool, Description: "Transit's flag: the key may be deleted while active."},
+		"allow_rotation":     {Type: framework.TypeBool, Description: "Allow rotate (and auto_rotate_period) to add versions made in the HSM; false by default, as in Transit."},
+		"auto_rotate_period": {Type: framework.TypeDurationSecond, Description: "Automatic rotation period; needs allow_rotation."},
+		"exportable":         {Type: framework.TypeBool, Description: "Refused when true: keys never leave the HSM."},
+		"derived":            {Type: framework.TypeBool, Description: "Refused when true: key derivation is not supported."},
+		"allow_plaintext_backup": {
+			Type: framework.TypeBool, Description: "Refused when true: keys never leave the HSM.",
+		},
+		"convergent_encryption": {Type: framework.TypeBool, Description: "Refused when true, as in Transit's import."},
+	} {
+		fields[name] = f
+	}
+	return fields
+}
+
+func (b *backend) pathImport() []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern:      "keys/" + keyNamePattern + "/import",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "import", OperationSuffix: "key"},
+			Fields:       importFields(true),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathImportWrite, Summary: "Import a key into the HSM (JWK, Transit BYOK or a public key)."},
+			},
+			HelpSynopsis:    "Import a key into the HSM: a JWK, Transit's BYOK ciphertext, or a public key.",
+			HelpDescription: pathImportHelp,
+		},
+		{
+			Pattern:      "keys/" + keyNamePattern + "/import_version",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "import", OperationSuffix: "key-version"},
+			Fields:       importFields(false),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathImportVersionWrite, Summary: "Import a new version of an imported or adopted key."},
+			},
+			HelpSynopsis: "Import a new version of a key made by import or adopt.",
+			HelpDescription: `
+Adds version latest+1 from ciphertext (Transit's BYOK), jwk or public_key. The
+key must have been made by import or adopt, and the new key must be of its
+type. 'vault transit import-version kms/keys/NAME @key.b64' sends this.
+`,
+		},
+	}
+}
+
+const pathImportHelp = `
+Brings a key into the HSM as a new key. Give exactly one of:
+
+  jwk         a JSON Web Key; checked in full (sizes, EC point on its curve,
+              RSA primes and CRT values) before the HSM sees it
+  ciphertext  Transit's BYOK form, made for GET wrapping_key; unwrapped inside
+              the HSM (hash_function names the OAEP hash)
+  public_key  a PEM public key, imported public-only (verify, RSA encrypt)
+
+The key becomes a sensitive, never-extractable token object with the template
+of a generated key. Its AES versions also open Transit's own ciphertexts
+(associated_data as the only AAD), so data moved from Transit keeps
+decrypting; rewrap moves it to this plugin's layout. Imported keys rotate only
+with allow_rotation=true. exportable, derived, allow_plaintext_backup and
+convergent_encryption are refused.
+
+    $ vault transit import kms/keys/app1 @key.b64 type=aes256-gcm96
+    $ vault write kms/keys/app2/import jwk=@key.jwk
+`
+
+// importRequest is what one import or import_version asks for.
+type importRequest struct {
+	material   keyMaterial // jwk or public_key
+	ciphertext []byte      // BYOK
+	hash       crypto.Hash
+	keyType    keyType
+}
+
+func (r importRequest) field() string {
+	if r.ciphertext != nil {
+		return "ciphertext"
+	}
+	return r.material.field
+}
+
+func (r importRequest) publicOnly() bool { return r.ciphertext == nil && r.material.publicOnly() }
+
+var byokHashes = map[string]crypto.Hash{
+	"SHA1": crypto.SHA1, "SHA224": crypto.SHA224, "SHA256": crypto.SHA256, "SHA384": crypto.SHA384, "SHA512": crypto.SHA512,
+}
+
+// readImportRequest reads the key source fields. existing is the type of
+// the key a version is added to, or "" for a new key.
+func readImportRequest(d *framework.FieldData, existing string) (importRequest, string) {
+	typ := d.Get("type").(string)
+	if existing != "" {
+		if typ != "" && !strings.EqualFold(typ, existing) {
+			return importRequest{}, fmt.Sprintf("type %s does not match the key's type %s", typ, existing)
+		}
+		typ = existing
+	}
+	rawJWK, hasJWK := d.Raw["jwk"]
+	ct, hasCT := d.GetOk("ciphertext")
+	pemKey, hasPEM := d.GetOk("public_key")
+	given := 0
+	for _, has := range []bool{hasJWK, hasCT, hasPEM} {
+		if has {
+			given++
+		}
+	}
+	if given != 1 {
+		return importRequest{}, "give exactly one of jwk, ciphertext (Transit's BYOK form) or public_key"
+	}
+	switch {
+	case hasJWK:
+		m, msg := parseJWK(rawJWK, typ)
+		if msg != "" {
+			return importRequest{}, msg
+		}
+		return importRequest{material: m, keyType: m.keyType}, ""
+	case hasPEM:
+		m, msg := parsePublicKeyPEM(pemKey.(string), typ)
+		if msg != "" {
+			return importRequest{}, msg
+		}
+		return importRequest{material: m, keyType: m.keyType}, ""
+	}
+	hash, ok := byokHashes[strings.ToUpper(d.Get("hash_function").(string))]
+	if !ok {
+		return importRequest{}, "hash_function must be SHA1, SHA224, SHA256, SHA384 or SHA512"
+	}
+	blob, err := base64.StdEncoding.DecodeString(strings.TrimSpace(ct.(string)))
+	if err != nil || len(blob) == 0 {
+		return importRequest{}, "ciphertext must be base64 of Transit's BYOK form"
+	}
+	if typ == "" {
+		typ = defaultKeyType
+	}
+	kt, msg := resolveKeyType(typ, 0, "")
+	if msg != "" {
+		return importRequest{}, msg
+	}
+	return importRequest{ciphertext: blob, hash: hash, keyType: kt}, ""
+}
+
+// importOperations decides a new imported key's operations.
+func importOperations(d *framework.FieldData, r importRequest) ([]string, string) {
+	kt := r.keyType
+	ops := kt.defaultOps
+	// A JWK without its private part is most likely a mistake: it becomes
+	// a public key only when operations say so. public_key is explicit.
+	if r.publicOnly() && r.material.field == "public_key" {
+		ops = []string{opVerify}
+		if kt.family == familyRSA {
+			ops = []string{opVerify, opEncrypt}
+		}
+	}
+	if raw, ok := d.GetOk("operations"); ok && len(raw.([]string)) > 0 {
+		var msg string
+		if ops, msg = normaliseOperations(raw.([]string), kt); msg != "" {
+			return nil, msg
+		}
+	}
+	if r.publicOnly() {
+		for _, op := range ops {
+			if op == opSign || op == opDecrypt || op == opUnwrapKey {
+				field := r.material.field
+				part := "d is missing"
+				if field == "public_key" {
+					part = "it is a public key"
+				}
+				return nil, fmt.Sprintf("%s: %s, but %s needs the private key; give the private key, or operations=verify for a public key alone", field, part, op)
+			}
+		}
+	}
+	return ops, ""
+}
+
+func (b *backend) pathImportWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if msg := checkKeyName(name); msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	for _, field := range []string{"exportable", "derived", "allow_plaintext_backup", "convergent_encryption"} {
+		if v, ok := d.GetOk(field); ok && v.(bool) {
+			return logical.ErrorResponse("%s=true is not supported: keys here live in the HSM and never leave it, and are not derived", field), logical.ErrInvalidRequest
+		}
+	}
+	r, msg := readImportRequest(d, "")
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	ops, msg := importOperations(d, r)
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	allowRotation := d.Get("allow_rotation").(bool)
+	autoRotate := time.Duration(d.Get("auto_rotate_period").(int)) * time.Second
+	if autoRotate != 0 && !allowRotation {
+		return logical.ErrorResponse("auto_rotate_period needs allow_rotation=true on an imported key"), logical.ErrInvalidRequest
+	}
+	if autoRotate != 0 && autoRotate < minAutoRotatePeriod {
+		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
+	}
+	client, conf, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("import key", err)
+	}
+	k := &keyEntry{
+		Name:                 name,
+		Type:                 r.keyType.name,
+		Bits:                 hmacBits(r.keyType),
+		Operations:           ops,
+		State:                stateActive,
+		Description:          d.Get("description").(string),
+		Residency:            residencyHSM,
+		DeletionAllowed:      d.Get("deletion_allowed").(bool),
+		AutoRotatePeriod:     autoRotate,
+		MinDecryptionVersion: 1,
+		Versions:             map[int]*keyVersion{},
+		Imported:             true,
+		AllowRotation:        allowRotation,
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	if resp, err := b.checkNewKeyLocked(ctx, req.Storage, conf, name, "use import_version to add a version"); resp != nil || err != nil {
+		return resp, err
+	}
+	if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
+		return importFailure(name, r.field(), err)
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// checkNewKeyLocked refuses a name in use and a full quota.
+func (b *backend) checkNewKeyLocked(ctx context.Context, s logical.Storage, conf *mountConfig, name, hint string) (*logical.Response, error) {
+	existing, err := loadKey(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if existing != nil {
+		return logical.ErrorResponse("key %q already exists; %s", name, hint), logical.ErrInvalidRequest
+	}
+	if conf.MaxKeys > 0 {
+		names, err := s.List(ctx, keyStoragePrefix)
+		if err != nil {
+			return nil, fmt.Errorf("counting keys: %w", err)
+		}
+		if len(names) >= conf.MaxKeys {
+			return logical.ErrorResponse("the quota of %d keys (max_keys) is reached; delete a key or raise max_keys in config", conf.MaxKeys), logical.ErrInvalidRequest
+		}
+	}
+	return nil, nil
+}
+
+func (b *backend) pathImportVersionWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	client, _, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("import key version", err)
+	}
+	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
+	if k == nil {
+		return resp, err
+	}
+	defer unlock()
+	if !k.Imported {
+		return logical.ErrorResponse("key %q was generated in the HSM, not imported; import_version adds versions only to imported or adopted keys (rotate makes a new version)", k.Name), logical.ErrInvalidRequest
+	}
+	r, msg := readImportRequest(d, k.Type)
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	if r.keyType.name != k.Type {
+		return logical.ErrorResponse("the key given is a %s key; %q is %s", r.keyType.name, k.Name, k.Type), logical.ErrInvalidRequest
+	}
+	if r.publicOnly() && slices.ContainsFunc(k.Operations, func(op string) bool { return op == opSign || op == opDecrypt }) {
+		return logical.ErrorResponse("%s: a public key alone cannot be a version of %q, which signs or decrypts", r.material.field, k.Name), logical.ErrInvalidRequest
+	}
+	if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
+		return importFailure(k.Name, r.field(), err)
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// importFailure answers an import's error: the caller's input is a 400
+// naming the field, the HSM's failure a 503.
+func importFailure(name, field string, err error) (*logical.Response, error) {
+	var ue userError
+	switch {
+	case errors.As(err, &ue):
+		return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrNotUnwrapped):
+		return logical.ErrorResponse("ciphertext %s", hsm.ErrNotUnwrapped.Error()), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrNoKeyWrap):
+		return logical.ErrorResponse("%s", err.Error()), logical.ErrInvalidRequest
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return logical.ErrorResponse("%s: %s", field, strings.TrimPrefix(err.Error(), hsm.ErrInvalidInput.Error()+": ")), logical.ErrInvalidRequest
+	}
+	return respondError(fmt.Sprintf("import key %q", name), err)
+}
+
+// importVersionLocked puts the key of r on the token as k's next version
+// and stores k. Callers hold keysMu. As with generated keys, a WAL entry
+// written before the object exists lets a crash be rolled back.
+func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry, r importRequest) error {
+	version := k.LatestVersion + 1
+	kv := &keyVersion{CreationTime: b.now().UTC(), Origin: originImported}
+	if r.publicOnly() {
+		der, err := x509.MarshalPKIXPublicKey(r.material.public)
+		if err != nil {
+			return fmt.Errorf("encoding the public key: %w", err)
+		}
+		kv.PublicKey = der
+		return b.storeNewVersionLocked(ctx, s, k, version, kv, "")
+	}
+	id, err := client.NewObjectID(ctx)
+	if err != nil {
+		return err
+	}
+	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: k.Name, ObjectID: hex.EncodeToString(id)})
+	if err != nil {
+		return fmt.Errorf("writing WAL: %w", err)
+	}
+	label := objectLabel(b.owner, k.Name, version)
+	spec := importSpec(r.keyType, k.Operations, id, label, r.material.public)
+	var got hsm.Imported
+	if r.ciphertext != nil {
+		var w *wrappingKeyEntry
+		var wk hsm.WrappingKey
+		if w, err = loadWrappingKey(ctx, s); err == nil {
+			if w == nil {
+				err = userErrorf("ciphertext: this mount has no wrapping key yet; read wrapping_key and wrap the key for it")
+			} else {
+				wk, err = w.hsmKey()
+			}
+		}
+		if err == nil {
+			got, err = client.ImportWrapped(ctx, wk, r.ciphertext, r.hash, spec)
+		}
+	} else {
+		if spec.Kind == hsm.ImportHMAC {
+			spec.Bits = len(r.material.material) * 8
+		}
+		got, err = client.ImportMaterial(ctx, r.material.material, spec)
+	}
+	if err != nil {
+		b.undoObject(ctx, s, client, walID, id)
+		return err
+	}
+	kv.ObjectID, kv.Label = id, label
+	kv.TransitLayout = r.keyType.family == familyAES
+	if got.Public != nil {
+		der, err := x509.MarshalPKIXPublicKey(got.Public)
+		if err != nil {
+			b.undoObject(ctx, s, client, walID, id)
+			return fmt.Errorf("encoding the public key: %w", err)
+		}
+		kv.PublicKey = der
+	}
+	if r.keyType.family == familyHMAC && r.ciphertext != nil && got.ValueLen > 0 && version == 1 {
+		k.Bits = got.ValueLen * 8
+	}
+	return b.storeNewVersionLocked(ctx, s, k, version, kv, walID)
+}
+
+// storeNewVersionLocked adds kv as version and stores k; on a failed write
+// the object is left to the WAL rollback, which looks in storage first.
+func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, walID string) error {
+	k.Versions[version] = kv
+	k.LatestVersion = version
+	if err := b.saveKey(ctx, s, k); err != nil {
+		delete(k.Versions, version)
+		k.LatestVersion = version - 1
+		return err
+	}
+	if walID != "" {
+		if err := framework.DeleteWAL(ctx, s, walID); err != nil {
+			b.Logger().Warn("could not delete WAL entry after adding a key version", "key", k.Name, "error", err)
+		}
+	}
+	return nil
+}
+
+// importJWKList is the seeds' form of create: POST keys/:name with keys, a
+// list of JWKs, one per version, oldest first.
+func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *framework.FieldData, raw interface{}) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	list, ok := raw.([]interface{})
+	if !ok || len(list) == 0 {
+		return logical.ErrorResponse("keys must be a non-empty list of JSON Web Keys"), logical.ErrInvalidRequest
+	}
+	typ, _ := d.Raw["type"].(string)
+	var requests []importRequest
+	for i, item := range list {
+		m, msg := parseJWK(item, typ)
+		if msg != "" {
+			return logical.ErrorResponse("keys[%d]: %s", i, msg), logical.ErrInvalidRequest
+		}
+		if i > 0 && m.keyType.name != requests[0].keyType.name {
+			return logical.ErrorResponse("keys[%d] is a %s key; keys[0] is %s: all versions have one type", i, m.keyType.name, requests[0].keyType.name), logical.ErrInvalidRequest
+		}
+		requests = append(requests, importRequest{material: m, keyType: m.keyType})
+	}
+	ops, msg := importOperations(d, requests[0])
+	if msg != "" {
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	for i, r := range requests {
+		if r.publicOnly() && !requests[0].publicOnly() {
+			return logical.ErrorResponse("keys[%d] has no private part, unlike keys[0]", i), logical.ErrInvalidRequest
+		}
+	}
+	client, conf, err := b.hsmClient(ctx, req.Storage)
+	if err != nil {
+		return respondError("import key", err)
+	}
+	k := &keyEntry{
+		Name:                 name,
+		Type:                 requests[0].keyType.name,
+		Bits:                 hmacBits(requests[0].keyType),
+		Operations:           ops,
+		State:                stateActive,
+		Description:          d.Get("description").(string),
+		Residency:            residencyHSM,
+		DeletionAllowed:      d.Get("deletion_allowed").(bool),
+		MinDecryptionVersion: 1,
+		Versions:             map[int]*keyVersion{},
+		Imported:             true,
+	}
+	b.keysMu.Lock()
+	defer b.keysMu.Unlock()
+	if resp, err := b.checkNewKeyLocked(ctx, req.Storage, conf, name, "use keys/"+name+"/import_version to add a version"); resp != nil || err != nil {
+		return resp, err
+	}
+	for i, r := range requests {
+		if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
+			resp, rerr := importFailure(name, fmt.Sprintf("keys[%d]", i), err)
+			if i > 0 && resp != nil && resp.Data != nil {
+				resp.Data["error"] = fmt.Sprintf("%v (versions 1 to %d were imported)", resp.Data["error"], i)
+			}
+			return resp, rerr
+		}
+	}
+	return &logical.Response{Data: k.keyResponse()}, nil
+}
