@@ -54,7 +54,9 @@ hmac field. Keys of type hmac only.
 }
 
 // hmacHash reads the algorithm from the URL, body, or Transit's older field.
-func hmacHash(d *framework.FieldData, kt keyType) (hashName string, msg string) {
+// Imported keys skip the size check: a JWK's short key is padded on the
+// token (the same HMAC), and a BYOK key's size is the token's to judge.
+func hmacHash(d *framework.FieldData, kt keyType, imported bool) (hashName string, msg string) {
 	hashName = "sha2-256"
 	for _, f := range []string{"urlalgorithm", "algorithm", "hash_algorithm"} {
 		if v, ok := d.GetOk(f); ok && v.(string) != "" {
@@ -66,7 +68,7 @@ func hmacHash(d *framework.FieldData, kt keyType) (hashName string, msg string) 
 	if !ok {
 		return "", "algorithm " + hashName + " is not one of: sha2-256, sha2-384, sha2-512"
 	}
-	if kt.bits < hash.Size()*8 {
+	if !imported && kt.bits < hash.Size()*8 {
 		return "", fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", kt.bits, hashName, hash.Size()*8)
 	}
 	return hashName, ""
@@ -80,7 +82,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	if k.keyType().family != familyHMAC {
 		return logical.ErrorResponse("key %q is of type %s; hmac needs a key of type hmac", k.Name, k.Type), logical.ErrInvalidRequest
 	}
-	hashName, msg := hmacHash(d, k.keyType())
+	hashName, msg := hmacHash(d, k.keyType(), k.Imported)
 	if msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
@@ -122,7 +124,7 @@ func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *ke
 	if k.keyType().family != familyHMAC {
 		return nil, "key " + k.Name + " is of type " + k.Type + "; hmac verification needs a key of type hmac"
 	}
-	hashName, msg := hmacHash(d, k.keyType())
+	hashName, msg := hmacHash(d, k.keyType(), k.Imported)
 	if msg != "" {
 		return nil, msg
 	}

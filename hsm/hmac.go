@@ -45,6 +45,9 @@ func (c *Client) HMAC(ctx context.Context, id []byte, hash crypto.Hash, data []b
 			return err
 		}
 		if err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, key); err != nil {
+			if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_KEY_SIZE_RANGE {
+				return fmt.Errorf("%w: the token refuses HMAC with %v for a key this short; import the key as a JWK, which is padded to 64 bytes (the same HMAC)", ErrInvalidInput, hash)
+			}
 			return call("C_SignInit", err)
 		}
 		out, err := p11.Sign(sh, data)

@@ -433,6 +433,11 @@ func (c *Client) checkImported(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.Obj
 		if err != nil {
 			return Imported{}, err
 		}
+		if n == 0 && spec.Kind == ImportHMAC {
+			if err := tryHMAC(p11, sh, h); err != nil {
+				return Imported{}, err
+			}
+		}
 		if n == 0 {
 			// The token did not record the length (SoftHSM after an
 			// unwrap): a JWK's was checked by the plugin; a BYOK key's
@@ -445,6 +450,11 @@ func (c *Client) checkImported(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.Obj
 		}
 		if spec.Kind == ImportHMAC && (n < MinHMACImportBytes || n > MaxHMACImportBytes) {
 			return Imported{}, fmt.Errorf("%w: the HMAC key is %d bytes; %d to %d allowed", ErrInvalidInput, n, MinHMACImportBytes, MaxHMACImportBytes)
+		}
+		if spec.Kind == ImportHMAC {
+			if err := tryHMAC(p11, sh, h); err != nil {
+				return Imported{}, err
+			}
 		}
 		return Imported{ValueLen: n}, nil
 	case ImportRSA:
@@ -496,6 +506,23 @@ func nssPublicValue(spec ImportSpec) []byte {
 	}
 	sum := sha256.Sum256(spec.ID)
 	return sum[:]
+}
+
+// tryHMAC checks that the token computes HMAC-SHA-256 with an imported
+// key: SoftHSM refuses keys shorter than the hash, which only a JWK import
+// (padded by the plugin) can avoid.
+func tryHMAC(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+	err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h)
+	if err == nil {
+		_, err = p11.Sign(sh, []byte("hsmkms"))
+	}
+	if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_KEY_SIZE_RANGE {
+		return fmt.Errorf("%w: the token refuses HMAC with a key this short; import it as a JWK, which the plugin pads to 64 bytes (the same HMAC)", ErrInvalidInput)
+	}
+	if err != nil {
+		return call("C_Sign (HMAC check)", err)
+	}
+	return nil
 }
 
 // readCurve names the curve of an EC object from CKA_EC_PARAMS.
