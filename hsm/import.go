@@ -138,6 +138,13 @@ func (c *Client) ImportWrapped(ctx context.Context, wk WrappingKey, ciphertext [
 	if len(wrappedKey) < 16 || len(wrappedKey)%8 != 0 {
 		return Imported{}, fmt.Errorf("%w: ciphertext's key-wrap part is %d bytes; RFC 5649 output is a multiple of 8, at least 16", ErrInvalidInput, len(wrappedKey))
 	}
+	// RFC 5649 adds 8 bytes to a key whose length is a multiple of 8: an
+	// AES key of another size is refused before the token sees it, since
+	// not every token records an unwrapped key's length (SoftHSM) and some
+	// cut the key to the template's length (NSS).
+	if spec.Kind == ImportAES && len(wrappedKey) != spec.Bits/8+8 {
+		return Imported{}, fmt.Errorf("%w: the key in it is not %d bytes, as an AES-%d key is (its key wrap is %d bytes, not %d)", ErrInvalidInput, spec.Bits/8, spec.Bits, len(wrappedKey), spec.Bits/8+8)
+	}
 	mode, err := c.OAEPMode(ctx)
 	if err != nil {
 		return Imported{}, err
@@ -335,7 +342,7 @@ func (c *Client) unwrapInto(p11 PKCS11, sh pkcs11.SessionHandle, kwp uint, ephem
 	}
 	c.token.createMu.Unlock()
 	if err != nil {
-		if unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) {
+		if unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
 			return Imported{}, fmt.Errorf("%w (%w)", ErrNotUnwrapped, err)
 		}
 		return Imported{}, call("C_UnwrapKey", err)
@@ -370,6 +377,34 @@ func unwrapRefused(err error) bool {
 // answering, it is the caller's data.
 func (c *Client) generalErrorIsCallers(p11 PKCS11, sh pkcs11.SessionHandle, err error) bool {
 	return c.authFailureAsGeneralError(p11, sh, err)
+}
+
+// functionFailedIsCallers: SoftHSM answers wrapped bytes that do not parse
+// as the key type asked for (AES bytes as an RSA key) with
+// CKR_FUNCTION_FAILED; on that token, with the session still answering,
+// it is the caller's input.
+func (c *Client) functionFailedIsCallers(p11 PKCS11, sh pkcs11.SessionHandle, err error) bool {
+	code, ok := pkcs11Code(err)
+	if !ok || code != pkcs11.CKR_FUNCTION_FAILED || !c.token.quirks.has("unwrap_parse_failure_function_failed") {
+		return false
+	}
+	_, infoErr := p11.GetSessionInfo(sh)
+	return infoErr == nil
+}
+
+// tryAESGCM encrypts one block with an imported AES key: a key the token
+// cannot use for AES-GCM is refused at import, not at its first use.
+func (c *Client) tryAESGCM(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, bits int) error {
+	_, err := c.sealGCM(p11, sh, h, make([]byte, 16), []byte("hsmkms: import check"))
+	if err == nil {
+		return nil
+	}
+	code, ok := pkcs11Code(err)
+	if ok && (classify(err) == classCaller || code == pkcs11.CKR_MECHANISM_INVALID || code == pkcs11.CKR_KEY_SIZE_RANGE ||
+		code == pkcs11.CKR_KEY_TYPE_INCONSISTENT || code == pkcs11.CKR_FUNCTION_FAILED) {
+		return fmt.Errorf("%w: the token cannot use the key for AES-GCM; it is not an AES-%d key", ErrInvalidInput, bits)
+	}
+	return err
 }
 
 // importTemplate is the template of a generated key of spec's kind. It
@@ -432,6 +467,11 @@ func (c *Client) checkImported(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.Obj
 		n, err := secretLength(p11, sh, h)
 		if err != nil {
 			return Imported{}, err
+		}
+		if spec.Kind == ImportAES && spec.Use.Encrypt {
+			if err := c.tryAESGCM(p11, sh, h, spec.Bits); err != nil {
+				return Imported{}, err
+			}
 		}
 		if n == 0 && spec.Kind == ImportHMAC {
 			if err := tryHMAC(p11, sh, h); err != nil {

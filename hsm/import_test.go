@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"math/big"
-	"slices"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/kwp/subtle"
@@ -171,18 +170,6 @@ func TestImportRefusesWhatIsNotTheKey(t *testing.T) {
 			"key of another size":  {byok(t, wkPub, crypto.SHA256, key[:16]), crypto.SHA256, spec(), ErrInvalidInput},
 		}
 		for name, tc := range cases {
-			if name == "key of another size" && tok.Kind == tokentest.SoftHSM2 {
-				// SoftHSM records no length for an unwrapped key: the
-				// import goes through and the quirk says so.
-				if _, err := c.ImportWrapped(ctx, wk, tc.ct, tc.hash, tc.spec); err != nil {
-					t.Errorf("%s: %v", name, err)
-				}
-				_ = c.DestroyObjects(ctx, tc.spec.ID)
-				if !slices.ContainsFunc(c.Quirks(), func(q Quirk) bool { return q.Name == "unwrap_value_len_unset" }) {
-					t.Errorf("SoftHSM's unset CKA_VALUE_LEN is not among the quirks: %v", c.Quirks())
-				}
-				continue
-			}
 			_, err := c.ImportWrapped(ctx, wk, tc.ct, tc.hash, tc.spec)
 			if !errors.Is(err, tc.want) {
 				t.Errorf("%s: %v, want %v", name, err, tc.want)

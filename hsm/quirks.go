@@ -22,6 +22,7 @@ var knownQuirks = map[string][]Quirk{
 		{"gcm_tag_mismatch_general_error", "a GCM tag that does not verify is answered with CKR_GENERAL_ERROR; taken as a bad ciphertext only on this token and only while the session still answers"},
 		{"lenient_gcm_parameters", "empty IVs, short tags and 16-byte IVs are accepted; the plugin makes every IV (96 bits), fixes the tag at 128 bits and checks every length itself"},
 		{"concurrent_key_creation", "races when keys are created concurrently; object creation is serialised per token"},
+		{"unwrap_parse_failure_function_failed", "answers wrapped bytes that do not parse as the key type asked for with CKR_FUNCTION_FAILED; taken as the caller's input (a 400) on this token and only while the session still answers"},
 	},
 	"Mozilla Foundation": {
 		{"gcm_encrypt_size_query", "answers C_Encrypt's size query for AES-GCM too small and then ends the operation; the plugin calls C_Encrypt once with room for the tag"},
