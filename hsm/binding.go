@@ -34,6 +34,10 @@ type PKCS11 interface {
 	DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error
 	GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
 	GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, public, private []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error)
+	// WrapKeyOnce calls C_WrapKey once, for a mechanism without
+	// parameters, with an output buffer of outCap bytes: NSS answers the
+	// size query of miekg's WrapKey too small for AES key wrap.
+	WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping, key pkcs11.ObjectHandle, outCap int) ([]byte, error)
 	UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrappingKey pkcs11.ObjectHandle, wrapped []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
 
 	EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error

@@ -40,6 +40,12 @@ static CK_RV oneshot_encrypt(oneshot *o, CK_SESSION_HANDLE sh, CK_BYTE_PTR in, C
 		CK_BYTE_PTR out, CK_ULONG_PTR outlen) {
 	return o->fl->C_Encrypt(sh, in, inlen, out, outlen);
 }
+
+static CK_RV oneshot_wrap(oneshot *o, CK_SESSION_HANDLE sh, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
+		CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR outlen) {
+	CK_MECHANISM m = { mech, NULL, 0 };
+	return o->fl->C_WrapKey(sh, &m, wrapping, key, out, outlen);
+}
 */
 import "C"
 
@@ -112,6 +118,24 @@ func (b *miekgBinding) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, ou
 	}
 	if int(outLen) > outCap {
 		return nil, fmt.Errorf("C_Encrypt wrote %d bytes into a %d-byte buffer", int(outLen), outCap)
+	}
+	return C.GoBytes(out, C.int(outLen)), nil
+}
+
+func (b *miekgBinding) WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping, key pkcs11.ObjectHandle, outCap int) ([]byte, error) {
+	if outCap < 1 {
+		return nil, fmt.Errorf("%w: output buffer of %d bytes", ErrInvalidInput, outCap)
+	}
+	out := C.malloc(C.size_t(outCap))
+	defer C.free(out)
+	outLen := C.CK_ULONG(outCap)
+	rv := C.oneshot_wrap(b.oneshot, C.CK_SESSION_HANDLE(sh), C.CK_MECHANISM_TYPE(mech), C.CK_OBJECT_HANDLE(wrapping),
+		C.CK_OBJECT_HANDLE(key), C.CK_BYTE_PTR(out), &outLen)
+	if rv != C.CKR_OK {
+		return nil, pkcs11.Error(rv)
+	}
+	if int(outLen) > outCap {
+		return nil, fmt.Errorf("C_WrapKey wrote %d bytes into a %d-byte buffer", int(outLen), outCap)
 	}
 	return C.GoBytes(out, C.int(outLen)), nil
 }

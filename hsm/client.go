@@ -48,6 +48,11 @@ type Config struct {
 	// Logger receives re-initialisations, logins, device errors and pool
 	// exhaustion, never a PIN or key material. Nil discards them.
 	Logger hclog.Logger
+	// UnwrappedTTL and UnwrappedSize bound the cache of unwrapped copies
+	// of wrapped keys (DefaultUnwrappedTTL and DefaultUnwrappedSize when
+	// zero).
+	UnwrappedTTL  time.Duration
+	UnwrappedSize int
 	// Intercept, for tests, wraps this client's view of the module: every
 	// PKCS#11 call the client makes, including the module's initialisation
 	// and login on its behalf, goes through what it returns.
@@ -64,6 +69,8 @@ type Client struct {
 	pool  *pool
 	owner string
 	log   hclog.Logger
+
+	cache *unwrappedCache
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -90,6 +97,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{mod: mod, p11: p11, token: token, pool: newPool(cfg.PoolSize), owner: cfg.Owner, log: log, closed: make(chan struct{})}
+	c.cache = newUnwrappedCache(c, cfg.UnwrappedTTL, cfg.UnwrappedSize)
 	if err := c.token.quirks.identify(c); err != nil {
 		c.Close()
 		return nil, err
@@ -104,6 +112,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 // Close returns the client's sessions and its share of the login and module.
 func (c *Client) Close() {
 	c.closeOnce.Do(func() {
+		c.cache.close()
 		close(c.closed)
 		c.mod.mu.RLock()
 		gen := c.mod.generation

@@ -98,6 +98,15 @@ func (ts *tokenSession) cacheHandle(key string, h cachedHandle) {
 	ts.handles[key] = h
 }
 
+// forgetHandle drops the cached handles of the objects with CKA_ID hexID.
+func (ts *tokenSession) forgetHandle(hexID string) {
+	ts.handlesMu.Lock()
+	defer ts.handlesMu.Unlock()
+	for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		delete(ts.handles, fmt.Sprintf("%d/%s", class, hexID))
+	}
+}
+
 func (ts *tokenSession) forgetHandles() {
 	ts.handlesMu.Lock()
 	defer ts.handlesMu.Unlock()

@@ -344,6 +344,13 @@ func (t *Token) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, 
 	return t.inner.GenerateKeyPair(sh, m, pub, priv)
 }
 
+func (t *Token) WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping, key pkcs11.ObjectHandle, outCap int) ([]byte, error) {
+	if err := t.before("C_WrapKey"); err != nil {
+		return nil, err
+	}
+	return t.inner.WrapKeyOnce(sh, mech, wrapping, key, outCap)
+}
+
 func (t *Token) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 	if err := t.before("C_UnwrapKey"); err != nil {
 		return 0, err
