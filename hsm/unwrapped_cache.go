@@ -137,19 +137,32 @@ func (c *Client) PinWrapped(ctx context.Context, wk WrappedKey) (release func(),
 // any: its blob changed or the key is gone.
 func (c *Client) ForgetUnwrapped(id []byte) {
 	u := c.cache
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if el, ok := u.entries[hex.EncodeToString(id)]; ok {
-		u.evictLocked(el, false)
-	}
+	u.locked(func() {
+		if el, ok := u.entries[hex.EncodeToString(id)]; ok {
+			u.evictLocked(el)
+		}
+	})
 }
 
-func (u *unwrappedCache) pinIfPresent(key string) *cacheEntry {
+// Lock order, everywhere: the module's read lock, then u.mu. Objects are
+// destroyed with both held, so no re-initialisation runs meanwhile.
+func (u *unwrappedCache) locked(f func()) {
+	u.c.mod.mu.RLock()
+	defer u.c.mod.mu.RUnlock()
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	f()
+}
+
+func (u *unwrappedCache) pinIfPresent(key string) (pinned *cacheEntry) {
+	u.locked(func() { pinned = u.pinIfPresentLocked(key) })
+	return pinned
+}
+
+func (u *unwrappedCache) pinIfPresentLocked(key string) *cacheEntry {
 	el, ok := u.entries[key]
-	if !ok {
-		return nil
+	if !ok || u.gen != u.c.mod.generation {
+		return nil // objects of an earlier generation died with it
 	}
 	e := el.Value.(*cacheEntry)
 	e.pins++
@@ -159,14 +172,14 @@ func (u *unwrappedCache) pinIfPresent(key string) *cacheEntry {
 }
 
 func (u *unwrappedCache) unpin(e *cacheEntry) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	e.pins--
-	e.lastUse = time.Now()
-	if e.released && e.pins == 0 {
-		u.destroyLocked(e, false)
-	}
-	u.shrinkLocked(false)
+	u.locked(func() {
+		e.pins--
+		e.lastUse = time.Now()
+		if e.released && e.pins == 0 {
+			u.destroyLocked(e)
+		}
+		u.shrinkLocked()
+	})
 }
 
 // load unwraps wk on the cache's session; callers run it through do, which
@@ -174,10 +187,7 @@ func (u *unwrappedCache) unpin(e *cacheEntry) {
 func (u *unwrappedCache) load(p11 PKCS11, sh pkcs11.SessionHandle, key string, wk WrappedKey) (*cacheEntry, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if el, ok := u.entries[key]; ok { // loaded while this call waited
-		e := el.Value.(*cacheEntry)
-		e.pins++
-		u.lru.MoveToFront(el)
+	if e := u.pinIfPresentLocked(key); e != nil { // loaded while this call waited
 		return e, nil
 	}
 	if err := u.ensureSessionLocked(p11); err != nil {
@@ -205,7 +215,7 @@ func (u *unwrappedCache) load(p11 PKCS11, sh pkcs11.SessionHandle, key string, w
 	u.unwraps.Add(1)
 	e := &cacheEntry{id: key, handle: h, session: u.session, lastUse: time.Now(), pins: 1}
 	u.entries[key] = u.lru.PushFront(e)
-	u.shrinkLocked(true)
+	u.shrinkLocked()
 	return e, nil
 }
 
@@ -239,21 +249,20 @@ func (u *unwrappedCache) resetLocked() {
 }
 
 // shrinkLocked evicts expired entries and, past the size bound, the least
-// recently used ones that are not in use. modLocked: the caller holds the
-// module's read lock (taking it again could deadlock behind a writer).
-func (u *unwrappedCache) shrinkLocked(modLocked bool) {
+// recently used ones that are not in use.
+func (u *unwrappedCache) shrinkLocked() {
 	now := time.Now()
 	for el := u.lru.Back(); el != nil; {
 		prev := el.Prev()
 		e := el.Value.(*cacheEntry)
 		if e.pins == 0 && (u.lru.Len() > u.size || now.Sub(e.lastUse) >= u.ttl) {
-			u.evictLocked(el, modLocked)
+			u.evictLocked(el)
 		}
 		el = prev
 	}
 }
 
-func (u *unwrappedCache) evictLocked(el *list.Element, modLocked bool) {
+func (u *unwrappedCache) evictLocked(el *list.Element) {
 	e := el.Value.(*cacheEntry)
 	u.lru.Remove(el)
 	delete(u.entries, e.id)
@@ -263,17 +272,12 @@ func (u *unwrappedCache) evictLocked(el *list.Element, modLocked bool) {
 	u.c.token.forgetHandle(e.id)
 	e.released = true
 	if e.pins == 0 {
-		u.destroyLocked(e, modLocked)
+		u.destroyLocked(e)
 	}
 }
 
-// destroyLocked destroys an entry's object on the cache's session, under
-// the module's read lock so no re-initialisation runs meanwhile.
-func (u *unwrappedCache) destroyLocked(e *cacheEntry, modLocked bool) {
-	if !modLocked {
-		u.c.mod.mu.RLock()
-		defer u.c.mod.mu.RUnlock()
-	}
+// destroyLocked destroys an entry's object on the cache's session.
+func (u *unwrappedCache) destroyLocked(e *cacheEntry) {
 	if u.session != 0 && e.session == u.session && u.gen == u.c.mod.generation && !u.c.mod.unloaded {
 		_ = u.c.p11.DestroyObject(u.session, e.handle)
 	}
@@ -291,9 +295,7 @@ func (u *unwrappedCache) sweepLoop() {
 			return
 		case <-time.After(interval):
 		}
-		u.mu.Lock()
-		u.shrinkLocked(false)
-		u.mu.Unlock()
+		u.locked(u.shrinkLocked)
 	}
 }
 
@@ -302,18 +304,15 @@ func (u *unwrappedCache) sweepLoop() {
 func (u *unwrappedCache) close() {
 	close(u.stop)
 	<-u.done
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for el := u.lru.Front(); el != nil; el = el.Next() {
-		e := el.Value.(*cacheEntry)
-		u.c.token.forgetHandle(e.id)
-	}
-	u.c.mod.mu.RLock()
-	if u.session != 0 && u.gen == u.c.mod.generation && !u.c.mod.unloaded {
-		_ = u.c.p11.CloseSession(u.session) // destroys its session objects
-	}
-	u.c.mod.mu.RUnlock()
-	u.entries = map[string]*list.Element{}
-	u.lru.Init()
-	u.session, u.gen = 0, 0
+	u.locked(func() {
+		for el := u.lru.Front(); el != nil; el = el.Next() {
+			u.c.token.forgetHandle(el.Value.(*cacheEntry).id)
+		}
+		if u.session != 0 && u.gen == u.c.mod.generation && !u.c.mod.unloaded {
+			_ = u.c.p11.CloseSession(u.session) // destroys its session objects
+		}
+		u.entries = map[string]*list.Element{}
+		u.lru.Init()
+		u.session, u.gen = 0, 0
+	})
 }
