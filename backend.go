@@ -66,6 +66,18 @@ type backend struct {
 	// mount and the PKCS#11 module (hsm.Config.Intercept).
 	intercept func(hsm.PKCS11) hsm.PKCS11
 
+	// kekCache holds the *kekState; pendingKEKWAL the WAL id (string) of a
+	// KEK made but not yet stored; rewrapRunning is set while the rewrap
+	// job runs; stopping is closed when the mount goes away.
+	kekCache      atomic.Value
+	pendingKEKWAL atomic.Value
+	rewrapRunning atomic.Bool
+	stopping      chan struct{}
+	// storage is the mount's storage view, for work outside a request's
+	// own (the rewrap job, unwrapping a key deep in a handler).
+	storage  logical.Storage
+	stopOnce sync.Once
+
 	// stats counts operations for the status path.
 	stats *opStats
 
@@ -82,20 +94,21 @@ type backend struct {
 }
 
 func newBackend(allowedLibraryDirs []string) *backend {
-	b := &backend{allowedLibraryDirs: allowedLibraryDirs, now: time.Now, stats: newOpStats()}
+	b := &backend{allowedLibraryDirs: allowedLibraryDirs, now: time.Now, stats: newOpStats(), stopping: make(chan struct{})}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config", "tidy"},
+			Root:            []string{"config", "config/kek/rotate", "tidy"},
 			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
-			[]*framework.Path{b.pathConfig()},
+			[]*framework.Path{b.pathConfig(), b.pathKEKRotate()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig()},
 			b.pathKeys(),
 			b.pathImport(),
 			[]*framework.Path{b.pathAdopt(), b.pathWrappingKey()},
+			b.pathBackup(),
 			[]*framework.Path{
 				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
 				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),
@@ -175,6 +188,7 @@ func (b *backend) Setup(ctx context.Context, conf *logical.BackendConfig) error 
 		b.owner = id
 	}
 	b.unregisterOwner = hsm.RegisterOwner(b.owner)
+	b.storage = conf.StorageView
 	return b.Backend.Setup(ctx, conf)
 }
 
@@ -192,6 +206,10 @@ func (b *backend) openHSM(ctx context.Context, conf *mountConfig) (*hsm.Client, 
 func (b *backend) resetClient() { b.swapClient(nil, nil) }
 
 func (b *backend) invalidate(_ context.Context, key string) {
+	if key == kekStorageKey {
+		b.kekCache.Store((*kekState)(nil))
+		return
+	}
 	if key == configStoragePath {
 		b.resetClient()
 		return
@@ -202,6 +220,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // clean runs when the mount is unmounted or Vault shuts down (Vault does
 // not say which): the mount is no longer alive in this process.
 func (b *backend) clean(context.Context) {
+	b.stopOnce.Do(func() { close(b.stopping) })
 	b.resetClient()
 	if b.unregisterOwner != nil {
 		b.unregisterOwner()

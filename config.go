@@ -14,16 +14,17 @@ const configStoragePath = "config"
 
 // Defaults of the config path, as ../shared/API.md states them.
 const (
-	defaultPoolSize          = 16
-	maxPoolSize              = 1024
-	defaultMaxKeys           = 20
-	defaultMaxPlaintextBytes = 4096
-	maxMaxPlaintextBytes     = 16 << 20
-	defaultDefaultKey        = "default"
-	defaultKEKLabel          = "hsmkms-kek"
-	defaultUnwrappedCacheTTL = 15 * time.Minute
-	residencyHSM             = "hsm"
-	residencyWrapped         = "wrapped"
+	defaultPoolSize           = 16
+	maxPoolSize               = 1024
+	defaultMaxKeys            = 20
+	defaultMaxPlaintextBytes  = 4096
+	maxMaxPlaintextBytes      = 16 << 20
+	defaultDefaultKey         = "default"
+	defaultKEKLabel           = "hsmkms-kek"
+	defaultUnwrappedCacheTTL  = 15 * time.Minute
+	defaultUnwrappedCacheSize = 1000
+	residencyHSM              = "hsm"
+	residencyWrapped          = "wrapped"
 )
 
 // mountConfig is the stored config of one mount. The PIN is stored only in
@@ -41,7 +42,10 @@ type mountConfig struct {
 	DefaultResidency  string        `json:"default_residency"`
 	KEKLabel          string        `json:"kek_label"`
 	UnwrappedCacheTTL time.Duration `json:"unwrapped_cache_ttl"`
-	LoginBackoff      time.Duration `json:"login_backoff"`
+	// UnwrappedCacheSize: 0 (configs stored before it existed) means the
+	// default.
+	UnwrappedCacheSize int           `json:"unwrapped_cache_size,omitempty"`
+	LoginBackoff       time.Duration `json:"login_backoff"`
 
 	// resolvedLibrary is the allow-listed path actually loaded.
 	resolvedLibrary string
@@ -60,9 +64,17 @@ func defaultConfig() *mountConfig {
 	}
 }
 
+func (c *mountConfig) unwrappedCacheSize() int {
+	if c.UnwrappedCacheSize == 0 {
+		return defaultUnwrappedCacheSize
+	}
+	return c.UnwrappedCacheSize
+}
+
 func (c *mountConfig) hsmConfig() hsm.Config {
 	hc := hsm.Config{Library: c.resolvedLibrary, InitArgs: c.InitArgs, TokenLabel: c.TokenLabel, PIN: c.PIN,
-		PoolSize: c.PoolSize, LoginBackoff: c.LoginBackoff}
+		PoolSize: c.PoolSize, LoginBackoff: c.LoginBackoff,
+		UnwrappedTTL: c.UnwrappedCacheTTL, UnwrappedSize: c.unwrappedCacheSize()}
 	if c.Slot != nil {
 		hc.Slot = *c.Slot
 	}

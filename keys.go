@@ -179,7 +179,16 @@ type keyVersion struct {
 	Extractable bool `json:"extractable,omitempty"`
 	// DestroyOnDelete: an adopted object the key's deletion destroys.
 	DestroyOnDelete bool `json:"destroy_on_delete,omitempty"`
+	// Blob is a wrapped version's key, wrapped by KEK version KEKVersion
+	// (RFC 5649; PKCS#8 inside for RSA and EC). Such a version has no
+	// token object: ObjectID is the CKA_ID its unwrapped copy carries
+	// while cached.
+	Blob       []byte `json:"blob,omitempty"`
+	KEKVersion int    `json:"kek_version,omitempty"`
 }
+
+// wrapped: the version is kept in storage, wrapped by a KEK.
+func (kv *keyVersion) wrapped() bool { return kv.Blob != nil }
 
 const (
 	originGenerated = "generated"
@@ -195,11 +204,11 @@ func (kv *keyVersion) origin() string {
 }
 
 // publicOnly: the version is a public key with no token object.
-func (kv *keyVersion) publicOnly() bool { return len(kv.ObjectID) == 0 }
+func (kv *keyVersion) publicOnly() bool { return len(kv.ObjectID) == 0 && kv.Blob == nil }
 
 // ownsObject: deleting the key destroys this version's object.
 func (kv *keyVersion) ownsObject() bool {
-	return !kv.publicOnly() && (kv.Origin != originAdopted || kv.DestroyOnDelete)
+	return !kv.publicOnly() && !kv.wrapped() && (kv.Origin != originAdopted || kv.DestroyOnDelete)
 }
 
 // privateKeyMissing is the caller-facing reason a version cannot do what
@@ -330,6 +339,9 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 			"transit_layout":    kv.TransitLayout,
 			"extractable":       kv.Extractable,
 			"destroy_on_delete": kv.ownsObject(),
+		}
+		if kv.wrapped() {
+			objects[strconv.Itoa(v)]["kek_version"] = kv.KEKVersion
 		}
 		if !kt.asymmetric() {
 			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()

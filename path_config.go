@@ -69,12 +69,12 @@ func (b *backend) pathConfig() *framework.Path {
 			},
 			"default_residency": {
 				Type:        framework.TypeString,
-				Description: "Where new keys live: 'hsm' (the key is an HSM object). 'wrapped' is reserved for a later version and refused.",
+				Description: "Where new keys live by default: 'hsm' (the key is a token object) or 'wrapped' (the key is kept in Vault storage wrapped by the KEK, and unwrapped into the HSM only while in use).",
 				Default:     residencyHSM,
 			},
 			"kek_label": {
 				Type:        framework.TypeString,
-				Description: "Label of the HSM AES key that will wrap keys of residency 'wrapped'.",
+				Description: "Label of the HSM AES-256 key (KEK) that wraps keys of residency 'wrapped'. At the first config write the key with this label is used if the token has one (e.g. replicated from another HSM), otherwise it is created.",
 				Default:     defaultKEKLabel,
 			},
 			"login_backoff": {
@@ -86,8 +86,13 @@ func (b *backend) pathConfig() *framework.Path {
 			},
 			"unwrapped_cache_ttl": {
 				Type:        framework.TypeDurationSecond,
-				Description: "How long an unwrapped key stays loaded after its last use (for residency 'wrapped').",
+				Description: "How long the unwrapped copy of a wrapped key (a session object in the HSM) stays after its last use; at least 1s.",
 				Default:     int(defaultUnwrappedCacheTTL.Seconds()),
+			},
+			"unwrapped_cache_size": {
+				Type:        framework.TypeInt,
+				Description: "Most unwrapped copies of wrapped keys kept in the HSM at once; beyond it the least recently used go first.",
+				Default:     defaultUnwrappedCacheSize,
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
@@ -121,18 +126,19 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		return nil, nil
 	}
 	data := map[string]interface{}{
-		"library":             conf.Library,
-		"init_args":           conf.InitArgs,
-		"token_label":         conf.TokenLabel,
-		"pin_set":             conf.PIN != "",
-		"pool_size":           conf.PoolSize,
-		"max_keys":            conf.MaxKeys,
-		"max_plaintext_bytes": conf.MaxPlaintextBytes,
-		"default_key":         conf.DefaultKey,
-		"default_residency":   conf.DefaultResidency,
-		"kek_label":           conf.KEKLabel,
-		"unwrapped_cache_ttl": int64(conf.UnwrappedCacheTTL.Seconds()),
-		"login_backoff":       int64(conf.LoginBackoff.Seconds()),
+		"library":              conf.Library,
+		"init_args":            conf.InitArgs,
+		"token_label":          conf.TokenLabel,
+		"pin_set":              conf.PIN != "",
+		"pool_size":            conf.PoolSize,
+		"max_keys":             conf.MaxKeys,
+		"max_plaintext_bytes":  conf.MaxPlaintextBytes,
+		"default_key":          conf.DefaultKey,
+		"default_residency":    conf.DefaultResidency,
+		"kek_label":            conf.KEKLabel,
+		"unwrapped_cache_ttl":  int64(conf.UnwrappedCacheTTL.Seconds()),
+		"unwrapped_cache_size": conf.unwrappedCacheSize(),
+		"login_backoff":        int64(conf.LoginBackoff.Seconds()),
 	}
 	mechanisms := map[string]string{
 		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, or the token's own when it uses one; 128-bit tag)",
@@ -221,6 +227,15 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 
 	b.keysMu.Lock()
+	if err := b.ensureKEKLocked(ctx, req.Storage, client, conf); err != nil {
+		b.keysMu.Unlock()
+		client.Close()
+		if errors.Is(err, hsm.ErrInvalidInput) {
+			return logical.ErrorResponse("kek_label: %s", strings.TrimPrefix(err.Error(), hsm.ErrInvalidInput.Error()+": ")), logical.ErrInvalidRequest
+		}
+		return respondError("create the KEK", err)
+	}
+	b.kekWALDone(ctx, req.Storage)
 	_, created, err := b.createKeyLocked(ctx, req, client, conf, keyParams{
 		name: conf.DefaultKey, keyType: keyTypes[defaultKeyType], operations: keyTypes[defaultKeyType].defaultOps,
 		description: "default key of this mount; cannot be deleted", residency: residencyHSM,
@@ -307,7 +322,6 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	switch conf.DefaultResidency {
 	case residencyHSM:
 	case residencyWrapped:
-		return "default_residency 'wrapped' is not available in this version; use 'hsm'"
 	default:
 		return fmt.Sprintf("default_residency %q is not one of: hsm, wrapped", conf.DefaultResidency)
 	}
@@ -326,8 +340,14 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	if v, ok := d.GetOk("unwrapped_cache_ttl"); ok {
 		conf.UnwrappedCacheTTL = time.Duration(v.(int)) * time.Second
 	}
-	if conf.UnwrappedCacheTTL < 0 {
-		return "unwrapped_cache_ttl must not be negative"
+	if conf.UnwrappedCacheTTL < time.Second {
+		return "unwrapped_cache_ttl must be at least 1s"
+	}
+	if v, ok := d.GetOk("unwrapped_cache_size"); ok {
+		conf.UnwrappedCacheSize = v.(int)
+	}
+	if conf.unwrappedCacheSize() < 1 || conf.UnwrappedCacheSize > 1_000_000 {
+		return "unwrapped_cache_size must be between 1 and 1000000"
 	}
 	return ""
 }

@@ -233,6 +233,11 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	if msg != "" {
 		return "", 0, userError{msg: msg}
 	}
+	release, err := b.pinVersion(ctx, client, k, kv)
+	if err != nil {
+		return "", 0, err
+	}
+	defer release()
 	blob, err := client.EncryptGCM(ctx, kv.ObjectID, plaintext, aad)
 	if err != nil {
 		return "", 0, err
@@ -252,6 +257,11 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 	if msg != "" {
 		return nil, "", userError{msg: msg}
 	}
+	release, err := b.pinVersion(ctx, client, k, kv)
+	if err != nil {
+		return nil, "", err
+	}
+	defer release()
 	if k.keyType().family == familyRSA {
 		plaintext, err := b.decryptRSA(ctx, client, kv, item, blob)
 		return plaintext, "", err
@@ -264,7 +274,6 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 	if item.domain == "" {
 		domains = []string{aadDomain, dataKeyAADDomain}
 	}
-	var err error
 	for _, domain := range domains {
 		item.domain = domain
 		aad, aerr := itemAAD(item)

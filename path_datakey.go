@@ -103,6 +103,11 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 	if msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
+	release, err := b.pinVersion(ctx, client, k, kv)
+	if err != nil {
+		return respondError("datakey", err)
+	}
+	defer release()
 	dataKey, err := client.Random(ctx, bits/8)
 	if err != nil {
 		return respondError("datakey", err)

@@ -93,7 +93,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 			results[i] = batchResult{Error: msg}
 			continue
 		}
-		mac, err := hmacOf(ctx, client, kv, hashName, item)
+		mac, err := b.hmacOf(ctx, client, k, kv, hashName, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
@@ -110,11 +110,16 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	return &logical.Response{Data: map[string]interface{}{"hmac": results[0].HMAC, "key_version": results[0].KeyVersion}}, nil
 }
 
-func hmacOf(ctx context.Context, client *hsm.Client, kv *keyVersion, hashName string, item cryptoItem) ([]byte, error) {
+func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, kv *keyVersion, hashName string, item cryptoItem) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(item.Input)
 	if err != nil {
 		return nil, userErrorf("input is not valid base64")
 	}
+	release, err := b.pinVersion(ctx, client, k, kv)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return client.HMAC(ctx, kv.ObjectID, hashAlgorithms[hashName], data)
 }
 
@@ -140,7 +145,7 @@ func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *ke
 			results[i] = batchResult{Error: strings.Replace(msg, "ciphertext", "hmac", 1)}
 			continue
 		}
-		got, err := hmacOf(ctx, client, kv, hashName, item)
+		got, err := b.hmacOf(ctx, client, k, kv, hashName, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue

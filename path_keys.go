@@ -222,8 +222,8 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	if r, ok := d.GetOk("residency"); ok && r.(string) != "" {
 		p.residency = strings.ToLower(r.(string))
 	}
-	if p.residency != residencyHSM {
-		return logical.ErrorResponse("residency %q is not available in this version; use 'hsm'", p.residency), logical.ErrInvalidRequest
+	if p.residency != residencyHSM && p.residency != residencyWrapped {
+		return logical.ErrorResponse("residency %q is not one of: hsm, wrapped", p.residency), logical.ErrInvalidRequest
 	}
 	if p.autoRotatePeriod != 0 && p.autoRotatePeriod < minAutoRotatePeriod {
 		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
@@ -356,6 +356,41 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 	return der, nil
 }
 
+// addWrappedVersionLocked makes the key's next version as a blob wrapped by
+// the latest KEK. Nothing stays on the token, so there is nothing for a WAL
+// entry to roll back.
+func (b *backend) addWrappedVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry) error {
+	st, err := b.kek(ctx, s)
+	if err != nil {
+		return err
+	}
+	kekv := st.Versions[st.Latest]
+	if kekv == nil {
+		return fmt.Errorf("this mount has no KEK; write the config again to make one")
+	}
+	id, err := client.NewObjectID(ctx)
+	if err != nil {
+		return err
+	}
+	version := k.LatestVersion + 1
+	label := objectLabel(b.owner, k.Name, version)
+	spec := importSpec(k.keyType(), k.Operations, id, label, nil)
+	if spec.Kind == hsm.ImportHMAC {
+		spec.Bits = k.keyType().bits
+	}
+	blob, pub, err := client.GenerateWrapped(ctx, kekv.ObjectID, spec)
+	if err != nil {
+		return err
+	}
+	kv := &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), Blob: blob, KEKVersion: st.Latest}
+	if pub != nil {
+		if kv.PublicKey, err = x509.MarshalPKIXPublicKey(pub); err != nil {
+			return fmt.Errorf("encoding the public key: %w", err)
+		}
+	}
+	return b.storeNewVersionLocked(ctx, s, k, version, kv, "")
+}
+
 // usageOf is the token usage a key's operations need.
 func usageOf(ops []string) hsm.Usage {
 	has := func(op string) bool { return slices.Contains(ops, op) }
@@ -374,6 +409,9 @@ func usageOf(ops []string) hsm.Usage {
 // does not: the write may have landed (an error from storage is ambiguous),
 // so the WAL rollback, which looks in storage first, decides.
 func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry) error {
+	if k.Residency == residencyWrapped {
+		return b.addWrappedVersionLocked(ctx, s, client, k)
+	}
 	id, err := client.NewObjectID(ctx)
 	if err != nil {
 		return err
@@ -434,6 +472,20 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 	}
 	b.keysMu.Lock()
 	defer b.keysMu.Unlock()
+	if entry.Name == kekWALName {
+		st, err := loadKEKState(ctx, req.Storage)
+		if err != nil {
+			return err
+		}
+		if kekInUse(st, objectID) {
+			return nil
+		}
+		client, _, err := b.hsmClient(ctx, req.Storage)
+		if err != nil {
+			return err
+		}
+		return client.DestroyObjects(ctx, objectID)
+	}
 	if entry.Name == wrappingKeyName {
 		w, err := loadWrappingKey(ctx, req.Storage)
 		if err != nil {
@@ -491,6 +543,10 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 		return logical.ErrorResponse("key %q is active; deactivate it (keys/%s/deactivate) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name), logical.ErrInvalidRequest
 	}
 	for v, kv := range k.Versions {
+		if kv.wrapped() {
+			client.ForgetUnwrapped(kv.ObjectID)
+			continue
+		}
 		if !kv.ownsObject() {
 			continue // a public key, or an adopted object the key only borrowed
 		}
@@ -515,6 +571,9 @@ func (b *backend) pathKeyState(state string) framework.OperationFunc {
 			k.State = state
 			if err := b.saveKey(ctx, req.Storage, k); err != nil {
 				return nil, err
+			}
+			if state == stateDeactivated {
+				b.forgetUnwrapped(ctx, req.Storage, k)
 			}
 		}
 		return &logical.Response{Data: k.keyResponse()}, nil

@@ -64,7 +64,7 @@ func TestCreateRejectsBadParameters(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "EC", "curve": "P-224"}, "needs curve")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "ecdsa-p256", "operations": "encrypt"}, "not allowed")
 	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"operations": "encrypt,sign"}, `operation "sign" is not allowed`)
-	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"residency": "wrapped"}, "residency")
+	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"residency": "cloud"}, "residency")
 	if resp, _ := m.do(logical.ReadOperation, "keys/k", nil); resp != nil {
 		t.Fatal("a refused create left a key")
 	}

@@ -146,6 +146,7 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 		consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary) {
 		return nil
 	}
+	b.resumeRewrap(ctx, req.Storage)
 	now := b.now()
 	if next, _ := b.nextRotateCheck.Load().(time.Time); now.Before(next) {
 		return nil

@@ -271,6 +271,11 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry,
 	if msg := kv.privateKeyMissing(k.Name, version); msg != "" {
 		return "", 0, userError{msg: msg}
 	}
+	release, err := b.pinVersion(ctx, client, k, kv)
+	if err != nil {
+		return "", 0, err
+	}
+	defer release()
 	pub, err := b.parsedPublicKey(kv)
 	if err != nil {
 		return "", 0, err

@@ -48,6 +48,19 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		"size": pool.Size, "open": pool.Open, "in_use": pool.InUse, "idle": pool.Idle,
 		"waits": pool.Waits, "replaced": pool.Replaced, "reconnects": pool.Reconnects, "errors": pool.Errors,
 	}
+	cache := client.UnwrappedCacheStats()
+	hitRate := 0.0
+	if total := cache.Hits + cache.Misses; total > 0 {
+		hitRate = float64(cache.Hits) / float64(total)
+	}
+	data["unwrapped_cache"] = map[string]interface{}{
+		"entries": cache.Entries, "pinned": cache.Pinned, "hits": cache.Hits, "misses": cache.Misses,
+		"hit_rate": hitRate, "evictions": cache.Evictions, "unwraps": cache.Unwraps,
+		"unwraps_per_second": cache.UnwrapsPerSecond, "ttl": cache.TTL, "size": cache.Size,
+	}
+	if st, err := b.kek(ctx, req.Storage); err == nil {
+		data["kek"] = kekStatus(st)
+	}
 	if info, err := client.TokenInfo(); err == nil {
 		data["token"] = map[string]interface{}{
 			"label": info.Label, "manufacturer": info.Manufacturer, "model": info.Model,

@@ -196,8 +196,8 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 			continue
 		}
 		for v, kv := range k.Versions {
-			if kv == nil || len(kv.ObjectID) == 0 {
-				continue
+			if kv == nil || len(kv.ObjectID) == 0 || kv.wrapped() {
+				continue // no token object of its own
 			}
 			id := hex.EncodeToString(kv.ObjectID)
 			used[id] = true

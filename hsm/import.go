@@ -12,6 +12,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 
 	"github.com/miekg/pkcs11"
 	"github.com/tink-crypto/tink-go/v2/kwp/subtle"
@@ -145,6 +146,9 @@ func (c *Client) ImportWrapped(ctx context.Context, wk WrappingKey, ciphertext [
 	if spec.Kind == ImportAES && len(wrappedKey) != spec.Bits/8+8 {
 		return Imported{}, fmt.Errorf("%w: the key in it is not %d bytes, as an AES-%d key is (its key wrap is %d bytes, not %d)", ErrInvalidInput, spec.Bits/8, spec.Bits, len(wrappedKey), spec.Bits/8+8)
 	}
+	if new(big.Int).SetBytes(wrappedEphemeral).Cmp(wk.Public.N) >= 0 {
+		return Imported{}, ErrNotUnwrapped // larger than this modulus: made for another key
+	}
 	mode, err := c.OAEPMode(ctx)
 	if err != nil {
 		return Imported{}, err
@@ -216,7 +220,7 @@ func rawOAEPEphemeral(p11 PKCS11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHan
 	}
 	em, err := p11.Decrypt(sh, wrapped)
 	if err != nil {
-		if classify(err) == classCaller {
+		if classify(err) == classCaller || unwrapRefused(err) {
 			return 0, ErrNotUnwrapped
 		}
 		return 0, call("C_Decrypt (RSA raw)", err)

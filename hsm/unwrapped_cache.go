@@ -37,6 +37,8 @@ type CacheStats struct {
 	Unwraps   uint64 `json:"unwraps"`
 	TTL       string `json:"ttl"`
 	Size      int    `json:"size"`
+	// UnwrapsPerSecond is over the last minute.
+	UnwrapsPerSecond float64 `json:"unwraps_per_second"`
 }
 
 // unwrappedCache keeps unwrapped copies of wrapped keys as session
@@ -59,6 +61,11 @@ type unwrappedCache struct {
 	size    int
 
 	hits, misses, evictions, unwraps atomic.Uint64
+	// rateMark and rateUnwraps are where the per-second rate was last
+	// measured from; guarded by mu.
+	rateMark    time.Time
+	rateUnwraps uint64
+	rate        float64
 
 	stop chan struct{}
 	done chan struct{}
@@ -106,8 +113,17 @@ func (c *Client) UnwrappedCacheStats() CacheStats {
 			pinned++
 		}
 	}
+	now, unwraps := time.Now(), u.unwraps.Load()
+	if elapsed := now.Sub(u.rateMark); u.rateMark.IsZero() || elapsed >= time.Minute {
+		if !u.rateMark.IsZero() {
+			u.rate = float64(unwraps-u.rateUnwraps) / elapsed.Seconds()
+		}
+		u.rateMark, u.rateUnwraps = now, unwraps
+	} else if elapsed > time.Second {
+		u.rate = float64(unwraps-u.rateUnwraps) / elapsed.Seconds()
+	}
 	return CacheStats{Entries: u.lru.Len(), Pinned: pinned, Hits: u.hits.Load(), Misses: u.misses.Load(),
-		Evictions: u.evictions.Load(), Unwraps: u.unwraps.Load(), TTL: u.ttl.String(), Size: u.size}
+		Evictions: u.evictions.Load(), Unwraps: unwraps, TTL: u.ttl.String(), Size: u.size, UnwrapsPerSecond: u.rate}
 }
 
 // PinWrapped makes sure an unwrapped copy of wk is on the token, as a

@@ -163,6 +163,9 @@ func (c *Client) Rewrap(ctx context.Context, from, to, blob []byte, spec ImportS
 		template = setAttribute(setAttribute(template, pkcs11.CKA_EXTRACTABLE, true), pkcs11.CKA_ID, append([]byte("rewrap:"), spec.ID...))
 		h, err := c.unwrapObject(p11, sh, kwp, fromHandle, blob, template)
 		if err != nil {
+			if unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
+				return fmt.Errorf("%w: the blob does not unwrap under this KEK (%w)", ErrInvalidInput, err)
+			}
 			return err
 		}
 		defer func() { _ = p11.DestroyObject(sh, h) }()
