@@ -62,6 +62,10 @@ func (b *backend) saveKey(ctx context.Context, s logical.Storage, k *keyEntry) e
 		b.keys.publish(k.Name, nil)
 		return err
 	}
+	if err := indexForRotation(ctx, s, k); err != nil {
+		b.keys.publish(k.Name, nil)
+		return err
+	}
 	b.keys.publish(k.Name, k)
 	return nil
 }
@@ -71,6 +75,9 @@ func (b *backend) deleteKey(ctx context.Context, s logical.Storage, name string)
 	defer b.keys.publish(name, nil)
 	if err := s.Delete(ctx, keyStoragePrefix+name); err != nil {
 		return fmt.Errorf("deleting key %q: %w", name, err)
+	}
+	if err := s.Delete(ctx, rotationIndexPrefix+name); err != nil {
+		return fmt.Errorf("deleting key %q from the rotation index: %w", name, err)
 	}
 	return nil
 }

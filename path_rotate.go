@@ -156,9 +156,9 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 	if err != nil || conf == nil {
 		return err
 	}
-	names, err := req.Storage.List(ctx, keyStoragePrefix)
+	names, err := b.keysToCheckForRotation(ctx, req.Storage)
 	if err != nil {
-		return fmt.Errorf("listing keys: %w", err)
+		return err
 	}
 	var errs []error
 	for _, name := range names {
@@ -167,7 +167,13 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
 			continue
 		}
-		if k == nil || !b.rotationDue(k) {
+		if k == nil || !rotates(k) {
+			if err := req.Storage.Delete(ctx, rotationIndexPrefix+name); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if !b.rotationDue(k) {
 			continue
 		}
 		if err := b.rotateIfDue(ctx, req.Storage, name); err != nil {

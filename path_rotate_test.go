@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -182,5 +183,68 @@ func TestNoAutoRotationOnAPerformanceStandby(t *testing.T) {
 	}
 	if v := m.mustOK(logical.ReadOperation, "keys/standby-auto", nil).Data["latest_version"]; v != 2 {
 		t.Fatalf("the active node did not rotate: v%v", v)
+	}
+}
+
+// countingStorage counts the reads of key entries and lists of keys.
+type countingStorage struct {
+	logical.Storage
+	keyGets, keyLists int
+}
+
+func (c *countingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if strings.HasPrefix(key, keyStoragePrefix) {
+		c.keyGets++
+	}
+	return c.Storage.Get(ctx, key)
+}
+
+func (c *countingStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if prefix == keyStoragePrefix {
+		c.keyLists++
+	}
+	return c.Storage.List(ctx, prefix)
+}
+
+// The periodic check reads the keys that rotate, not every key: a mount
+// may hold 100,000. Keys stored before the index existed are indexed once.
+func TestAutoRotationReadsOnlyKeysThatRotate(t *testing.T) {
+	m := configuredMount(t, map[string]interface{}{"max_keys": 0})
+	for i := range 30 {
+		m.mustOK(logical.UpdateOperation, fmt.Sprintf("keys/still-%d", i), nil)
+	}
+	m.mustOK(logical.UpdateOperation, "keys/auto", map[string]interface{}{"auto_rotate_period": "1h"})
+	// As if stored by an earlier version: no index yet.
+	if err := m.storage.Delete(context.Background(), rotationIndexPrefix+"auto"); err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now().Add(2 * time.Hour)
+	restarted := newMount(t) // an empty key cache, as after a restart
+	restarted.storage = m.storage
+	restarted.b.now = func() time.Time { return clock }
+	counting := &countingStorage{Storage: m.storage}
+	run := func() {
+		t.Helper()
+		if err := restarted.b.PeriodicFunc(context.Background(), &logical.Request{Storage: counting}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run()
+	if counting.keyLists != 1 {
+		t.Fatalf("building the index listed the keys %d times", counting.keyLists)
+	}
+	if v := restarted.mustOK(logical.ReadOperation, "keys/auto", nil).Data["latest_version"]; v != 2 {
+		t.Fatalf("the unindexed key was not rotated: v%v", v)
+	}
+	clock = clock.Add(2 * time.Hour)
+	counting.keyGets, counting.keyLists = 0, 0
+	restarted.b.keys.gen.Add(1) // drop the cache: every read goes to storage
+	restarted.b.keys.entries.Range(func(k, _ any) bool { restarted.b.keys.entries.Delete(k); return true })
+	run()
+	if counting.keyLists != 0 || counting.keyGets > 2 {
+		t.Fatalf("the check listed keys %d times and read %d key entries; want 0 and at most 2 (the rotating key)", counting.keyLists, counting.keyGets)
+	}
+	if v := restarted.mustOK(logical.ReadOperation, "keys/auto", nil).Data["latest_version"]; v != 3 {
+		t.Fatalf("not rotated on the second check: v%v", v)
 	}
 }
