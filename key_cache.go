@@ -87,6 +87,23 @@ func (b *backend) deleteKey(ctx context.Context, s logical.Storage, name string)
 func (b *backend) invalidateKey(storagePath string) bool {
 	name, ok := strings.CutPrefix(storagePath, keyStoragePrefix)
 	if ok {
+		// The key changed elsewhere (deleted, deactivated, rotated): its
+		// unwrapped copies here go too, and come back from storage when
+		// used.
+		if old, cached := b.keys.entries.Load(name); cached && old != nil {
+			if k, isKey := old.(*keyEntry); isKey && k != nil {
+				b.clientMu.RLock()
+				client := b.client
+				b.clientMu.RUnlock()
+				if client != nil {
+					for _, kv := range k.Versions {
+						if kv.wrapped() {
+							client.ForgetUnwrapped(kv.ObjectID)
+						}
+					}
+				}
+			}
+		}
 		b.keys.publish(name, nil)
 	}
 	return ok

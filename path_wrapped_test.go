@@ -1,6 +1,7 @@
 package hsmkms
 
 import (
+	"context"
 	"encoding/base64"
 	"testing"
 	"time"
@@ -45,6 +46,16 @@ func TestWrappedKeysThroughTheBackend(t *testing.T) {
 				}
 			}
 			pt, ct := encrypt("w-aes256-gcm96")
+			// Another node changed the key: its unwrapped copy goes here.
+			client, _, err := m.b.hsmClient(context.Background(), m.storage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := client.UnwrappedCacheStats()
+			m.b.invalidate(context.Background(), keyStoragePrefix+"w-aes256-gcm96")
+			if after := client.UnwrappedCacheStats(); after.Entries != before.Entries-1 || after.Evictions != before.Evictions+1 {
+				t.Fatalf("HA invalidation left the unwrapped copy: before %+v, after %+v", before, after)
+			}
 			m.mustOK(logical.UpdateOperation, "config/kek/rotate", nil)
 			deadline := time.Now().Add(60 * time.Second)
 			for {
