@@ -18,6 +18,7 @@ const maxBatchItems = 10000
 // one element of batch_input.
 type cryptoItem struct {
 	Plaintext         string
+	plaintextGiven    bool // an empty plaintext is allowed (Transit); a missing one is not
 	Ciphertext        string
 	Input             string
 	Signature         string
@@ -91,7 +92,7 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 		}
 		switch f {
 		case "plaintext":
-			item.Plaintext = v.(string)
+			item.Plaintext, item.plaintextGiven = v.(string), true
 		case "ciphertext":
 			item.Ciphertext = v.(string)
 		case "context":
@@ -119,6 +120,7 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 
 func itemFromMap(m map[string]interface{}) (cryptoItem, string) {
 	var item cryptoItem
+	_, item.plaintextGiven = m["plaintext"]
 	str := func(name string, dst *string) string {
 		v, ok := m[name]
 		if !ok || v == nil {
@@ -193,7 +195,7 @@ func toInt(v interface{}) (int, string) {
 // order with references echoed; any failed item makes the status 400 (or
 // 503 when the HSM failed, 500 for other internal errors), which partial_failure_response_code
 // may override when some items succeeded.
-func batchResponse(req *logical.Request, d *framework.FieldData, results []batchResult, items []cryptoItem) (*logical.Response, error) {
+func batchResponse(req *logical.Request, d *framework.FieldData, kind batchKind, results []batchResult, items []cryptoItem) (*logical.Response, error) {
 	var userErr, internalErr, unavailable, success bool
 	for i := range results {
 		results[i].Reference = items[i].Reference
@@ -207,7 +209,7 @@ func batchResponse(req *logical.Request, d *framework.FieldData, results []batch
 			userErr = true
 		}
 	}
-	resp := &logical.Response{Data: map[string]interface{}{"batch_results": results}}
+	resp := &logical.Response{Data: map[string]interface{}{"batch_results": transitItems(kind, results)}}
 	if !userErr && !internalErr {
 		return resp, nil
 	}
@@ -232,9 +234,64 @@ func batchResponse(req *logical.Request, d *framework.FieldData, results []batch
 // okBatchResponse follows Transit's sign and verify: results in input order
 // with references echoed, status 200 whatever failed, each failure in its
 // item's error.
-func okBatchResponse(results []batchResult, items []cryptoItem) *logical.Response {
+func okBatchResponse(kind batchKind, results []batchResult, items []cryptoItem) *logical.Response {
 	for i := range results {
 		results[i].Reference = items[i].Reference
 	}
-	return &logical.Response{Data: map[string]interface{}{"batch_results": results}}
+	return &logical.Response{Data: map[string]interface{}{"batch_results": transitItems(kind, results)}}
+}
+
+// batchKind names the shape of a batch item in Transit's answers.
+type batchKind int
+
+const (
+	batchEncrypt batchKind = iota // encrypt, rewrap
+	batchDecrypt
+	batchSign
+	batchVerify
+	batchHMAC
+)
+
+// transitItems gives each batch result exactly the fields Transit's item of
+// that kind has: some always present even when empty (a decrypt's
+// plaintext, a signature's key_version, a verification's valid), others
+// only when set, and reference and error as Transit gives them.
+func transitItems(kind batchKind, results []batchResult) []map[string]interface{} {
+	out := make([]map[string]interface{}, len(results))
+	for i, r := range results {
+		item := map[string]interface{}{"reference": r.Reference}
+		if r.Error != "" {
+			item["error"] = r.Error
+		}
+		switch kind {
+		case batchEncrypt:
+			if r.Ciphertext != "" {
+				item["ciphertext"] = r.Ciphertext
+			}
+			if r.KeyVersion != 0 {
+				item["key_version"] = r.KeyVersion
+			}
+		case batchDecrypt:
+			item["plaintext"] = r.Plaintext
+		case batchSign:
+			if r.Signature != "" {
+				item["signature"] = r.Signature
+			}
+			item["key_version"] = r.KeyVersion
+		case batchVerify:
+			item["valid"] = r.Valid != nil && *r.Valid
+		case batchHMAC:
+			if r.HMAC != "" {
+				item["hmac"] = r.HMAC
+			}
+			if r.Valid != nil {
+				item["valid"] = *r.Valid
+			}
+			if r.KeyVersion != 0 {
+				item["key_version"] = r.KeyVersion
+			}
+		}
+		out[i] = item
+	}
+	return out
 }

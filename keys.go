@@ -65,9 +65,9 @@ var keyTypes = map[string]keyType{
 	"aes128-gcm96": {name: "aes128-gcm96", family: familyAES, bits: 128, allowedOps: symmetricOps, defaultOps: symmetricOps},
 	"aes192-gcm96": {name: "aes192-gcm96", family: familyAES, bits: 192, allowedOps: symmetricOps, defaultOps: symmetricOps},
 	"aes256-gcm96": {name: "aes256-gcm96", family: familyAES, bits: 256, allowedOps: symmetricOps, defaultOps: symmetricOps},
-	"rsa-2048":     {name: "rsa-2048", family: familyRSA, bits: 2048, allowedOps: rsaAllowedOps, defaultOps: signingOps},
-	"rsa-3072":     {name: "rsa-3072", family: familyRSA, bits: 3072, allowedOps: rsaAllowedOps, defaultOps: signingOps},
-	"rsa-4096":     {name: "rsa-4096", family: familyRSA, bits: 4096, allowedOps: rsaAllowedOps, defaultOps: signingOps},
+	"rsa-2048":     {name: "rsa-2048", family: familyRSA, bits: 2048, allowedOps: rsaAllowedOps, defaultOps: rsaAllowedOps},
+	"rsa-3072":     {name: "rsa-3072", family: familyRSA, bits: 3072, allowedOps: rsaAllowedOps, defaultOps: rsaAllowedOps},
+	"rsa-4096":     {name: "rsa-4096", family: familyRSA, bits: 4096, allowedOps: rsaAllowedOps, defaultOps: rsaAllowedOps},
 	"ecdsa-p256":   {name: "ecdsa-p256", family: familyEC, curve: "P-256", allowedOps: signingOps, defaultOps: signingOps},
 	"ecdsa-p384":   {name: "ecdsa-p384", family: familyEC, curve: "P-384", allowedOps: signingOps, defaultOps: signingOps},
 	"ecdsa-p521":   {name: "ecdsa-p521", family: familyEC, curve: "P-521", allowedOps: signingOps, defaultOps: signingOps},
@@ -89,7 +89,12 @@ func keyTypeNames() string {
 
 // resolveKeyType accepts Transit's type names and the seeds' JWK form
 // (type=oct with size).
+//
+// Keys named with Transit's type names get Transit's default operations
+// (RSA: sign, verify, encrypt, decrypt); the seeds' form keeps the seeds'
+// defaults (RSA: sign, verify).
 func resolveKeyType(typ string, size int, curve string) (keyType, string) {
+	seedsRSA := false
 	switch strings.ToLower(typ) {
 	case "":
 		typ = defaultKeyType
@@ -106,6 +111,7 @@ func resolveKeyType(typ string, size int, curve string) (keyType, string) {
 		switch size {
 		case 2048, 3072, 4096:
 			typ = fmt.Sprintf("rsa-%d", size)
+			seedsRSA = true
 		default:
 			return keyType{}, fmt.Sprintf("type RSA needs size 2048, 3072 or 4096, not %d", size)
 		}
@@ -128,6 +134,9 @@ func resolveKeyType(typ string, size int, curve string) (keyType, string) {
 			return keyType{}, fmt.Sprintf("type %q is not available in this version; available: %s", typ, keyTypeNames())
 		}
 		return keyType{}, fmt.Sprintf("unknown key type %q; available: %s (or type=oct with size)", typ, keyTypeNames())
+	}
+	if seedsRSA {
+		kt.defaultOps = signingOps
 	}
 	if kt.family == familyHMAC && size != 0 {
 		if size < 256 || size > 4096 || size%8 != 0 {
@@ -329,6 +338,7 @@ func storeKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 func (k *keyEntry) keyResponse() map[string]interface{} {
 	versions := make(map[string]interface{}, len(k.Versions))
 	objects := make(map[string]map[string]interface{}, len(k.Versions))
+	jwks := map[string]interface{}{}
 	kt := k.keyType()
 	for v, kv := range k.Versions {
 		objects[strconv.Itoa(v)] = map[string]interface{}{
@@ -347,16 +357,18 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
 			continue
 		}
-		entry := map[string]interface{}{
+		// Exactly Transit's fields, all strings: clients such as the
+		// Terraform provider decode each version as a map of strings.
+		versions[strconv.Itoa(v)] = map[string]interface{}{
 			"name":              transitKeyName(kt),
 			"creation_time":     kv.CreationTime.Format(time.RFC3339Nano),
 			"public_key":        publicKeyPEM(kv.PublicKey),
 			"certificate_chain": "",
+			"hybrid_public_key": "",
 		}
 		if jwk, err := publicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
-			entry["public_jwk"] = jwk
+			jwks[strconv.Itoa(v)] = jwk
 		}
-		versions[strconv.Itoa(v)] = entry
 	}
 	return map[string]interface{}{
 		"name":                   k.Name,
@@ -383,6 +395,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"description":            k.Description,
 		"residency":              k.Residency,
 		"hsm_objects":            objects,
+		"public_jwks":            jwks,
 	}
 }
 

@@ -149,7 +149,7 @@ func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	b.stats.add("encrypt", int64(len(items)))
 	if batch {
-		return batchResponse(req, d, results, items)
+		return batchResponse(req, d, batchEncrypt, results, items)
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("encrypt", r)
@@ -176,7 +176,7 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	b.stats.add("decrypt", int64(len(items)))
 	if batch {
-		return batchResponse(req, d, results, items)
+		return batchResponse(req, d, batchDecrypt, results, items)
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("decrypt", r)
@@ -209,8 +209,8 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	if item.PaddingScheme != "" {
 		return "", 0, userErrorf("padding_scheme applies only to RSA keys")
 	}
-	if item.Plaintext == "" {
-		return "", 0, userErrorf("plaintext is missing or empty: give base64 of at least one byte")
+	if !item.plaintextGiven {
+		return "", 0, userErrorf("missing plaintext to encrypt")
 	}
 	if base64.StdEncoding.DecodedLen(len(item.Plaintext)) > conf.MaxPlaintextBytes+2 {
 		return "", 0, userErrorf("plaintext is larger than max_plaintext_bytes (%d bytes); encrypt a data key instead (envelope encryption)", conf.MaxPlaintextBytes)
@@ -218,9 +218,6 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	plaintext, err := base64.StdEncoding.DecodeString(item.Plaintext)
 	if err != nil {
 		return "", 0, userErrorf("plaintext is not valid base64")
-	}
-	if len(plaintext) == 0 {
-		return "", 0, userErrorf("plaintext is empty")
 	}
 	if len(plaintext) > conf.MaxPlaintextBytes {
 		return "", 0, userErrorf("plaintext is %d bytes, larger than max_plaintext_bytes (%d); encrypt a data key instead (envelope encryption)", len(plaintext), conf.MaxPlaintextBytes)

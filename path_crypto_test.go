@@ -237,9 +237,17 @@ func batchResultsOf(t *testing.T, resp *logical.Response) []batchResult {
 		}
 		return body.Data.BatchResults
 	}
-	results, ok := resp.Data["batch_results"].([]batchResult)
+	items, ok := resp.Data["batch_results"].([]map[string]interface{})
 	if !ok {
 		t.Fatalf("batch_results: %T", resp.Data["batch_results"])
+	}
+	raw, err := json.Marshal(items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results []batchResult
+	if err := jsonUnmarshal(raw, &results); err != nil {
+		t.Fatal(err)
 	}
 	return results
 }

@@ -106,7 +106,7 @@ func TestHMACStablePerVersionAndVerifies(t *testing.T) {
 	resp := m.mustOK(logical.UpdateOperation, "hmac/mac", map[string]interface{}{"batch_input": []interface{}{
 		map[string]interface{}{"input": b64("a"), "reference": "a"}, map[string]interface{}{"input": "!", "reference": "bad"},
 	}})
-	results := resp.Data["batch_results"].([]batchResult)
+	results := batchResultsOf(t, resp)
 	if results[0].HMAC == "" || results[1].Error == "" || results[1].Reference != "bad" {
 		t.Fatalf("batch: %+v", results)
 	}

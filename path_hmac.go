@@ -102,7 +102,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	b.stats.add("hmac", int64(len(items)))
 	if batch {
-		return okBatchResponse(results, items), nil
+		return okBatchResponse(batchHMAC, results, items), nil
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("hmac", r)

@@ -67,7 +67,7 @@ func (b *backend) pathKeys() []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Deactivate a key.",
-			HelpDescription: "A deactivated key stays on the HSM but refuses every operation with a 400. Only a deactivated key can be deleted.",
+			HelpDescription: "A deactivated key stays on the HSM but refuses every operation with a 400. A key can be deleted when it is deactivated or its deletion_allowed is true.",
 		},
 		{
 			Pattern:      "keys/" + keyNamePattern,
@@ -103,7 +103,7 @@ func (b *backend) pathKeys() []*framework.Path {
 				},
 				"deletion_allowed": {
 					Type:        framework.TypeBool,
-					Description: "Transit's flag, kept for Transit clients; deletion here requires the key to be deactivated.",
+					Description: "Transit's flag: the key may be deleted while active. Otherwise it must be deactivated first.",
 				},
 				"auto_rotate_period": {
 					Type:        framework.TypeDurationSecond,
@@ -230,7 +230,7 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	}
 
 	b.keysMu.Lock()
-	k, _, err := b.createKeyLocked(ctx, req, client, conf, p)
+	k, created, err := b.createKeyLocked(ctx, req, client, conf, p)
 	b.keysMu.Unlock()
 	if err != nil {
 		var ue userError
@@ -239,7 +239,15 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 		}
 		return respondError(fmt.Sprintf("create key %q", name), err)
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	resp := &logical.Response{Data: k.keyResponse()}
+	if !created && (k.Type != p.keyType.name || k.keyType().bits != p.keyType.bits ||
+		!slices.Equal(k.Operations, p.operations) || k.Residency != p.residency) {
+		// Transit answers a create of an existing key with the key as it
+		// is; clients (the Terraform provider) rely on it.
+		resp.AddWarning(fmt.Sprintf("key %q already exists as type %s with operations %s and residency %s; nothing was changed",
+			name, k.Type, strings.Join(k.Operations, ", "), k.Residency))
+	}
+	return resp, nil
 }
 
 // normaliseOperations checks requested operations against the key type,
@@ -285,11 +293,6 @@ func (b *backend) createKeyLocked(ctx context.Context, req *logical.Request, cli
 		return nil, false, err
 	}
 	if existing != nil {
-		if existing.Type != p.keyType.name || existing.keyType().bits != p.keyType.bits ||
-			!slices.Equal(existing.Operations, p.operations) || existing.Residency != p.residency {
-			return nil, false, userErrorf("key %q already exists as type %s with operations %s; delete it or use another name",
-				p.name, existing.Type, strings.Join(existing.Operations, ", "))
-		}
 		return existing, false, nil
 	}
 	if conf.MaxKeys > 0 {
@@ -539,8 +542,8 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 	if name == conf.DefaultKey {
 		return logical.ErrorResponse("key %q is this mount's default key and can never be deleted", name), logical.ErrInvalidRequest
 	}
-	if k.State != stateDeactivated {
-		return logical.ErrorResponse("key %q is active; deactivate it (keys/%s/deactivate) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name), logical.ErrInvalidRequest
+	if k.State != stateDeactivated && !k.DeletionAllowed {
+		return logical.ErrorResponse("key %q is active and its deletion_allowed is false; deactivate it (keys/%s/deactivate) or set deletion_allowed (keys/%s/config) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name, name), logical.ErrInvalidRequest
 	}
 	for v, kv := range k.Versions {
 		if kv.wrapped() {
@@ -605,10 +608,12 @@ const pathKeysHelpSyn = `Create, read and delete keys that live in the HSM.`
 const pathKeysHelpDesc = `
 A key is an HSM object (CKA_SENSITIVE, never extractable) and a metadata entry
 in Vault storage that names it by CKA_ID. Creating a key that exists with the
-same parameters changes nothing; with other parameters it is a 400. Creation
+parameters changes nothing (with other parameters the answer carries a
+warning, as Transit's does). Creation
 past the mount's max_keys quota is a 400.
 
-Deleting needs the key to be deactivated first and destroys its HSM objects:
+Deleting needs the key to be deactivated first, or its deletion_allowed to be
+true (Transit's way), and destroys its HSM objects:
 data encrypted under it can no longer be decrypted. The mount's default key
 can never be deleted.
 

@@ -43,15 +43,27 @@ func TestCreateEveryAESSizeBothForms(t *testing.T) {
 	}
 }
 
-func TestCreateIsIdempotentAndRefusesConflicts(t *testing.T) {
+// As in Transit, creating an existing key answers the key as it is; other
+// parameters change nothing and are named in a warning.
+func TestCreateIsIdempotentAndWarnsOnConflicts(t *testing.T) {
 	m := configuredMount(t, nil)
 	first := m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes128-gcm96"})
 	again := m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "oct", "size": 128})
 	if dump(first.Data["keys"]) != dump(again.Data["keys"]) {
 		t.Fatalf("second create changed the key: %v -> %v", first.Data["keys"], again.Data["keys"])
 	}
-	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes256-gcm96"}, "already exists")
-	m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{"type": "aes128-gcm96", "operations": "encrypt"}, "already exists")
+	if len(again.Warnings) != 0 {
+		t.Fatalf("the same parameters gave warnings: %v", again.Warnings)
+	}
+	for _, other := range []map[string]interface{}{{"type": "aes256-gcm96"}, {"type": "aes128-gcm96", "operations": "encrypt"}} {
+		resp := m.mustOK(logical.UpdateOperation, "keys/k", other)
+		if resp.Data["type"] != "aes128-gcm96" || len(resp.Data["operations"].([]string)) != 4 || dump(resp.Data["keys"]) != dump(first.Data["keys"]) {
+			t.Fatalf("create with %v changed the key: %v", other, resp.Data)
+		}
+		if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "already exists") {
+			t.Fatalf("create with %v: warnings %v", other, resp.Warnings)
+		}
+	}
 }
 
 func TestCreateRejectsBadParameters(t *testing.T) {
@@ -106,7 +118,7 @@ func TestDeleteRules(t *testing.T) {
 	m.mustOK(logical.UpdateOperation, "keys/default/activate", nil)
 
 	resp := m.mustOK(logical.UpdateOperation, "keys/gone", nil)
-	m.mustFail(logical.DeleteOperation, "keys/gone", nil, "is active; deactivate it")
+	m.mustFail(logical.DeleteOperation, "keys/gone", nil, "is active and its deletion_allowed is false")
 	id := m.objectID("gone", 1)
 	m.mustOK(logical.UpdateOperation, "keys/gone/deactivate", nil)
 	m.mustOK(logical.DeleteOperation, "keys/gone", nil)
@@ -118,6 +130,17 @@ func TestDeleteRules(t *testing.T) {
 		t.Fatalf("HSM object survived delete: %v %v (%v)", ok, err, resp.Data)
 	}
 	m.mustFail(logical.UpdateOperation, "keys/gone/activate", nil, `no key named "gone"`)
+
+	// Transit's way, as the Terraform provider destroys keys: set
+	// deletion_allowed, then delete the active key.
+	m.mustOK(logical.UpdateOperation, "keys/tf", nil)
+	m.mustOK(logical.UpdateOperation, "keys/tf/config", map[string]interface{}{"deletion_allowed": true})
+	m.mustOK(logical.DeleteOperation, "keys/tf", nil)
+	if r, _ := m.do(logical.ReadOperation, "keys/tf", nil); r != nil {
+		t.Fatal("a key with deletion_allowed survived delete")
+	}
+	m.mustOK(logical.UpdateOperation, "keys/default/config", map[string]interface{}{"deletion_allowed": true})
+	m.mustFail(logical.DeleteOperation, "keys/default", nil, "default key and can never be deleted")
 }
 
 func TestDeactivatedKeyRefusesCrypto(t *testing.T) {

@@ -56,7 +56,7 @@ func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *
 			continue
 		}
 		item.domain = domain // a data key stays a data key
-		item.Plaintext = base64.StdEncoding.EncodeToString(plaintext)
+		item.Plaintext, item.plaintextGiven = base64.StdEncoding.EncodeToString(plaintext), true
 		clear(plaintext)
 		ciphertext, version, err := b.encryptItem(ctx, client, conf, k, item)
 		if err != nil {
@@ -67,7 +67,9 @@ func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *
 	}
 	b.stats.add("rewrap", int64(len(items)))
 	if batch {
-		return batchResponse(req, d, results, items)
+		// Transit answers a rewrap batch 200 whatever failed, each
+		// failure in its item.
+		return okBatchResponse(batchEncrypt, results, items), nil
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("rewrap", r)

@@ -41,7 +41,7 @@ func (b *backend) pathKeyConfig() *framework.Path {
 			"name": nameField,
 			"min_decryption_version": {
 				Type:        framework.TypeInt,
-				Description: "Oldest version that may still decrypt or verify, 1 to latest_version. Older ciphertexts are refused.",
+				Description: "Oldest version that may still decrypt or verify, 1 to latest_version (0 is taken as 1, with a warning, as in Transit). Older ciphertexts are refused.",
 			},
 			"min_encryption_version": {
 				Type:        framework.TypeInt,
@@ -49,7 +49,7 @@ func (b *backend) pathKeyConfig() *framework.Path {
 			},
 			"deletion_allowed": {
 				Type:        framework.TypeBool,
-				Description: "Transit's flag, kept for Transit clients; deletion here needs the key to be deactivated.",
+				Description: "Transit's flag: the key may be deleted while active. Otherwise it must be deactivated first.",
 			},
 			"auto_rotate_period": {
 				Type:        framework.TypeDurationSecond,
@@ -100,8 +100,15 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 		return resp, err
 	}
 	defer unlock()
+	var warnings []string
 	if v, ok := d.GetOk("min_decryption_version"); ok {
 		k.MinDecryptionVersion = v.(int)
+		if k.MinDecryptionVersion == 0 {
+			// Transit's clients (the Terraform provider) send 0 for
+			// "unset"; Transit makes it 1.
+			k.MinDecryptionVersion = 1
+			warnings = append(warnings, "min_decryption_version 0 is taken as 1, the oldest version, as in Transit")
+		}
 	}
 	if v, ok := d.GetOk("min_encryption_version"); ok {
 		k.MinEncryptionVersion = v.(int)
@@ -122,10 +129,13 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < minAutoRotatePeriod:
 		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
 	}
+	if k.AutoRotatePeriod > 0 && k.Imported && !k.AllowRotation {
+		return logical.ErrorResponse("auto_rotate_period needs allow_rotation, which key %q was imported without", k.Name), logical.ErrInvalidRequest
+	}
 	if err := b.saveKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: k.keyResponse(), Warnings: warnings}, nil
 }
 
 // rotateDueKeys is the backend's periodic function: it rotates every active

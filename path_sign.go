@@ -162,7 +162,7 @@ func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	b.stats.add("sign", int64(len(items)))
 	if batch {
-		return okBatchResponse(results, items), nil
+		return okBatchResponse(batchSign, results, items), nil
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("sign", r)
@@ -189,7 +189,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	}
 	b.stats.add("verify", int64(len(items)))
 	if batch {
-		return okBatchResponse(results, items), nil
+		return okBatchResponse(batchVerify, results, items), nil
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("verify", r)
@@ -225,7 +225,7 @@ func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *f
 	}
 	b.stats.add("verify_hmac", int64(len(items)))
 	if batch {
-		return okBatchResponse(results, items), nil
+		return okBatchResponse(batchHMAC, results, items), nil
 	}
 	if r := results[0]; r.Error != "" {
 		return singleFailure("verify", r)

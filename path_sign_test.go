@@ -127,7 +127,7 @@ func TestBatchSignOfHundredWithOneBadItem(t *testing.T) {
 	}
 	items[42] = map[string]interface{}{"input": "not base64!", "reference": "42"}
 	resp := m.mustOK(logical.UpdateOperation, "sign/ec", map[string]interface{}{"batch_input": items})
-	results := resp.Data["batch_results"].([]batchResult)
+	results := batchResultsOf(t, resp)
 	var verifyItems []interface{}
 	for i, r := range results {
 		if r.Reference != fmt.Sprint(i) {
@@ -143,7 +143,7 @@ func TestBatchSignOfHundredWithOneBadItem(t *testing.T) {
 	// One signature checked against the wrong input is false, alone.
 	verifyItems[0].(map[string]interface{})["input"] = b64("tampered")
 	resp = m.mustOK(logical.UpdateOperation, "verify/ec", map[string]interface{}{"batch_input": verifyItems})
-	for i, r := range resp.Data["batch_results"].([]batchResult) {
+	for i, r := range batchResultsOf(t, resp) {
 		if r.Valid == nil || *r.Valid != (i != 0) {
 			t.Fatalf("verify item %d: %+v", i, r)
 		}
@@ -153,7 +153,7 @@ func TestBatchSignOfHundredWithOneBadItem(t *testing.T) {
 func TestRSAEncryptionRoundTripAndLimits(t *testing.T) {
 	m := configuredMount(t, nil)
 	m.mustOK(logical.UpdateOperation, "keys/rsa", map[string]interface{}{"type": "rsa-2048", "operations": "encrypt,decrypt,sign,verify"})
-	m.mustOK(logical.UpdateOperation, "keys/signer", map[string]interface{}{"type": "rsa-2048"})
+	m.mustOK(logical.UpdateOperation, "keys/signer", map[string]interface{}{"type": "RSA", "size": 2048})
 	for _, padding := range []string{"", "oaep", "pkcs1v15"} {
 		ct := encrypt(t, m, "rsa", "wrapped secret", map[string]interface{}{"padding_scheme": padding})
 		if got := decrypt(t, m, "rsa", ct, map[string]interface{}{"padding_scheme": padding}); got != "wrapped secret" {
@@ -181,7 +181,12 @@ func TestAsymmetricKeyReadAndExport(t *testing.T) {
 	if v1["name"] != "P-384" || !strings.Contains(v1["public_key"].(string), "BEGIN PUBLIC KEY") {
 		t.Fatalf("version 1: %v", v1)
 	}
-	jwk := v1["public_jwk"].(map[string]interface{})
+	for field, value := range v1 {
+		if _, isString := value.(string); !isString {
+			t.Fatalf("keys.1.%s is a %T; Transit's clients want strings", field, value)
+		}
+	}
+	jwk := resp.Data["public_jwks"].(map[string]interface{})["1"].(map[string]interface{})
 	if jwk["kty"] != "EC" || jwk["crv"] != "P-384" || jwk["d"] != nil {
 		t.Fatalf("jwk: %v", jwk)
 	}

@@ -57,8 +57,8 @@ func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) 
 	if err != nil {
 		return "", 0, userErrorf("plaintext is not valid base64")
 	}
-	if len(plaintext) == 0 {
-		return "", 0, userErrorf("plaintext is missing or empty: give base64 of at least one byte")
+	if !item.plaintextGiven {
+		return "", 0, userErrorf("missing plaintext to encrypt")
 	}
 	version, kv, msg := k.encryptionVersion(item.KeyVersion)
 	if msg != "" {

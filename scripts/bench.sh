@@ -5,7 +5,10 @@
 # (the binary the tests use). Prints a table and writes
 # bench-results/bench.json. Settings, all optional:
 #   HSMKMS_BENCH_CONCURRENCY (8), HSMKMS_BENCH_DURATION (5s per scenario),
-#   HSMKMS_BENCH_SOAK (5m of mixed load; 0 skips it), HSMKMS_BENCH_PORT (18200).
+#   HSMKMS_BENCH_SOAK (5m of mixed load; 0 skips it), HSMKMS_BENCH_PORT (18200),
+#   HSMKMS_BENCH_SCALE_KEYS (100000 wrapped keys in kms-scale/ against 10 in
+#   kms-small/, both on the SoftHSM2 token; 0 skips it),
+#   HSMKMS_BENCH_SCALE_DURATION (its measured phase; default 3 x DURATION).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -68,5 +71,6 @@ SOFTHSM2_CONF="$conf" bin/hsmkms-bench -library "$library" -token-label bench -p
   -nss-pin-file "$work/nss/pin" -nss-kms kms-nss \
   -concurrency "${HSMKMS_BENCH_CONCURRENCY:-8}" -duration "${HSMKMS_BENCH_DURATION:-5s}" \
   -soak "${HSMKMS_BENCH_SOAK:-5m}" -plugin-pid "${plugin_pid:-0}" \
+  -scale-keys "${HSMKMS_BENCH_SCALE_KEYS:-100000}" -scale-duration "${HSMKMS_BENCH_SCALE_DURATION:-0}" \
   -gobench bench-results/gobench.txt -out bench-results/bench.json | tee bench-results/table.txt
 echo "JSON: bench-results/bench.json" >&2

@@ -39,6 +39,7 @@ type options struct {
 	pluginPID    int
 	goBench, out string
 	transitP     string
+	scale        scaleOptions
 }
 
 func main() {
@@ -68,6 +69,10 @@ func main() {
 	flag.StringVar(&o.goBench, "gobench", "", "file with `go test -bench` output of the handler and seam benchmarks")
 	flag.StringVar(&o.out, "out", "bench-results/bench.json", "JSON output")
 	flag.StringVar(&o.transitP, "transit", "transit", "Transit mount (enabled if missing)")
+	flag.IntVar(&o.scale.keys, "scale-keys", 0, "wrapped keys of the scale scenario, on the SoftHSM2 token (0: skip it)")
+	flag.StringVar(&o.scale.mount, "scale-kms", "kms-scale", "hsmkms mount the scale scenario makes for its many wrapped keys")
+	flag.StringVar(&o.scale.smallMount, "small-kms", "kms-small", "hsmkms mount the scale scenario makes for its few keys")
+	flag.DurationVar(&o.scale.duration, "scale-duration", 0, "measured encrypt phase of the scale scenario, both sides together (0: three times -duration)")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "hsmkms-bench:", err)
@@ -85,6 +90,7 @@ type report struct {
 	SideBySide []loadbench.Row       `json:"side_by_side"`
 	Ratios     []loadbench.Ratio     `json:"ratios"`
 	Soak       *loadbench.SoakReport `json:"soak,omitempty"`
+	Scale      *scaleReport          `json:"scale,omitempty"`
 }
 
 // readToken reads the token's PIN and init args from their files.
@@ -209,11 +215,25 @@ func run(ctx context.Context, o options) error {
 		rep.Soak = &soak
 		rep.Ratios = append(rep.Ratios, soak.Ratios()...)
 	}
+	// Last: its session objects, in the plugin's process, would weigh on
+	// every scenario after it.
+	if o.scale.keys > 0 {
+		scale, results, ratios, err := runScale(ctx, client, o, o.scale, fx.encrypt)
+		if err != nil {
+			return fmt.Errorf("scale scenario: %w", err)
+		}
+		rep.Scale = scale
+		rep.Results = append(rep.Results, results...)
+		rep.Ratios = append(rep.Ratios, ratios...)
+	}
 
 	rep.SideBySide, _ = loadbench.SideBySide(rep.Results)
 	fmt.Println(loadbench.Table(rep.Results, rep.Ratios))
 	if rep.Soak != nil {
 		fmt.Println(rep.Soak.Summary())
+	}
+	if rep.Scale != nil {
+		fmt.Println(rep.Scale.Summary())
 	}
 	data, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {

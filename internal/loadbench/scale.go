@@ -1,0 +1,218 @@
+package loadbench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RunCount runs op once for every index in [0, count) from concurrency
+// workers, and measures every call: a fixed amount of work (creating N
+// keys, touching every key once) rather than a fixed time.
+func RunCount(ctx context.Context, name string, concurrency, count int, op func(ctx context.Context, i int) error) Result {
+	var (
+		next      atomic.Int64
+		mu        sync.Mutex
+		latencies = make([]time.Duration, 0, count)
+		errs      int64
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	start := time.Now()
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, count/concurrency+1)
+			var localErrs int64
+			var localFirst error
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= count {
+					break
+				}
+				t0 := time.Now()
+				if err := op(ctx, i); err != nil {
+					localErrs++
+					if localFirst == nil {
+						localFirst = err
+					}
+					continue
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			latencies = append(latencies, local...)
+			errs += localErrs
+			if firstErr == nil {
+				firstErr = localFirst
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return summarise(name, concurrency, 1, time.Since(start), latencies, errs, firstErr)
+}
+
+// Contender is one side of an alternating comparison.
+type Contender struct {
+	Name string
+	Op   Worker
+}
+
+// RunAlternating gives each contender the whole load (concurrency
+// workers) in turn, for slices of length slice, rounds times, and sums
+// each one's calls over its slices: both sides see the same drift of a
+// shared, noisy machine, and neither's load slows the other's calls, as
+// it would if their requests were interleaved. A contender's items/s is
+// its calls over the time of its own slices.
+func RunAlternating(ctx context.Context, concurrency int, slice time.Duration, rounds int, cs []Contender) []Result {
+	accs := make([]calls, len(cs))
+	for round := 0; round < rounds && ctx.Err() == nil; round++ {
+		for i, c := range cs {
+			s := runSlice(ctx, concurrency, slice, c.Op)
+			a := &accs[i]
+			a.latencies = append(a.latencies, s.latencies...)
+			a.errs += s.errs
+			if a.firstErr == nil {
+				a.firstErr = s.firstErr
+			}
+			a.elapsed += s.elapsed
+		}
+	}
+	out := make([]Result, len(cs))
+	for i, c := range cs {
+		a := accs[i]
+		out[i] = summarise(c.Name, concurrency, 1, a.elapsed, a.latencies, a.errs, a.firstErr)
+	}
+	return out
+}
+
+// calls are the measured calls of one or more slices.
+type calls struct {
+	latencies []time.Duration
+	errs      int64
+	firstErr  error
+	elapsed   time.Duration
+}
+
+// runSlice is Run's loop for one slice, keeping the raw latencies.
+func runSlice(ctx context.Context, concurrency int, d time.Duration, op Worker) calls {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var (
+		mu        sync.Mutex
+		latencies []time.Duration
+		errs      int64
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	start := time.Now()
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			var localErrs int64
+			var localFirst error
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				err := op(ctx, w)
+				if err != nil {
+					if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+						break
+					}
+					localErrs++
+					if localFirst == nil {
+						localFirst = err
+					}
+					continue
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			latencies = append(latencies, local...)
+			errs += localErrs
+			if firstErr == nil {
+				firstErr = localFirst
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return calls{latencies: latencies, errs: errs, firstErr: firstErr, elapsed: time.Since(start)}
+}
+
+// ProcessRSS is the resident set of a process in bytes (VmRSS), 0 when it
+// cannot be read.
+func ProcessRSS(pid int) int64 { return processRSS(pid) }
+
+// FindProcess returns the pid of the first process whose command line
+// contains name, other than this one; 0 when there is none.
+func FindProcess(name string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == self {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		// argv[0] only: a shell or pgrep naming the plugin in its
+		// arguments is not the plugin.
+		if argv0, _, _ := strings.Cut(string(cmd), "\x00"); strings.Contains(argv0, name) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// CacheStatus is a mount's unwrapped-key cache as GET status shows it.
+type CacheStatus struct {
+	Entries   int     `json:"entries"`
+	Pinned    int     `json:"pinned"`
+	Hits      uint64  `json:"hits"`
+	Misses    uint64  `json:"misses"`
+	HitRate   float64 `json:"hit_rate"`
+	Evictions uint64  `json:"evictions"`
+	Unwraps   uint64  `json:"unwraps"`
+	Size      int     `json:"size"`
+	TTL       string  `json:"ttl"`
+}
+
+// UnwrappedCache reads GET mount/status's unwrapped_cache.
+func (c *HTTPClient) UnwrappedCache(ctx context.Context, mount string) (CacheStatus, error) {
+	body, err := c.getJSON(ctx, mount+"/status")
+	if err != nil {
+		return CacheStatus{}, err
+	}
+	var st struct {
+		Data struct {
+			Cache *CacheStatus `json:"unwrapped_cache"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return CacheStatus{}, fmt.Errorf("%s/status: %w", mount, err)
+	}
+	if st.Data.Cache == nil {
+		return CacheStatus{}, fmt.Errorf("%s/status has no unwrapped_cache: %.300s", mount, body)
+	}
+	return *st.Data.Cache, nil
+}
+
+// GetJSON returns the body of a GET, for setup and checks.
+func (c *HTTPClient) GetJSON(ctx context.Context, path string) ([]byte, error) {
+	return c.getJSON(ctx, path)
+}

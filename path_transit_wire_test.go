@@ -1,0 +1,80 @@
+package hsmkms
+
+import (
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Transit encrypts an empty plaintext, and decrypts it back to "" (its
+// batch items carry plaintext even when empty); a missing one is a 400.
+func TestEmptyPlaintextAsInTransit(t *testing.T) {
+	for _, tok := range []string{"softhsm2", "nss"} {
+		t.Run(tok, func(t *testing.T) {
+			m := configuredMount(t, nil)
+			if tok == "nss" {
+				m = nssMount(t)
+			}
+			m.mustOK(logical.UpdateOperation, "keys/rsa", map[string]interface{}{"type": "rsa-2048"})
+			for _, key := range []string{"default", "rsa"} {
+				ct := m.mustOK(logical.UpdateOperation, "encrypt/"+key, map[string]interface{}{"plaintext": ""}).Data["ciphertext"].(string)
+				if got := m.mustOK(logical.UpdateOperation, "decrypt/"+key, map[string]interface{}{"ciphertext": ct}).Data["plaintext"]; got != "" {
+					t.Fatalf("%s: decrypted %q", key, got)
+				}
+				batch := m.mustOK(logical.UpdateOperation, "decrypt/"+key, map[string]interface{}{"batch_input": []interface{}{map[string]interface{}{"ciphertext": ct}}})
+				item := batch.Data["batch_results"].([]map[string]interface{})[0]
+				if p, ok := item["plaintext"]; !ok || p != "" {
+					t.Fatalf("%s: batch item %v has no empty plaintext", key, item)
+				}
+				m.mustFail(logical.UpdateOperation, "encrypt/"+key, map[string]interface{}{"key_version": 1}, "missing plaintext")
+			}
+		})
+	}
+}
+
+// Keys made with Transit's RSA type names get Transit's operations, so that
+// Transit clients (vault-benchmark) can encrypt with them; the seeds' form
+// keeps the seeds' defaults.
+func TestTransitRSATypeNamesGetTransitOperations(t *testing.T) {
+	m := configuredMount(t, nil)
+	transit := m.mustOK(logical.UpdateOperation, "keys/transit-rsa", map[string]interface{}{"type": "rsa-2048"})
+	if ops := dump(transit.Data["operations"]); ops != "[sign verify encrypt decrypt]" {
+		t.Fatalf("rsa-2048: operations %s", ops)
+	}
+	m.mustOK(logical.UpdateOperation, "encrypt/transit-rsa", map[string]interface{}{"plaintext": "aGk="})
+	seeds := m.mustOK(logical.UpdateOperation, "keys/seeds-rsa", map[string]interface{}{"type": "RSA", "size": 2048})
+	if ops := dump(seeds.Data["operations"]); ops != "[sign verify]" {
+		t.Fatalf("type=RSA: operations %s", ops)
+	}
+}
+
+// Transit answers a rewrap batch 200, each failure in its item.
+func TestBatchRewrapAnswers200WithItemErrors(t *testing.T) {
+	m := configuredMount(t, nil)
+	ct := m.mustOK(logical.UpdateOperation, "encrypt/default", map[string]interface{}{"plaintext": "aGk="}).Data["ciphertext"]
+	resp, err := m.do(logical.UpdateOperation, "rewrap/default", map[string]interface{}{"batch_input": []interface{}{
+		map[string]interface{}{"ciphertext": ct}, map[string]interface{}{"ciphertext": "vault:v1:AAAA"},
+	}})
+	if err != nil || resp == nil || resp.IsError() {
+		t.Fatalf("rewrap batch: %v %v", err, resp)
+	}
+	if _, raw := resp.Data[logical.HTTPStatusCode]; raw {
+		t.Fatalf("rewrap batch carries a status code: %v", resp.Data)
+	}
+	results := batchResultsOf(t, resp)
+	if results[0].Error != "" || results[0].Ciphertext == "" || results[1].Error == "" {
+		t.Fatalf("results: %+v", results)
+	}
+}
+
+// The Terraform provider writes min_decryption_version=0 for "unset";
+// Transit takes it as 1 and says so.
+func TestMinDecryptionVersionZeroIsOne(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	resp := m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{"min_decryption_version": 0})
+	if resp.Data["min_decryption_version"] != 1 || len(resp.Warnings) != 1 {
+		t.Fatalf("min_decryption_version 0: %v, warnings %v", resp.Data["min_decryption_version"], resp.Warnings)
+	}
+}
