@@ -103,7 +103,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
-			[]*framework.Path{b.pathConfig(), b.pathKEKRotate()},
+			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathConfigKeys()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig()},
 			b.pathKeys(),
 			b.pathImport(),

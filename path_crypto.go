@@ -55,11 +55,21 @@ func (b *backend) pathEncrypt() *framework.Path {
 		Description: "Key version to encrypt with; 0 (default) means the latest. Must be at least min_encryption_version.",
 	}
 	fields["padding_scheme"] = paddingField
+	fields["type"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Type of the key to create when it does not exist (upsert, Transit's): aes128-gcm96, aes256-gcm96 (default) or an rsa type.",
+		Default:     defaultKeyType,
+	}
 	return &framework.Path{
-		Pattern:      "encrypt/" + keyNamePattern,
-		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "encrypt"},
-		Fields:       fields,
+		Pattern:        "encrypt/" + keyNamePattern,
+		DisplayAttrs:   &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "encrypt"},
+		Fields:         fields,
+		ExistenceCheck: b.keyExists,
 		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.CreateOperation: &framework.PathOperation{
+				Callback: b.pathEncryptWrite,
+				Summary:  "Encrypt with a key that does not exist yet: it is created first (Transit's upsert), unless config/keys disables it.",
+			},
 			logical.UpdateOperation: &framework.PathOperation{
 				Callback: b.pathEncryptWrite,
 				Summary:  "Encrypt data with a key in the HSM (AES-GCM).",
@@ -134,6 +144,11 @@ func (b *backend) cryptoRequest(ctx context.Context, req *logical.Request, d *fr
 }
 
 func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if req.Operation == logical.CreateOperation {
+		if resp, err := b.upsertKey(ctx, req, d); resp != nil || err != nil {
+			return resp, err
+		}
+	}
 	client, conf, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opEncrypt, encryptFields)
 	if resp != nil || err != nil {
 		return resp, err

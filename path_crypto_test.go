@@ -110,8 +110,7 @@ func TestBadInputTable(t *testing.T) {
 		want       string
 	}{
 		{"invalid base64", "encrypt/k", map[string]interface{}{"plaintext": "not base64!"}, "not valid base64"},
-		{"empty plaintext", "encrypt/k", map[string]interface{}{"plaintext": ""}, "plaintext is missing or empty"},
-		{"missing plaintext", "encrypt/k", map[string]interface{}{}, "plaintext is missing or empty"},
+		{"missing plaintext", "encrypt/k", map[string]interface{}{}, "missing plaintext to encrypt"},
 		{"oversized plaintext", "encrypt/k", map[string]interface{}{"plaintext": b64(strings.Repeat("a", 65))}, "max_plaintext_bytes (64)"},
 		{"much oversized plaintext", "encrypt/k", map[string]interface{}{"plaintext": b64(strings.Repeat("a", 100000))}, "max_plaintext_bytes"},
 		{"bad context base64", "encrypt/k", map[string]interface{}{"plaintext": b64("x"), "context": "%%"}, "context is not valid base64"},

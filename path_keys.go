@@ -109,19 +109,23 @@ func (b *backend) pathKeys() []*framework.Path {
 					Type:        framework.TypeDurationSecond,
 					Description: "Transit's automatic rotation period, stored for a later version; 0 disables.",
 				},
+				"key_size": {
+					Type:        framework.TypeInt,
+					Description: "Transit's key size in bytes for type=hmac (32 to 512).",
+				},
+				"exportable":             refusedTransitField("exportable"),
+				"allow_plaintext_backup": refusedTransitField("allow_plaintext_backup"),
+				"derived":                refusedTransitField("derived"),
+				"convergent_encryption":  refusedTransitField("convergent_encryption"),
 				"keys": {
 					Type:         framework.TypeSlice,
 					Description:  "The seeds' import form: a list of JSON Web Keys, one per version, oldest first; see keys/:name/import.",
 					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 				},
 			},
-			ExistenceCheck: b.keyExists,
+			// No existence check, as in Transit: creating a key needs the
+			// update capability, which Transit policies grant.
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:     b.pathKeyWrite,
-					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "create"},
-					Summary:      "Create a key in the HSM.",
-				},
 				logical.UpdateOperation: &framework.PathOperation{
 					Callback:     b.pathKeyWrite,
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "create"},
@@ -144,8 +148,36 @@ func (b *backend) pathKeys() []*framework.Path {
 	}
 }
 
-// keyExists lets Vault tell create from update in policies; both write the
-// same way.
+// transitRefusals are Transit's flags the plugin cannot honour, and why.
+var transitRefusals = map[string]string{
+	"exportable":             "keys here never leave the HSM",
+	"allow_plaintext_backup": "keys here never leave the HSM; backup/:name backs up wrapped keys under the KEK",
+	"derived":                "key derivation is not supported",
+	"convergent_encryption":  "it needs key derivation, which is not supported",
+}
+
+// refusedTransitField is a Transit field the plugin accepts only as false.
+func refusedTransitField(name string) *framework.FieldSchema {
+	return &framework.FieldSchema{
+		Type:        framework.TypeBool,
+		Description: fmt.Sprintf("Transit's %s: only false is accepted, because %s.", name, transitRefusals[name]),
+	}
+}
+
+// refuseTransitFlags answers a 400 for a Transit flag set to true that the
+// plugin cannot honour; it never ignores one silently.
+func refuseTransitFlags(d *framework.FieldData, fields ...string) *logical.Response {
+	for _, f := range fields {
+		if v, ok := d.GetOk(f); ok && v.(bool) {
+			return logical.ErrorResponse("%s=true is not supported: %s", f, transitRefusals[f])
+		}
+	}
+	return nil
+}
+
+// keyExists is encrypt's existence check: encrypt on a missing key is a
+// create (upsert), which Vault lets only a token with the create
+// capability do, as Transit.
 func (b *backend) keyExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	name := d.Get("name").(string)
 	if checkKeyName(name) != "" {
@@ -194,6 +226,9 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	if msg := checkKeyName(name); msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
+	if resp := refuseTransitFlags(d, "exportable", "allow_plaintext_backup", "derived", "convergent_encryption"); resp != nil {
+		return resp, logical.ErrInvalidRequest
+	}
 	if raw, ok := d.Raw["keys"]; ok {
 		return b.importJWKList(ctx, req, d, raw)
 	}
@@ -201,7 +236,11 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	if err != nil {
 		return respondError("create key", err)
 	}
-	kt, msg := resolveKeyType(d.Get("type").(string), d.Get("size").(int), d.Get("curve").(string))
+	size := d.Get("size").(int)
+	if ks, ok := d.GetOk("key_size"); ok && size == 0 {
+		size = ks.(int) * 8
+	}
+	kt, msg := resolveKeyType(d.Get("type").(string), size, d.Get("curve").(string))
 	if msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}

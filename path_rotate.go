@@ -55,6 +55,8 @@ func (b *backend) pathKeyConfig() *framework.Path {
 				Type:        framework.TypeDurationSecond,
 				Description: "Rotate automatically once the latest version is this old; 0 disables, otherwise at least 1h.",
 			},
+			"exportable":             refusedTransitField("exportable"),
+			"allow_plaintext_backup": refusedTransitField("allow_plaintext_backup"),
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyConfigWrite, Summary: "Set a key's minimum versions and rotation."},
@@ -100,6 +102,9 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 		return resp, err
 	}
 	defer unlock()
+	if resp := refuseTransitFlags(d, "exportable", "allow_plaintext_backup"); resp != nil {
+		return resp, logical.ErrInvalidRequest
+	}
 	var warnings []string
 	if v, ok := d.GetOk("min_decryption_version"); ok {
 		k.MinDecryptionVersion = v.(int)

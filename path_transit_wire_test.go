@@ -1,7 +1,10 @@
 package hsmkms
 
 import (
+	"context"
 	"testing"
+
+	"github.com/hashicorp/vault/sdk/framework"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -77,4 +80,57 @@ func TestMinDecryptionVersionZeroIsOne(t *testing.T) {
 	if resp.Data["min_decryption_version"] != 1 || len(resp.Warnings) != 1 {
 		t.Fatalf("min_decryption_version 0: %v, warnings %v", resp.Data["min_decryption_version"], resp.Warnings)
 	}
+}
+
+// Encrypt on a missing key is a create (Vault asks the existence check),
+// which makes the key unless config/keys disables upsert.
+func TestEncryptUpsertsAsTransit(t *testing.T) {
+	m := configuredMount(t, nil)
+	exists, err := m.b.keyExists(context.Background(), &logical.Request{Storage: m.storage}, &framework.FieldData{
+		Raw: map[string]interface{}{"name": "fresh"}, Schema: map[string]*framework.FieldSchema{"name": nameField}})
+	if err != nil || exists {
+		t.Fatalf("existence check of a missing key: %v %v", exists, err)
+	}
+	resp := m.mustOK(logical.CreateOperation, "encrypt/fresh", map[string]interface{}{"plaintext": "aGk="})
+	if resp.Data["ciphertext"] == nil {
+		t.Fatalf("upsert encrypt: %v", resp.Data)
+	}
+	if typ := m.mustOK(logical.ReadOperation, "keys/fresh", nil).Data["type"]; typ != defaultKeyType {
+		t.Fatalf("upserted key type %v", typ)
+	}
+	m.mustOK(logical.CreateOperation, "encrypt/fresh128", map[string]interface{}{"plaintext": "aGk=", "type": "aes128-gcm96"})
+	if typ := m.mustOK(logical.ReadOperation, "keys/fresh128", nil).Data["type"]; typ != "aes128-gcm96" {
+		t.Fatalf("upserted key type %v", typ)
+	}
+	m.mustOK(logical.UpdateOperation, "config/keys", map[string]interface{}{"disable_upsert": true})
+	m.mustFail(logical.CreateOperation, "encrypt/other", map[string]interface{}{"plaintext": "aGk="}, "upsert is disabled")
+	if r, _ := m.do(logical.ReadOperation, "keys/other", nil); r != nil {
+		t.Fatal("a refused upsert made a key")
+	}
+}
+
+// Transit's flags the plugin cannot honour are refused, never ignored.
+func TestTransitFlagsThatCannotBeHonouredAreRefused(t *testing.T) {
+	m := configuredMount(t, nil)
+	for _, flag := range []string{"exportable", "derived", "convergent_encryption", "allow_plaintext_backup"} {
+		m.mustFail(logical.UpdateOperation, "keys/k", map[string]interface{}{flag: true}, flag+"=true is not supported")
+		m.mustOK(logical.UpdateOperation, "keys/k", map[string]interface{}{flag: false})
+	}
+	for _, flag := range []string{"exportable", "allow_plaintext_backup"} {
+		m.mustFail(logical.UpdateOperation, "keys/k/config", map[string]interface{}{flag: true}, flag+"=true is not supported")
+		m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{flag: false})
+	}
+	m.mustOK(logical.UpdateOperation, "keys/mac", map[string]interface{}{"type": "hmac", "key_size": 64})
+	if bits := m.b.mustKey(t, m.storage, "mac").keyType().bits; bits != 512 {
+		t.Fatalf("key_size 64 bytes gave %d bits", bits)
+	}
+}
+
+func (b *backend) mustKey(t *testing.T, s logical.Storage, name string) *keyEntry {
+	t.Helper()
+	k, err := loadKey(context.Background(), s, name)
+	if err != nil || k == nil {
+		t.Fatalf("key %q: %v", name, err)
+	}
+	return k
 }
