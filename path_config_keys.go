@@ -40,7 +40,7 @@ func (b *backend) pathConfigKeys() *framework.Path {
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation: &framework.PathOperation{Callback: b.pathConfigKeysRead, Summary: "Read the mount-wide key settings (Transit's config/keys)."},
+			logical.ReadOperation:   &framework.PathOperation{Callback: b.pathConfigKeysRead, Summary: "Read the mount-wide key settings (Transit's config/keys)."},
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathConfigKeysWrite, Summary: "Set the mount-wide key settings (Transit's config/keys)."},
 		},
 		HelpSynopsis: "Mount-wide key settings, as Transit's config/keys.",
