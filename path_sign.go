@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"encoding/asn1"
@@ -25,7 +26,7 @@ func signFields(verify bool) map[string]*framework.FieldSchema {
 		},
 		"hash_algorithm": {
 			Type:        framework.TypeString,
-			Description: "Hash: sha2-256 (default), sha2-384 or sha2-512. May also be given as the last path segment.",
+			Description: "Hash: sha2-256 (default), sha2-224, sha2-384, sha2-512, sha3-224, sha3-256, sha3-384, sha3-512, or sha1 (verify only). Hashed by the plugin, the digest signed by the HSM (RSA-PSS with a hash the token lacks is encoded by the plugin and signed raw). May also be given as the last path segment.",
 		},
 		"algorithm": {
 			Type:        framework.TypeString,
@@ -142,6 +143,9 @@ func (b *backend) signingRequest(ctx context.Context, req *logical.Request, d *f
 	opts, msg := readSignOptions(signRequestFrom(d), kt)
 	if msg != "" {
 		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	}
+	if opts.hash == crypto.SHA1 && op == opSign {
+		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("hash_algorithm sha1 verifies old signatures only; sign with sha2-256 or stronger"), logical.ErrInvalidRequest
 	}
 	return client, k, opts, items, batch, nil, nil
 }

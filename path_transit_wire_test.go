@@ -134,3 +134,36 @@ func (b *backend) mustKey(t *testing.T, s logical.Storage, name string) *keyEntr
 	}
 	return k
 }
+
+// Transit's other hash_algorithm values: hashed by the plugin, signed over
+// the digest by the HSM; sha1 verifies only.
+func TestSignWithEveryTransitHash(t *testing.T) {
+	for _, tok := range []string{"softhsm2", "nss"} {
+		t.Run(tok, func(t *testing.T) {
+			m := configuredMount(t, nil)
+			if tok == "nss" {
+				m = nssMount(t)
+			}
+			m.mustOK(logical.UpdateOperation, "keys/rsa", map[string]interface{}{"type": "rsa-2048"})
+			m.mustOK(logical.UpdateOperation, "keys/ec", map[string]interface{}{"type": "ecdsa-p256"})
+			input := "aGVsbG8="
+			for _, h := range []string{"sha2-224", "sha3-224", "sha3-256", "sha3-384", "sha3-512"} {
+				for _, c := range []struct{ key, scheme string }{{"ec", ""}, {"rsa", "pkcs1v15"}, {"rsa", "pss"}} {
+					data := map[string]interface{}{"input": input, "hash_algorithm": h}
+					if c.scheme != "" {
+						data["signature_algorithm"] = c.scheme
+					}
+					resp, err := m.do(logical.UpdateOperation, "sign/"+c.key, data)
+					if err != nil || resp == nil || resp.IsError() {
+						t.Fatalf("sign %s %s %s: %v %v", c.key, h, c.scheme, err, respError(resp))
+					}
+					data["signature"] = resp.Data["signature"]
+					if v := m.mustOK(logical.UpdateOperation, "verify/"+c.key, data).Data["valid"]; v != true {
+						t.Fatalf("verify %s %s %s: %v", c.key, h, c.scheme, v)
+					}
+				}
+			}
+			m.mustFail(logical.UpdateOperation, "sign/ec", map[string]interface{}{"input": input, "hash_algorithm": "sha1"}, "verifies old signatures only")
+		})
+	}
+}

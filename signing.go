@@ -3,6 +3,8 @@ package hsmkms
 import (
 	"crypto"
 	"crypto/rsa"
+	_ "crypto/sha1" // registers SHA-1 for verifying old signatures
+	_ "crypto/sha3" // registers SHA-3 for sign and verify
 	"fmt"
 	"slices"
 	"strconv"
@@ -25,6 +27,29 @@ var hashAlgorithms = map[string]crypto.Hash{
 	"sha2-256": crypto.SHA256,
 	"sha2-384": crypto.SHA384,
 	"sha2-512": crypto.SHA512,
+}
+
+// signHashes are the hashes sign and verify take: the plugin hashes, the
+// HSM signs the digest. sha1 verifies old signatures only, as in Transit.
+var signHashes = map[string]crypto.Hash{
+	"sha1":     crypto.SHA1,
+	"sha2-224": crypto.SHA224,
+	"sha2-256": crypto.SHA256,
+	"sha2-384": crypto.SHA384,
+	"sha2-512": crypto.SHA512,
+	"sha3-224": crypto.SHA3_224,
+	"sha3-256": crypto.SHA3_256,
+	"sha3-384": crypto.SHA3_384,
+	"sha3-512": crypto.SHA3_512,
+}
+
+func signHashNames() string {
+	names := make([]string, 0, len(signHashes))
+	for n := range signHashes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }
 
 // jwaAlgorithms maps the seeds' JWA names to key family, hash and scheme.
@@ -105,9 +130,9 @@ func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
 		}
 	}
 
-	hash, ok := hashAlgorithms[hashName]
+	hash, ok := signHashes[hashName]
 	if !ok {
-		return opts, fmt.Sprintf("hash_algorithm %q is not one of: sha2-256, sha2-384, sha2-512", hashName)
+		return opts, fmt.Sprintf("hash_algorithm %q is not one of: %s", hashName, signHashNames())
 	}
 	opts.hash = hash
 
