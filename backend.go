@@ -104,7 +104,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathConfigKeys()},
-			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig()},
+			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig(), b.pathKeyTrim(), b.pathHash(), b.pathCacheConfig()},
 			b.pathKeys(),
 			b.pathImport(),
 			[]*framework.Path{b.pathAdopt(), b.pathWrappingKey()},

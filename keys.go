@@ -244,6 +244,7 @@ type keyEntry struct {
 	LatestVersion        int                 `json:"latest_version"`
 	MinDecryptionVersion int                 `json:"min_decryption_version"`
 	MinEncryptionVersion int                 `json:"min_encryption_version"`
+	MinAvailableVersion  int                 `json:"min_available_version,omitempty"` // versions below it were trimmed
 	Versions             map[int]*keyVersion `json:"versions"`
 	// Imported: the key was made by import or adopt (Transit's
 	// imported_key); it rotates only when AllowRotation is set.
@@ -375,7 +376,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"type":                   k.Type,
 		"keys":                   versions,
 		"latest_version":         k.LatestVersion,
-		"min_available_version":  0,
+		"min_available_version":  k.MinAvailableVersion,
 		"min_decryption_version": k.MinDecryptionVersion,
 		"min_encryption_version": k.MinEncryptionVersion,
 		"deletion_allowed":       k.DeletionAllowed,

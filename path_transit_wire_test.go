@@ -167,3 +167,37 @@ func TestSignWithEveryTransitHash(t *testing.T) {
 		})
 	}
 }
+
+func TestHashTrimAndCacheConfig(t *testing.T) {
+	m := configuredMount(t, nil)
+	sum := m.mustOK(logical.UpdateOperation, "hash/sha3-256", map[string]interface{}{"input": "ZGF0YQ=="}).Data["sum"]
+	// sha3-256("data"), as openssl dgst -sha3-256 gives it.
+	if sum != "efda893aa850b0c0e61f33325615b9d93bcf6b42d60d8f5d37ebc720fd4e3daf" {
+		t.Fatalf("sum %v", sum)
+	}
+	m.mustFail(logical.UpdateOperation, "hash/md5", map[string]interface{}{"input": "ZGF0YQ=="}, "algorithm")
+
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	old := m.mustOK(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": "aGk="}).Data["ciphertext"]
+	m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	m.mustFail(logical.UpdateOperation, "keys/k/trim", map[string]interface{}{"min_available_version": 2}, "min_decryption_version")
+	id := m.objectID("k", 1)
+	m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{"min_decryption_version": 2})
+	resp := m.mustOK(logical.UpdateOperation, "keys/k/trim", map[string]interface{}{"min_available_version": 2})
+	if resp.Data["min_available_version"] != 2 || len(resp.Data["keys"].(map[string]interface{})) != 2 {
+		t.Fatalf("after trim: %v", resp.Data)
+	}
+	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
+	if ok, err := client.ObjectExists(context.Background(), id); err != nil || ok {
+		t.Fatalf("trimmed version's object: exists=%v %v", ok, err)
+	}
+	m.mustFail(logical.UpdateOperation, "decrypt/k", map[string]interface{}{"ciphertext": old}, "min_decryption_version")
+	m.mustFail(logical.UpdateOperation, "keys/k/trim", map[string]interface{}{"min_available_version": 1}, "below the current")
+
+	m.mustOK(logical.UpdateOperation, "cache-config", map[string]interface{}{"size": 500})
+	if size := m.mustOK(logical.ReadOperation, "cache-config", nil).Data["size"]; size != 500 {
+		t.Fatalf("cache-config size %v", size)
+	}
+	m.mustFail(logical.UpdateOperation, "cache-config", map[string]interface{}{"size": 3}, "at least 10")
+}
