@@ -28,6 +28,10 @@ const (
 	opUnwrapKey = "unwrapKey"
 	opSign      = "sign"
 	opVerify    = "verify"
+	// opHMAC is not a key operation: it names the hmac path's check (HMAC
+	// keys need sign; AES keys allow it, as in Transit).
+	opHMAC       = "hmac"
+	opHMACVerify = "hmac verification"
 )
 
 // keyType describes one key type the mount can create.
@@ -194,6 +198,9 @@ type keyVersion struct {
 	// while cached.
 	Blob       []byte `json:"blob,omitempty"`
 	KEKVersion int    `json:"kek_version,omitempty"`
+	// HMACObjectID is an AES version's companion generic secret, made with
+	// the version, for hmac as Transit allows it with any key.
+	HMACObjectID []byte `json:"hmac_object_id,omitempty"`
 }
 
 // wrapped: the version is kept in storage, wrapped by a KEK.
@@ -266,6 +273,16 @@ func (k *keyEntry) allows(op string) bool { return slices.Contains(k.Operations,
 func (k *keyEntry) usable(op string) string {
 	if k.State != stateActive {
 		return fmt.Sprintf("key %q is deactivated; activate it (keys/%s/activate) to use it", k.Name, k.Name)
+	}
+	if op == opHMAC || op == opHMACVerify {
+		switch k.keyType().family {
+		case familyAES:
+			return ""
+		case familyHMAC:
+			op = map[string]string{opHMAC: opSign, opHMACVerify: opVerify}[op]
+		default:
+			return fmt.Sprintf("key %q is of type %s; hmac needs a key of type hmac or an AES key", k.Name, k.Type)
+		}
 	}
 	if !k.allows(op) {
 		return fmt.Sprintf("key %q does not allow the %s operation; its operations are: %s", k.Name, op, strings.Join(k.Operations, ", "))
@@ -353,6 +370,10 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		}
 		if kv.wrapped() {
 			objects[strconv.Itoa(v)]["kek_version"] = kv.KEKVersion
+		}
+		if kv.HMACObjectID != nil {
+			objects[strconv.Itoa(v)]["hmac_id"] = hex.EncodeToString(kv.HMACObjectID)
+			objects[strconv.Itoa(v)]["hmac_label"] = kv.Label + "/hmac"
 		}
 		if !kt.asymmetric() {
 			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()

@@ -119,6 +119,11 @@ func (b *backend) pathKeyTrimWrite(ctx context.Context, req *logical.Request, d 
 		if v >= minAvailable {
 			continue
 		}
+		if kv.HMACObjectID != nil {
+			if err := client.DestroyObjects(ctx, kv.HMACObjectID); err != nil {
+				return respondError(fmt.Sprintf("trim key %q", k.Name), err)
+			}
+		}
 		switch {
 		case kv.wrapped():
 			client.ForgetUnwrapped(kv.ObjectID)

@@ -56,7 +56,7 @@ hmac field. Keys of type hmac only.
 // hmacHash reads the algorithm from the URL, body, or Transit's older field.
 // Imported keys skip the size check: a JWK's short key is padded on the
 // token (the same HMAC), and a BYOK key's size is the token's to judge.
-func hmacHash(d *framework.FieldData, kt keyType, imported bool) (hashName string, msg string) {
+func hmacHash(d *framework.FieldData, bits int, imported bool) (hashName string, msg string) {
 	hashName = "sha2-256"
 	for _, f := range []string{"urlalgorithm", "algorithm", "hash_algorithm"} {
 		if v, ok := d.GetOk(f); ok && v.(string) != "" {
@@ -68,21 +68,18 @@ func hmacHash(d *framework.FieldData, kt keyType, imported bool) (hashName strin
 	if !ok {
 		return "", "algorithm " + hashName + " is not one of: sha2-256, sha2-384, sha2-512"
 	}
-	if !imported && kt.bits < hash.Size()*8 {
-		return "", fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", kt.bits, hashName, hash.Size()*8)
+	if !imported && bits < hash.Size()*8 {
+		return "", fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
 	}
 	return hashName, ""
 }
 
 func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opSign, []string{"input", "key_version", "reference"})
+	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opHMAC, []string{"input", "key_version", "reference"})
 	if resp != nil || err != nil {
 		return resp, err
 	}
-	if k.keyType().family != familyHMAC {
-		return logical.ErrorResponse("key %q is of type %s; hmac needs a key of type hmac", k.Name, k.Type), logical.ErrInvalidRequest
-	}
-	hashName, msg := hmacHash(d, k.keyType(), k.Imported)
+	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
 	if msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
@@ -115,6 +112,12 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, k
 	if err != nil {
 		return nil, userErrorf("input is not valid base64")
 	}
+	if k.keyType().family == familyAES {
+		if kv.HMACObjectID == nil {
+			return nil, userErrorf("this version of AES key %q has no HMAC key: it was made before AES keys got one, or is wrapped or adopted; rotate the key (a new version gets one), or use a key of type hmac", k.Name)
+		}
+		return client.HMAC(ctx, kv.HMACObjectID, hashAlgorithms[hashName], data)
+	}
 	release, err := b.pinVersion(ctx, client, k, kv)
 	if err != nil {
 		return nil, err
@@ -123,13 +126,25 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, k
 	return client.HMAC(ctx, kv.ObjectID, hashAlgorithms[hashName], data)
 }
 
+// hmacCompanionBits is the size of an AES version's HMAC key: enough for
+// HMAC-SHA-512.
+const hmacCompanionBits = 512
+
+// hmacKeyBits is the size of the key hmac uses for k.
+func hmacKeyBits(k *keyEntry) int {
+	if k.keyType().family == familyAES {
+		return hmacCompanionBits
+	}
+	return k.keyType().bits
+}
+
 // verifyHMACItems checks HMACs made by hmac: computed again in the HSM with
 // the version the HMAC names, compared in constant time.
 func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *keyEntry, d *framework.FieldData, items []cryptoItem) ([]batchResult, string) {
-	if k.keyType().family != familyHMAC {
-		return nil, "key " + k.Name + " is of type " + k.Type + "; hmac verification needs a key of type hmac"
+	if f := k.keyType().family; f != familyHMAC && f != familyAES {
+		return nil, "key " + k.Name + " is of type " + k.Type + "; hmac verification needs a key of type hmac or an AES key"
 	}
-	hashName, msg := hmacHash(d, k.keyType(), k.Imported)
+	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
 	if msg != "" {
 		return nil, msg
 	}

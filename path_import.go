@@ -412,12 +412,19 @@ func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, cl
 	if r.keyType.family == familyHMAC && r.ciphertext != nil && got.ValueLen > 0 && version == 1 {
 		k.Bits = got.ValueLen * 8
 	}
-	return b.storeNewVersionLocked(ctx, s, k, version, kv, walID)
+	companionWAL := ""
+	if r.keyType.family == familyAES {
+		if kv.HMACObjectID, companionWAL, err = b.makeHMACCompanion(ctx, s, client, k.Name, label); err != nil {
+			b.undoObject(ctx, s, client, walID, id)
+			return err
+		}
+	}
+	return b.storeNewVersionLocked(ctx, s, k, version, kv, walID, companionWAL)
 }
 
 // storeNewVersionLocked adds kv as version and stores k; on a failed write
 // the object is left to the WAL rollback, which looks in storage first.
-func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, walID string) error {
+func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, walIDs ...string) error {
 	k.Versions[version] = kv
 	k.LatestVersion = version
 	if err := b.saveKey(ctx, s, k); err != nil {
@@ -425,7 +432,10 @@ func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, 
 		k.LatestVersion = version - 1
 		return err
 	}
-	if walID != "" {
+	for _, walID := range walIDs {
+		if walID == "" {
+			continue
+		}
 		if err := framework.DeleteWAL(ctx, s, walID); err != nil {
 			b.Logger().Warn("could not delete WAL entry after adding a key version", "key", k.Name, "error", err)
 		}

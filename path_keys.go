@@ -469,7 +469,15 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 		b.undoObject(ctx, s, client, walID, id)
 		return err
 	}
-	k.Versions[version] = &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), PublicKey: publicKey}
+	kv := &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), PublicKey: publicKey}
+	companionWAL := ""
+	if k.keyType().family == familyAES {
+		if kv.HMACObjectID, companionWAL, err = b.makeHMACCompanion(ctx, s, client, k.Name, label); err != nil {
+			b.undoObject(ctx, s, client, walID, id)
+			return err
+		}
+	}
+	k.Versions[version] = kv
 	k.LatestVersion = version
 	if err := b.saveKey(ctx, s, k); err != nil {
 		delete(k.Versions, version)
@@ -477,12 +485,36 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 		b.Logger().Warn("storing a new key version failed; its HSM object is left to the WAL rollback", "key", k.Name, "version", version, "error", err)
 		return err
 	}
-	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		// The version is complete; the rollback will find it in storage and
-		// leave its object alone.
-		b.Logger().Warn("could not delete WAL entry after creating a key version", "key", k.Name, "error", err)
+	for _, w := range []string{walID, companionWAL} {
+		if w == "" {
+			continue
+		}
+		if err := framework.DeleteWAL(ctx, s, w); err != nil {
+			// The version is complete; the rollback will find it in
+			// storage and leave its objects alone.
+			b.Logger().Warn("could not delete WAL entry after creating a key version", "key", k.Name, "error", err)
+		}
 	}
 	return nil
+}
+
+// makeHMACCompanion makes the generic secret an AES version computes hmac
+// with (Transit gives every key an HMAC key), under its own WAL entry,
+// which the caller deletes once the version is stored.
+func (b *backend) makeHMACCompanion(ctx context.Context, s logical.Storage, client *hsm.Client, name, label string) ([]byte, string, error) {
+	id, err := client.NewObjectID(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: name, ObjectID: hex.EncodeToString(id)})
+	if err != nil {
+		return nil, "", fmt.Errorf("writing WAL: %w", err)
+	}
+	if err := client.GenerateHMACKey(ctx, id, label+"/hmac", hmacCompanionBits, hsm.Usage{Sign: true, Verify: true}); err != nil {
+		b.undoObject(ctx, s, client, walID, id)
+		return nil, "", err
+	}
+	return id, walID, nil
 }
 
 // undoObject destroys an object whose key could not be completed and drops
@@ -548,7 +580,7 @@ func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind st
 	}
 	if k != nil {
 		for _, v := range k.Versions {
-			if bytes.Equal(v.ObjectID, objectID) {
+			if bytes.Equal(v.ObjectID, objectID) || bytes.Equal(v.HMACObjectID, objectID) {
 				return nil
 			}
 		}
@@ -588,6 +620,11 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 		if kv.wrapped() {
 			client.ForgetUnwrapped(kv.ObjectID)
 			continue
+		}
+		if kv.HMACObjectID != nil {
+			if err := client.DestroyObjects(ctx, kv.HMACObjectID); err != nil {
+				return respondError(fmt.Sprintf("destroy the HMAC key of version %d of key %q", v, name), err)
+			}
 		}
 		if !kv.ownsObject() {
 			continue // a public key, or an adopted object the key only borrowed

@@ -219,7 +219,7 @@ func isHMACVerify(d *framework.FieldData) bool {
 }
 
 func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opVerify, []string{"input", "hmac", "reference"})
+	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opHMACVerify, []string{"input", "hmac", "reference"})
 	if resp != nil || err != nil {
 		return resp, err
 	}

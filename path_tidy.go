@@ -201,6 +201,9 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 			}
 			id := hex.EncodeToString(kv.ObjectID)
 			used[id] = true
+			if kv.HMACObjectID != nil {
+				used[hex.EncodeToString(kv.HMACObjectID)] = true
+			}
 			// Adopted objects keep their own labels, so the list by
 			// this plugin's label prefix never holds them.
 			if kv.origin() != originAdopted && !containsObject(objects, kv.ObjectID) {

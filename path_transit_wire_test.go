@@ -201,3 +201,42 @@ func TestHashTrimAndCacheConfig(t *testing.T) {
 	}
 	m.mustFail(logical.UpdateOperation, "cache-config", map[string]interface{}{"size": 3}, "at least 10")
 }
+
+// hmac with an AES key, as Transit allows: each version has a companion
+// generic secret in the HSM, made with the version, destroyed with it.
+func TestHMACWithAESKeys(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/aes", nil)
+	input := map[string]interface{}{"input": "aGk="}
+	mac1 := m.mustOK(logical.UpdateOperation, "hmac/aes", input).Data["hmac"].(string)
+	if again := m.mustOK(logical.UpdateOperation, "hmac/aes", input).Data["hmac"]; again != mac1 {
+		t.Fatal("hmac is not stable")
+	}
+	m.mustOK(logical.UpdateOperation, "keys/aes/rotate", nil)
+	mac2 := m.mustOK(logical.UpdateOperation, "hmac/aes/sha2-512", input).Data["hmac"].(string)
+	if mac2[:9] != "vault:v2:" {
+		t.Fatalf("hmac after rotation: %s", mac2)
+	}
+	for _, mac := range []string{mac1, mac2} {
+		data := map[string]interface{}{"input": "aGk=", "hmac": mac}
+		if mac == mac2 {
+			data["algorithm"] = "sha2-512"
+		}
+		if v := m.mustOK(logical.UpdateOperation, "verify/aes", data).Data["valid"]; v != true {
+			t.Fatalf("verify %s: %v", mac, v)
+		}
+	}
+	k := m.b.mustKey(t, m.storage, "aes")
+	companion := k.Versions[1].HMACObjectID
+	if companion == nil {
+		t.Fatal("version 1 has no HMAC companion")
+	}
+	m.mustOK(logical.UpdateOperation, "keys/aes/config", map[string]interface{}{"deletion_allowed": true})
+	m.mustOK(logical.DeleteOperation, "keys/aes", nil)
+	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
+	if ok, err := client.ObjectExists(context.Background(), companion); err != nil || ok {
+		t.Fatalf("the HMAC companion survived the key: %v %v", ok, err)
+	}
+	m.mustOK(logical.UpdateOperation, "keys/ec", map[string]interface{}{"type": "ecdsa-p256"})
+	m.mustFail(logical.UpdateOperation, "hmac/ec", input, "hmac needs a key of type hmac or an AES key")
+}
