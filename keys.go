@@ -48,14 +48,17 @@ const (
 	familyAES  = "aes"
 	familyRSA  = "rsa"
 	familyEC   = "ec"
-	familyHMAC = "hmac"
+	familyHMAC    = "hmac"
+	familyEd25519 = "ed25519"
 )
 
 // defaultHMACBits: long enough for HMAC-SHA-512, which some tokens (SoftHSM
 // among them) refuse with a key shorter than the hash.
 const defaultHMACBits = 512
 
-func (kt keyType) asymmetric() bool { return kt.family == familyRSA || kt.family == familyEC }
+func (kt keyType) asymmetric() bool {
+	return kt.family == familyRSA || kt.family == familyEC || kt.family == familyEd25519
+}
 
 const defaultKeyType = "aes256-gcm96"
 
@@ -76,6 +79,7 @@ var keyTypes = map[string]keyType{
 	"ecdsa-p384":   {name: "ecdsa-p384", family: familyEC, curve: "P-384", allowedOps: signingOps, defaultOps: signingOps},
 	"ecdsa-p521":   {name: "ecdsa-p521", family: familyEC, curve: "P-521", allowedOps: signingOps, defaultOps: signingOps},
 	"hmac":         {name: "hmac", family: familyHMAC, bits: defaultHMACBits, allowedOps: signingOps, defaultOps: signingOps},
+	"ed25519":      {name: "ed25519", family: familyEd25519, allowedOps: signingOps, defaultOps: signingOps},
 }
 
 // plannedKeyTypes are in the API contract but not built yet; naming one is
@@ -384,7 +388,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		versions[strconv.Itoa(v)] = map[string]interface{}{
 			"name":              transitKeyName(kt),
 			"creation_time":     kv.CreationTime.Format(time.RFC3339Nano),
-			"public_key":        publicKeyPEM(kv.PublicKey),
+			"public_key":        transitPublicKey(kt, kv.PublicKey),
 			"certificate_chain": "",
 			"hybrid_public_key": "",
 		}

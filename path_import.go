@@ -192,6 +192,9 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 	if msg != "" {
 		return importRequest{}, msg
 	}
+	if kt.family == familyEd25519 {
+		return importRequest{}, "type ed25519 cannot be imported: Ed25519 keys are generated in the HSM (keys/:name type=ed25519)"
+	}
 	return importRequest{ciphertext: blob, hash: hash, keyType: kt}, ""
 }
 

@@ -77,7 +77,7 @@ func (b *backend) pathKeys() []*framework.Path {
 				"type": {
 					Type: framework.TypeString,
 					Description: "Key type: aes128-gcm96, aes192-gcm96, aes256-gcm96, rsa-2048, rsa-3072, rsa-4096, ecdsa-p256, " +
-						"ecdsa-p384 or ecdsa-p521 (Transit's names), or the JWK form: 'oct' or 'RSA' with size, 'EC' with curve. Default aes256-gcm96.",
+						"ecdsa-p384, ecdsa-p521, hmac or ed25519 (Transit's names; ed25519 where the token has CKM_EDDSA, e.g. SoftHSM2 2.6, not NSS softokn), or the JWK form: 'oct' or 'RSA' with size, 'EC' with curve. Default aes256-gcm96.",
 					Default: defaultKeyType,
 				},
 				"size": {
@@ -264,6 +264,9 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	if p.residency != residencyHSM && p.residency != residencyWrapped {
 		return logical.ErrorResponse("residency %q is not one of: hsm, wrapped", p.residency), logical.ErrInvalidRequest
 	}
+	if p.residency == residencyWrapped && kt.family == familyEd25519 {
+		return logical.ErrorResponse("type ed25519 is available with residency 'hsm' only; give residency=hsm"), logical.ErrInvalidRequest
+	}
 	if p.autoRotatePeriod != 0 && p.autoRotatePeriod < minAutoRotatePeriod {
 		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
 	}
@@ -385,6 +388,8 @@ func (b *backend) generateVersion(ctx context.Context, client *hsm.Client, kt ke
 		pub, err = client.GenerateECKeyPair(ctx, id, label, kt.curve, use)
 	case familyHMAC:
 		return nil, client.GenerateHMACKey(ctx, id, label, kt.bits, use)
+	case familyEd25519:
+		pub, err = client.GenerateEd25519KeyPair(ctx, id, label, use)
 	default:
 		return nil, fmt.Errorf("key type %s has no generator", kt.name)
 	}

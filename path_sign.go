@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/base64"
@@ -238,10 +239,18 @@ func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *f
 }
 
 // digestOf hashes the input, or checks the length of a prehashed one.
-func digestOf(opts signOptions, input string) ([]byte, error) {
+// digestOf hashes the input, or checks a prehashed one; Ed25519 signs the
+// message itself, as in Transit.
+func digestOf(opts signOptions, input string, kt keyType) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(input)
 	if err != nil {
 		return nil, userErrorf("input is not valid base64")
+	}
+	if kt.family == familyEd25519 {
+		if opts.prehashed {
+			return nil, userErrorf("ed25519 signs the message itself; prehashed input is not supported")
+		}
+		return data, nil
 	}
 	if opts.prehashed {
 		if len(data) != opts.hash.Size() {
@@ -264,7 +273,7 @@ func hashName(opts signOptions) string {
 }
 
 func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry, opts signOptions, item cryptoItem) (string, int, error) {
-	digest, err := digestOf(opts, item.Input)
+	digest, err := digestOf(opts, item.Input, k.keyType())
 	if err != nil {
 		return "", 0, err
 	}
@@ -297,6 +306,8 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry,
 		if err == nil && !opts.jws {
 			sig, err = rawToASN1(sig)
 		}
+	case ed25519.PublicKey:
+		sig, err = client.SignEd25519(ctx, kv.ObjectID, pub, digest) // digestOf left the message whole
 	}
 	if err != nil {
 		return "", 0, err
@@ -313,7 +324,7 @@ func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bo
 	if msg != "" {
 		return false, userError{msg: strings.Replace(msg, "ciphertext", "signature", 1)}
 	}
-	digest, err := digestOf(opts, item.Input)
+	digest, err := digestOf(opts, item.Input, k.keyType())
 	if err != nil {
 		return false, err
 	}
@@ -336,6 +347,8 @@ func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bo
 			return false, nil
 		}
 		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), nil
+	case ed25519.PublicKey:
+		return ed25519.Verify(pub, digest, sig), nil
 	}
 	return false, nil
 }

@@ -2,6 +2,8 @@ package hsmkms
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -239,4 +241,28 @@ func TestHMACWithAESKeys(t *testing.T) {
 	}
 	m.mustOK(logical.UpdateOperation, "keys/ec", map[string]interface{}{"type": "ecdsa-p256"})
 	m.mustFail(logical.UpdateOperation, "hmac/ec", input, "hmac needs a key of type hmac or an AES key")
+}
+
+// Ed25519 keys where the token has them (SoftHSM 2.6), as Transit shows
+// them; a 400 that says so where it has not (NSS).
+func TestEd25519Keys(t *testing.T) {
+	m := configuredMount(t, nil)
+	resp := m.mustOK(logical.UpdateOperation, "keys/ed", map[string]interface{}{"type": "ed25519"})
+	v1 := resp.Data["keys"].(map[string]interface{})["1"].(map[string]interface{})
+	raw, err := base64.StdEncoding.DecodeString(v1["public_key"].(string))
+	if err != nil || len(raw) != ed25519.PublicKeySize || v1["name"] != "ed25519" {
+		t.Fatalf("keys.1: %v", v1)
+	}
+	msg := []byte("message")
+	sig := m.mustOK(logical.UpdateOperation, "sign/ed", map[string]interface{}{"input": base64.StdEncoding.EncodeToString(msg)}).Data["signature"].(string)
+	sigRaw, _ := base64.StdEncoding.DecodeString(sig[len("vault:v1:"):])
+	if !ed25519.Verify(ed25519.PublicKey(raw), msg, sigRaw) {
+		t.Fatal("the Ed25519 signature does not verify with the key read back")
+	}
+	if v := m.mustOK(logical.UpdateOperation, "verify/ed", map[string]interface{}{"input": base64.StdEncoding.EncodeToString(msg), "signature": sig}).Data["valid"]; v != true {
+		t.Fatalf("verify: %v", v)
+	}
+	m.mustFail(logical.UpdateOperation, "keys/edw", map[string]interface{}{"type": "ed25519", "residency": "wrapped"}, "residency 'hsm' only")
+	nss := nssMount(t)
+	nss.mustFail(logical.UpdateOperation, "keys/ed", map[string]interface{}{"type": "ed25519"}, "has no Ed25519")
 }

@@ -3,8 +3,10 @@ package hsmkms
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -19,7 +21,21 @@ func transitKeyName(kt keyType) string {
 	if kt.family == familyEC {
 		return kt.curve
 	}
-	return kt.name
+	return kt.name // rsa-2048 ..., ed25519
+}
+
+// transitPublicKey is a version's public key as Transit shows it: PEM, or
+// for Ed25519 the base64 of the raw 32-byte key.
+func transitPublicKey(kt keyType, der []byte) string {
+	if kt.family == familyEd25519 {
+		if pub, err := x509.ParsePKIXPublicKey(der); err == nil {
+			if raw, ok := pub.(ed25519.PublicKey); ok {
+				return base64.StdEncoding.EncodeToString(raw)
+			}
+		}
+		return ""
+	}
+	return publicKeyPEM(der)
 }
 
 // publicKeyPEM is Transit's form of a public key: PKIX in a PEM block.
@@ -57,7 +73,7 @@ func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("stored public key: %w", err)
 	}
 	switch pub.(type) {
-	case *rsa.PublicKey, *ecdsa.PublicKey:
+	case *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey:
 	default:
 		return nil, fmt.Errorf("stored public key is a %T", pub)
 	}
@@ -71,7 +87,7 @@ func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
 	if version == "" {
 		for v, kv := range k.Versions {
 			if v >= k.MinDecryptionVersion {
-				out[fmt.Sprint(v)] = publicKeyPEM(kv.PublicKey)
+				out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
 			}
 		}
 		return out, ""
@@ -88,6 +104,6 @@ func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
 	if msg != "" {
 		return nil, msg
 	}
-	out[fmt.Sprint(v)] = publicKeyPEM(kv.PublicKey)
+	out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
 	return out, ""
 }
