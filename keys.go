@@ -45,9 +45,9 @@ type keyType struct {
 }
 
 const (
-	familyAES  = "aes"
-	familyRSA  = "rsa"
-	familyEC   = "ec"
+	familyAES     = "aes"
+	familyRSA     = "rsa"
+	familyEC      = "ec"
 	familyHMAC    = "hmac"
 	familyEd25519 = "ed25519"
 )
