@@ -48,7 +48,7 @@ func (b *backend) pathEncrypt() *framework.Path {
 	fields["name"] = nameField
 	fields["plaintext"] = &framework.FieldSchema{
 		Type:        framework.TypeString,
-		Description: "Base64 plaintext to encrypt; at most max_plaintext_bytes (default 4096) after decoding, and not empty.",
+		Description: "Base64 plaintext to encrypt; at most max_plaintext_bytes (default 4096) after decoding; empty is allowed, as in Transit.",
 	}
 	fields["key_version"] = &framework.FieldSchema{
 		Type:        framework.TypeInt,
