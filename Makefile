@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export CGO_ENABLED := 1
 
-.PHONY: dev test bench deps vault plugin unit e2e lint clean
+.PHONY: dev test bench deps vault openbao plugin unit e2e lint clean
 
 dev:
 	bash scripts/dev.sh
@@ -14,10 +14,14 @@ deps:
 vault: deps
 	bash scripts/build-vault.sh >/dev/null
 
+# OpenBao, which the e2e crypto suite also runs on.
+openbao: deps
+	bash scripts/build-openbao.sh >/dev/null
+
 plugin:
 	source scripts/lib.sh && build_plugin
 
-test: deps vault
+test: deps vault openbao
 	bash scripts/test.sh
 
 bench: deps vault
@@ -26,8 +30,8 @@ bench: deps vault
 unit: deps
 	go test -count=1 ./hsm/... ./internal/... .
 
-e2e: deps vault
-	HSMKMS_VAULT_BIN=$$(bash scripts/build-vault.sh) go test -count=1 -timeout 20m -v ./e2e/
+e2e: deps vault openbao
+	HSMKMS_VAULT_BIN=$$(bash scripts/build-vault.sh) HSMKMS_OPENBAO_BIN=$$(bash scripts/build-openbao.sh) go test -count=1 -timeout 20m -v ./e2e/
 
 lint:
 	test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }

@@ -8,7 +8,7 @@ import (
 )
 
 // LibraryDirsEnv names the environment variable, set when the plugin is
-// registered (`vault plugin register -env`), that lists the directories a
+// registered (the catalog's env, sys/plugins/catalog/secret/NAME), that lists the directories a
 // PKCS#11 module may be loaded from, separated by colons.
 const LibraryDirsEnv = "HSMKMS_LIBRARY_DIRS"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -265,4 +266,19 @@ func TestEd25519Keys(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "keys/edw", map[string]interface{}{"type": "ed25519", "residency": "wrapped"}, "residency 'hsm' only")
 	nss := nssMount(t)
 	nss.mustFail(logical.UpdateOperation, "keys/ed", map[string]interface{}{"type": "ed25519"}, "has no Ed25519")
+}
+
+// Vault asks encrypt's existence check (upsert) before the request; a
+// plaintext of the wrong type must not come back in its error.
+func TestExistenceCheckNeverEchoesTheValue(t *testing.T) {
+	m := configuredMount(t, nil)
+	for _, bad := range []interface{}{[]interface{}{"s3cret-value"}, map[string]interface{}{"x": "s3cret-value"}} {
+		_, _, err := m.b.HandleExistenceCheck(context.Background(), &logical.Request{
+			Operation: logical.UpdateOperation, Path: "encrypt/default", Storage: m.storage,
+			Data: map[string]interface{}{"plaintext": bad},
+		})
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "plaintext") {
+			t.Fatalf("existence check with a %T plaintext: %v", bad, err)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -25,6 +26,21 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 		}
 	}
 	return b.Backend.HandleRequest(ctx, req)
+}
+
+// HandleExistenceCheck runs the same check first: Vault asks the existence
+// check (encrypt's, for upsert) before the request, and the SDK's field
+// validation there quotes the submitted value in its error as well.
+func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	if len(req.Data) > 0 {
+		objectFieldsAsStrings(req.Data)
+		if p := b.Route(req.Path); p != nil {
+			if msg := checkFieldTypes(p.Fields, req.Data); msg != "" {
+				return false, false, errutil.UserError{Err: msg}
+			}
+		}
+	}
+	return b.Backend.HandleExistenceCheck(ctx, req)
 }
 
 // checkFieldTypes returns a message, naming the field and never its

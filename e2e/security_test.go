@@ -162,9 +162,10 @@ func TestBadInputGets4xxThroughVault(t *testing.T) {
 		body       map[string]interface{}
 	}{
 		{"invalid base64", "kms/encrypt/k", map[string]interface{}{"plaintext": "%%%"}},
-		{"empty plaintext", "kms/encrypt/k", map[string]interface{}{"plaintext": ""}},
+		{"missing plaintext", "kms/encrypt/k", map[string]interface{}{"key_version": 1}},
 		{"oversized plaintext", "kms/encrypt/k", map[string]interface{}{"plaintext": b64(strings.Repeat("z", 4097))}},
-		{"unknown key", "kms/encrypt/missing", map[string]interface{}{"plaintext": b64("x")}},
+		{"unknown key", "kms/decrypt/missing", map[string]interface{}{"ciphertext": ct}},
+		{"upsert of a type that cannot encrypt", "kms/encrypt/missing", map[string]interface{}{"plaintext": b64("x"), "type": "ecdsa-p256"}},
 		{"name with ..", "kms/encrypt/..%2Fx", map[string]interface{}{"plaintext": b64("x")}},
 		{"dot-dot path", "kms/encrypt/../x", map[string]interface{}{"plaintext": b64("x")}},
 		{"empty name", "kms/encrypt/", map[string]interface{}{"plaintext": b64("x")}},

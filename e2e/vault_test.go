@@ -1,7 +1,8 @@
 // Package e2e runs hsmkms inside a real Vault server, built by
 // scripts/build-vault.sh, on real tokens of both implementations the project
 // is tested on (SoftHSM2 and NSS softokn), and talks to it over HTTP with the
-// vault CLI and the Go api client.
+// vault CLI and the Go api client. The crypto suite also runs inside OpenBao,
+// built by scripts/build-openbao.sh, with OpenBao's own CLI.
 package e2e
 
 import (
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +34,7 @@ const pluginName = "vault-plugin-secrets-hsmkms"
 
 var (
 	vaultBin  string
+	baoBin    string
 	pluginDir string
 	pluginSHA string
 	// tokens holds two tokens of each kind, labelled "e2e" and "e2e-b",
@@ -77,6 +80,14 @@ func setup(m *testing.M) (int, error) {
 		}
 		vaultBin = strings.TrimSpace(string(out))
 	}
+	baoBin = os.Getenv("HSMKMS_OPENBAO_BIN")
+	if baoBin == "" {
+		out, err := exec.Command("bash", "../scripts/build-openbao.sh").Output()
+		if err != nil {
+			return 1, fmt.Errorf("no HSMKMS_OPENBAO_BIN and scripts/build-openbao.sh failed: %w", err)
+		}
+		baoBin = strings.TrimSpace(string(out))
+	}
 	work, err := os.MkdirTemp("", "hsmkms-e2e-")
 	if err != nil {
 		return 1, err
@@ -119,9 +130,53 @@ func setup(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
-// vaultServer is one running Vault process.
+// flavour is the server a vaultServer runs: Vault, or OpenBao, the fork
+// that the plugin must run in unchanged.
+type flavour string
+
+const (
+	vaultFlavour   flavour = "vault"
+	openBaoFlavour flavour = "openbao"
+)
+
+var (
+	openBaoTestsMu sync.Mutex
+	// openBaoTests are the names of the tests whose servers, and their
+	// subtests' servers, are OpenBao (see onOpenBao).
+	openBaoTests []string
+)
+
+// onOpenBao makes the servers that startDevVault and startPersistentVault
+// start for t and its subtests OpenBao dev servers, so that test bodies
+// written for Vault run unchanged on OpenBao.
+func onOpenBao(t *testing.T) {
+	openBaoTestsMu.Lock()
+	defer openBaoTestsMu.Unlock()
+	openBaoTests = append(openBaoTests, t.Name())
+	t.Cleanup(func() {
+		openBaoTestsMu.Lock()
+		defer openBaoTestsMu.Unlock()
+		openBaoTests = slices.DeleteFunc(openBaoTests, func(n string) bool { return n == t.Name() })
+	})
+}
+
+// flavourFor is the server t runs on: OpenBao under a test marked with
+// onOpenBao, else Vault.
+func flavourFor(t *testing.T) flavour {
+	openBaoTestsMu.Lock()
+	defer openBaoTestsMu.Unlock()
+	for _, n := range openBaoTests {
+		if t.Name() == n || strings.HasPrefix(t.Name(), n+"/") {
+			return openBaoFlavour
+		}
+	}
+	return vaultFlavour
+}
+
+// vaultServer is one running Vault (or OpenBao) process.
 type vaultServer struct {
 	t       *testing.T
+	flavour flavour          // "" is Vault, for servers made as struct literals
 	tok     *tokentest.Token // the token configure uses
 	addr    string
 	cmd     *exec.Cmd
@@ -142,12 +197,18 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startDevVault starts `vault server -dev` with the plugin directory set,
-// registers the plugin by SHA-256 and mounts it at kms/; configure then
-// points kms/ at tok.
+// startDevVault starts `vault server -dev` (`bao server -dev` under
+// onOpenBao) with the plugin directory set, registers the plugin by SHA-256
+// and mounts it at kms/; configure then points kms/ at tok.
 func startDevVault(t *testing.T, tok *tokentest.Token) *vaultServer {
 	t.Helper()
-	v := &vaultServer{t: t, tok: tok, port: freePort(t), token: "e2e-root"}
+	return startDevServer(t, tok, flavourFor(t))
+}
+
+// startDevServer is startDevVault on the server of flavour f.
+func startDevServer(t *testing.T, tok *tokentest.Token, f flavour) *vaultServer {
+	t.Helper()
+	v := &vaultServer{t: t, tok: tok, flavour: f, port: freePort(t), token: "e2e-root"}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "vault.hcl")
 	writeFile(t, cfg, fmt.Sprintf("plugin_directory = %q\n", pluginDir))
@@ -164,7 +225,7 @@ func startDevVault(t *testing.T, tok *tokentest.Token) *vaultServer {
 // initialising it on first use, and unseals it.
 func startPersistentVault(t *testing.T, tok *tokentest.Token, dataDir string, port int, unsealKey, rootToken string) (*vaultServer, string, string) {
 	t.Helper()
-	v := &vaultServer{t: t, tok: tok, port: port, dataDir: dataDir}
+	v := &vaultServer{t: t, tok: tok, flavour: flavourFor(t), port: port, dataDir: dataDir}
 	cfg := filepath.Join(dataDir, "vault.hcl")
 	writeFile(t, cfg, fmt.Sprintf(`
 plugin_directory = %q
@@ -206,16 +267,19 @@ func (v *vaultServer) forTest(t *testing.T) *vaultServer {
 func (v *vaultServer) start(dir string, args ...string) {
 	t := v.t
 	v.addr = fmt.Sprintf("http://127.0.0.1:%d", v.port)
-	v.logPath = filepath.Join(dir, fmt.Sprintf("vault-%d.log", time.Now().UnixNano()))
+	v.logPath = filepath.Join(dir, fmt.Sprintf("%s-%d.log", v.name(), time.Now().UnixNano()))
 	logFile, err := os.Create(v.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(vaultBin, args...)
+	cmd := exec.Command(v.bin(), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// SoftHSM2 reads its configuration from the environment; NSS needs
 	// nothing there (init_args in the mount's config is all of it).
 	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.softHSMConf(), "VAULT_ADDR="+v.addr)
+	if v.flavour == openBaoFlavour {
+		cmd.Env = append(cmd.Env, "BAO_ADDR="+v.addr)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -226,7 +290,7 @@ func (v *vaultServer) start(dir string, args ...string) {
 		logFile.Close()
 		if t.Failed() {
 			log, _ := os.ReadFile(v.logPath)
-			t.Logf("vault log (%s):\n%s", v.logPath, tail(string(log), 6000))
+			t.Logf("%s log (%s):\n%s", v.name(), v.logPath, tail(string(log), 6000))
 		}
 	})
 	cfg := api.DefaultConfig()
@@ -253,7 +317,35 @@ func (v *vaultServer) start(dir string, args ...string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	log, _ := os.ReadFile(v.logPath)
-	t.Fatalf("vault did not come up at %s:\n%s", v.addr, tail(string(log), 4000))
+	t.Fatalf("%s did not come up at %s:\n%s", v.name(), v.addr, tail(string(log), 4000))
+}
+
+// name is the server's kind as its logs and messages say it.
+func (v *vaultServer) name() string {
+	if v.flavour == openBaoFlavour {
+		return "openbao"
+	}
+	return "vault"
+}
+
+// bin is the server's binary, which is also its CLI.
+func (v *vaultServer) bin() string {
+	if v.flavour == openBaoFlavour {
+		return baoBin
+	}
+	return vaultBin
+}
+
+// clientEnv points the server's CLI at it. OpenBao's CLI reads BAO_*
+// first and VAULT_* only when the BAO_ one is absent, so both are set: a
+// BAO_ADDR in the tester's environment must not win. The format is set
+// empty so that a VAULT_FORMAT or BAO_FORMAT there does not change output.
+func (v *vaultServer) clientEnv() []string {
+	env := []string{"VAULT_ADDR=" + v.addr, "VAULT_TOKEN=" + v.token, "VAULT_FORMAT="}
+	if v.flavour == openBaoFlavour {
+		env = append(env, "BAO_ADDR="+v.addr, "BAO_TOKEN="+v.token, "BAO_FORMAT=")
+	}
+	return env
 }
 
 // softHSMConf is the SOFTHSM2_CONF of the server and its plugin: its
@@ -297,7 +389,7 @@ func (v *vaultServer) waitActive() {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	v.t.Fatal("vault did not become active")
+	v.t.Fatalf("%s did not become active", v.name())
 }
 
 // stop ends the Vault process (and, through its process group, its plugins).
@@ -318,9 +410,19 @@ func (v *vaultServer) stop() {
 	v.cmd = nil
 }
 
+// registerAndMount registers the plugin through the catalog API, which
+// Vault and OpenBao share (OpenBao's `plugin register` has no -env flag),
+// and mounts it at path.
 func (v *vaultServer) registerAndMount(path string) {
-	v.cli("plugin", "register", "-sha256="+pluginSHA, "-command="+pluginName,
-		"-env="+"HSMKMS_LIBRARY_DIRS="+libraryDirs, "secret", "hsmkms")
+	v.t.Helper()
+	status, resp := v.raw("PUT", "sys/plugins/catalog/secret/hsmkms", v.token, map[string]interface{}{
+		"sha256":  pluginSHA,
+		"command": pluginName,
+		"env":     []string{"HSMKMS_LIBRARY_DIRS=" + libraryDirs},
+	})
+	if status != http.StatusNoContent && status != http.StatusOK {
+		v.t.Fatalf("registering the plugin in %s's catalog: %d %v", v.name(), status, resp)
+	}
 	v.cli("secrets", "enable", "-path="+path, "hsmkms")
 }
 
@@ -345,19 +447,20 @@ func (v *vaultServer) configArgs(mount string, tok *tokentest.Token, extra ...st
 	return append(args, extra...)
 }
 
-// cli runs the vault CLI against this server and fails the test on error.
+// cli runs the server's CLI (vault or bao) against it and fails the test
+// on error.
 func (v *vaultServer) cli(args ...string) string {
 	v.t.Helper()
 	out, err := v.cliErr(args...)
 	if err != nil {
-		v.t.Fatalf("vault %s: %v\n%s", strings.Join(args, " "), err, out)
+		v.t.Fatalf("%s %s: %v\n%s", filepath.Base(v.bin()), strings.Join(args, " "), err, out)
 	}
 	return out
 }
 
 func (v *vaultServer) cliErr(args ...string) (string, error) {
-	cmd := exec.Command(vaultBin, args...)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.addr, "VAULT_TOKEN="+v.token, "VAULT_FORMAT=")
+	cmd := exec.Command(v.bin(), args...)
+	cmd.Env = append(os.Environ(), v.clientEnv()...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

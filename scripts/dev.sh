@@ -38,8 +38,9 @@ for _ in $(seq 1 100); do
 done
 
 sha=$(sha256sum bin/vault-plugin-secrets-hsmkms | cut -d' ' -f1)
-"$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms \
-  -env="HSMKMS_LIBRARY_DIRS=$(dirname "$(readlink -f "$library")"):$(dirname "$library")" secret hsmkms >/dev/null
+# Through the catalog API, as on OpenBao, whose `plugin register` has no -env.
+"$vault_bin" write sys/plugins/catalog/secret/hsmkms sha256="$sha" command=vault-plugin-secrets-hsmkms \
+  env="HSMKMS_LIBRARY_DIRS=$(dirname "$(readlink -f "$library")"):$(dirname "$library")" >/dev/null
 "$vault_bin" secrets enable -path=kms hsmkms >/dev/null
 "$vault_bin" write kms/config library="$library" token_label=hsmkms pin=@"$state/softhsm/pin" >/dev/null
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: formatting and vet, unit tests of hsm/ and the backend on
 # SoftHSM2, then end-to-end tests against a real Vault built by
-# scripts/build-vault.sh. Run after scripts/deps.sh.
+# scripts/build-vault.sh (the crypto suite also against OpenBao, built by
+# scripts/build-openbao.sh). Run after scripts/deps.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,6 +17,8 @@ go vet ./...
 go run honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2} ./...
 HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh)
 export HSMKMS_VAULT_BIN
+HSMKMS_OPENBAO_BIN=$(bash scripts/build-openbao.sh)
+export HSMKMS_OPENBAO_BIN
 go test -count=1 -timeout 30m ./...
 # The races the code guards against, under the race detector: the key
 # cache's fill against writers, Close against calls, the pool's bound.
