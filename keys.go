@@ -379,6 +379,9 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 			objects[strconv.Itoa(v)]["hmac_id"] = hex.EncodeToString(kv.HMACObjectID)
 			objects[strconv.Itoa(v)]["hmac_label"] = kv.Label + "/hmac"
 		}
+		if v < k.MinDecryptionVersion {
+			continue // Transit lists only the versions that still decrypt
+		}
 		if !kt.asymmetric() {
 			versions[strconv.Itoa(v)] = kv.CreationTime.Unix()
 			continue
@@ -396,7 +399,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 			jwks[strconv.Itoa(v)] = jwk
 		}
 	}
-	return map[string]interface{}{
+	resp := map[string]interface{}{
 		"name":                   k.Name,
 		"type":                   k.Type,
 		"keys":                   versions,
@@ -423,6 +426,10 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"hsm_objects":            objects,
 		"public_jwks":            jwks,
 	}
+	if kt.family == familyHMAC {
+		resp["key_size"] = kt.bits / 8 // Transit's, in bytes; the Terraform provider needs it
+	}
+	return resp
 }
 
 // userError is a failure the caller caused; it becomes a 400.

@@ -282,3 +282,18 @@ func TestExistenceCheckNeverEchoesTheValue(t *testing.T) {
 		}
 	}
 }
+
+// What the Terraform provider reads: an HMAC key's key_size, and only the
+// versions that still decrypt in keys, as in Transit.
+func TestKeyReadAsTheTerraformProviderNeedsIt(t *testing.T) {
+	m := configuredMount(t, nil)
+	if size := m.mustOK(logical.UpdateOperation, "keys/mac", map[string]interface{}{"type": "hmac", "key_size": 32}).Data["key_size"]; size != 32 {
+		t.Fatalf("hmac key_size %v", size)
+	}
+	m.mustOK(logical.UpdateOperation, "keys/k", nil)
+	m.mustOK(logical.UpdateOperation, "keys/k/rotate", nil)
+	keys := m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{"min_decryption_version": 2}).Data["keys"].(map[string]interface{})
+	if _, old := keys["1"]; old || len(keys) != 1 {
+		t.Fatalf("keys after min_decryption_version=2: %v", keys)
+	}
+}

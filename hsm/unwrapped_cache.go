@@ -191,6 +191,9 @@ func (u *unwrappedCache) unpin(e *cacheEntry) {
 	u.locked(func() {
 		e.pins--
 		e.lastUse = time.Now()
+		if el, ok := u.entries[e.id]; ok && el.Value == e {
+			u.lru.MoveToFront(el) // the list stays ordered by last use
+		}
 		if e.released && e.pins == 0 {
 			u.destroyLocked(e)
 		}
@@ -229,6 +232,14 @@ func (u *unwrappedCache) load(p11 PKCS11, sh pkcs11.SessionHandle, key string, w
 		return nil, err
 	}
 	u.unwraps.Add(1)
+	// The handle goes straight into the lookup cache: a search would
+	// scan every object on the token, cached copies included (SoftHSM),
+	// which makes each miss slower as the cache grows.
+	class := uint(pkcs11.CKO_SECRET_KEY)
+	if wk.Spec.Kind == ImportRSA || wk.Spec.Kind == ImportEC {
+		class = pkcs11.CKO_PRIVATE_KEY
+	}
+	u.c.token.cacheHandle(fmt.Sprintf("%d/%s", class, key), cachedHandle{h, u.c.mod.generation})
 	e := &cacheEntry{id: key, handle: h, session: u.session, lastUse: time.Now(), pins: 1}
 	u.entries[key] = u.lru.PushFront(e)
 	u.shrinkLocked()
@@ -268,10 +279,18 @@ func (u *unwrappedCache) resetLocked() {
 // recently used ones that are not in use.
 func (u *unwrappedCache) shrinkLocked() {
 	now := time.Now()
+	// From the least recently used end; the walk stops at the first entry
+	// that is neither expired nor beyond the bound, so it costs what it
+	// evicts (plus the pinned entries it steps over), not the cache's size.
 	for el := u.lru.Back(); el != nil; {
 		prev := el.Prev()
 		e := el.Value.(*cacheEntry)
-		if e.pins == 0 && (u.lru.Len() > u.size || now.Sub(e.lastUse) >= u.ttl) {
+		over, expired := u.lru.Len() > u.size, now.Sub(e.lastUse) >= u.ttl
+		if !over && !expired {
+			if e.pins == 0 {
+				break
+			}
+		} else if e.pins == 0 {
 			u.evictLocked(el)
 		}
 		el = prev
