@@ -427,7 +427,10 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 		"public_jwks":            jwks,
 	}
 	if kt.family == familyHMAC {
-		resp["key_size"] = kt.bits / 8 // Transit's, in bytes; the Terraform provider needs it
+		// Transit's read of an HMAC key: key_size in bytes (the Terraform
+		// provider needs it) and no keys map; versions are in hsm_objects.
+		resp["key_size"] = kt.bits / 8
+		delete(resp, "keys")
 	}
 	return resp
 }

@@ -8,7 +8,8 @@
 #   HSMKMS_BENCH_SOAK (5m of mixed load; 0 skips it), HSMKMS_BENCH_PORT (18200),
 #   HSMKMS_BENCH_SCALE_KEYS (100000 wrapped keys in kms-scale/ against 10 in
 #   kms-small/, both on the SoftHSM2 token; 0 skips it),
-#   HSMKMS_BENCH_SCALE_DURATION (its measured phase; default 3 x DURATION).
+#   HSMKMS_BENCH_SCALE_DURATION (its measured phase; default 3 x DURATION),
+#   HSMKMS_BENCH_SCALE_WARMUP (5m: bound on its warm-up pass; 0: none).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -56,8 +57,8 @@ sha=$(sha256sum bin/vault-plugin-secrets-hsmkms | cut -d' ' -f1)
 # Both modules' directories (as given and resolved) are allowed.
 library_dirs=$(printf '%s\n' "$library" "$(readlink -f "$library")" "$nss_library" "$(readlink -f "$nss_library")" |
   xargs -n1 dirname | sort -u | paste -sd:)
-quietly "$vault_bin" plugin register -sha256="$sha" -command=vault-plugin-secrets-hsmkms \
-  -env="HSMKMS_LIBRARY_DIRS=$library_dirs" secret hsmkms
+quietly "$vault_bin" write sys/plugins/catalog/secret/hsmkms sha256="$sha" \
+  command=vault-plugin-secrets-hsmkms env="HSMKMS_LIBRARY_DIRS=$library_dirs"
 quietly "$vault_bin" secrets enable -path=kms hsmkms
 quietly "$vault_bin" write kms/config library="$library" token_label=bench pin=@"$work/softhsm/pin" max_keys=0
 quietly "$vault_bin" secrets enable -path=kms-nss hsmkms
@@ -72,5 +73,6 @@ SOFTHSM2_CONF="$conf" bin/hsmkms-bench -library "$library" -token-label bench -p
   -concurrency "${HSMKMS_BENCH_CONCURRENCY:-8}" -duration "${HSMKMS_BENCH_DURATION:-5s}" \
   -soak "${HSMKMS_BENCH_SOAK:-5m}" -plugin-pid "${plugin_pid:-0}" \
   -scale-keys "${HSMKMS_BENCH_SCALE_KEYS:-100000}" -scale-duration "${HSMKMS_BENCH_SCALE_DURATION:-0}" \
+  -scale-warmup-max "${HSMKMS_BENCH_SCALE_WARMUP:-5m}" \
   -gobench bench-results/gobench.txt -out bench-results/bench.json | tee bench-results/table.txt
 echo "JSON: bench-results/bench.json" >&2

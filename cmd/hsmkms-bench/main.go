@@ -72,6 +72,7 @@ func main() {
 	flag.IntVar(&o.scale.keys, "scale-keys", 0, "wrapped keys of the scale scenario, on the SoftHSM2 token (0: skip it)")
 	flag.StringVar(&o.scale.mount, "scale-kms", "kms-scale", "hsmkms mount the scale scenario makes for its many wrapped keys")
 	flag.StringVar(&o.scale.smallMount, "small-kms", "kms-small", "hsmkms mount the scale scenario makes for its few keys")
+	flag.DurationVar(&o.scale.warmUpMax, "scale-warmup-max", 5*time.Minute, "bound on the scale scenario's warm-up pass over every key (0: none)")
 	flag.DurationVar(&o.scale.duration, "scale-duration", 0, "measured encrypt phase of the scale scenario, both sides together (0: three times -duration)")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {

@@ -14,7 +14,8 @@ import (
 
 // RunCount runs op once for every index in [0, count) from concurrency
 // workers, and measures every call: a fixed amount of work (creating N
-// keys, touching every key once) rather than a fixed time.
+// keys, touching every key once) rather than a fixed time. A deadline on
+// ctx stops it early; the call it cut short is not counted.
 func RunCount(ctx context.Context, name string, concurrency, count int, op func(ctx context.Context, i int) error) Result {
 	var (
 		next      atomic.Int64
@@ -39,6 +40,9 @@ func RunCount(ctx context.Context, name string, concurrency, count int, op func(
 				}
 				t0 := time.Now()
 				if err := op(ctx, i); err != nil {
+					if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+						break // the caller's time bound ended mid-call
+					}
 					localErrs++
 					if localFirst == nil {
 						localFirst = err

@@ -85,3 +85,20 @@ func TestRunAlternating(t *testing.T) {
 		t.Errorf("bad: %+v", res[2])
 	}
 }
+
+// A deadline stops RunCount early; the calls it cut short are neither ops
+// nor errors.
+func TestRunCountDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r := RunCount(ctx, "bounded", 4, 1000, func(ctx context.Context, i int) error {
+		if i < 5 {
+			return nil
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if r.Ops != 5 || r.Errors != 0 || r.FirstError != "" {
+		t.Fatalf("%+v", r)
+	}
+}

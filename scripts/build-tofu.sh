@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds OpenTofu at a pinned version from source through the Go module
+# proxy, into the same cache as Vault: download the module, build ./cmd/tofu
+# with -mod=mod (the module zip has no vendor directory). A second run reuses
+# the cached binary. Prints the binary's path.
+set -euo pipefail
+
+TOFU_VERSION="${TOFU_VERSION:-v1.12.6}"
+CACHE_DIR="${HSMKMS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkms}"
+TOFU_BIN="$CACHE_DIR/opentofu-$TOFU_VERSION/tofu"
+
+if [[ -x "$TOFU_BIN" ]] && TF_CLI_CONFIG_FILE=/dev/null "$TOFU_BIN" version 2>/dev/null | grep -qx "OpenTofu ${TOFU_VERSION}"; then
+  echo "$TOFU_BIN"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "build-tofu: Go is required" >&2; exit 1; }
+
+echo "build-tofu: building OpenTofu $TOFU_VERSION (once)" >&2
+src_json=$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json "github.com/opentofu/opentofu@$TOFU_VERSION")
+src_dir=$(printf '%s' "$src_json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[[ -d "$src_dir" ]] || { echo "build-tofu: download failed: $src_json" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tofu-build.XXXXXX")
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+cp -r "$src_dir/." "$work/"
+chmod -R u+w "$work"
+
+mkdir -p "$(dirname "$TOFU_BIN")"
+# version.dev=no is what OpenTofu's release builds set: without it the
+# binary calls itself v1.12.6-dev. The temporary name is per run, so that
+# two builds at once cannot move each other's file.
+(
+  cd "$work"
+  CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
+    -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
+    -o "$TOFU_BIN.tmp.$$" ./cmd/tofu
+)
+mv "$TOFU_BIN.tmp.$$" "$TOFU_BIN"
+TF_CLI_CONFIG_FILE=/dev/null "$TOFU_BIN" version >&2
+echo "$TOFU_BIN"
