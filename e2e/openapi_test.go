@@ -12,7 +12,9 @@ import (
 
 // conformanceTable is the table this test checks, relative to the e2e
 // package directory in which go test runs.
-const conformanceTable = "../docs/transit-conformance.md"
+// conformanceTable is the README; the table lies between the
+// transit-conformance markers.
+const conformanceTable = "../README.md"
 
 // The Transit conformance table against Transit's and the plugin's own
 // OpenAPI, read from one Vault that mounts both: every Transit path and
@@ -211,9 +213,16 @@ func readConformanceTable(t *testing.T) map[string]map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	text := string(body)
+	begin, end := strings.Index(text, "<!-- transit-conformance:begin -->"), strings.Index(text, "<!-- transit-conformance:end -->")
+	if begin < 0 || end < begin {
+		t.Fatalf("%s has no transit-conformance:begin/end markers around the table", conformanceTable)
+	}
+	offset := strings.Count(text[:begin], "\n")
 	rows := map[string]map[string]string{}
 	n := 0
-	for i, line := range strings.Split(string(body), "\n") {
+	for i, line := range strings.Split(text[begin:end], "\n") {
+		i += offset
 		if !strings.HasPrefix(line, "| `") {
 			continue
 		}
