@@ -187,14 +187,34 @@ type vaultServer struct {
 	port    int
 }
 
+// givenPorts are the ports freePort handed out, and the ones above them
+// that Vault's cluster listener takes: a port is free when asked for, not
+// when the server binds it, so parallel tests must never be given the same
+// one (a server would then answer for another's test).
+var (
+	givenPortsMu sync.Mutex
+	givenPorts   = map[int]bool{}
+)
+
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	givenPortsMu.Lock()
+	defer givenPortsMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// Vault's cluster listener takes the next port up.
+		if !givenPorts[port] && !givenPorts[port+1] && !givenPorts[port-1] {
+			givenPorts[port], givenPorts[port+1] = true, true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port that was not handed out already")
+	return 0
 }
 
 // startDevVault starts `vault server -dev` (`bao server -dev` under
