@@ -47,48 +47,64 @@ type Worker func(ctx context.Context, worker int) error
 func Run(ctx context.Context, name string, concurrency int, duration time.Duration, itemsPerOp int, op Worker) Result {
 	ctx, cancel := context.WithTimeout(ctx, duration)
 	defer cancel()
+	c := measureWorkers(ctx, concurrency, func(w int) (int, bool) { return w, true }, op)
+	return summarise(name, concurrency, itemsPerOp, c.elapsed, c.latencies, c.errs, c.firstErr)
+}
+
+// calls are the measured calls of one or more runs.
+type calls struct {
+	latencies []time.Duration
+	errs      int64
+	firstErr  error
+	elapsed   time.Duration
+}
+
+// measureWorkers runs concurrency workers until ctx ends or take says
+// there is no more work. take gives each call's argument (the worker's
+// index, or the next item), every call is timed, and a call the context
+// cut short is not counted.
+func measureWorkers(ctx context.Context, concurrency int, take func(worker int) (int, bool), op func(ctx context.Context, arg int) error) calls {
 	var (
-		mu        sync.Mutex
-		latencies []time.Duration
-		errs      int64
-		firstErr  error
-		wg        sync.WaitGroup
+		mu  sync.Mutex
+		all calls
+		wg  sync.WaitGroup
 	)
 	start := time.Now()
 	for w := 0; w < concurrency; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			local := make([]time.Duration, 0, 4096)
-			var localErrs int64
-			var localFirst error
+			var mine calls
 			for ctx.Err() == nil {
+				arg, ok := take(w)
+				if !ok {
+					break
+				}
 				t0 := time.Now()
-				err := op(ctx, w)
-				if err != nil {
+				if err := op(ctx, arg); err != nil {
 					if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
 						break // the run ended mid-call
 					}
-					localErrs++
-					if localFirst == nil {
-						localFirst = err
+					mine.errs++
+					if mine.firstErr == nil {
+						mine.firstErr = err
 					}
 					continue
 				}
-				local = append(local, time.Since(t0))
+				mine.latencies = append(mine.latencies, time.Since(t0))
 			}
 			mu.Lock()
-			latencies = append(latencies, local...)
-			errs += localErrs
-			if firstErr == nil {
-				firstErr = localFirst
+			all.latencies = append(all.latencies, mine.latencies...)
+			all.errs += mine.errs
+			if all.firstErr == nil {
+				all.firstErr = mine.firstErr
 			}
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	return summarise(name, concurrency, itemsPerOp, elapsed, latencies, errs, firstErr)
+	all.elapsed = time.Since(start)
+	return all
 }
 
 func summarise(name string, concurrency, itemsPerOp int, elapsed time.Duration, latencies []time.Duration, errs int64, firstErr error) Result {

@@ -3,11 +3,9 @@ package loadbench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -17,51 +15,13 @@ import (
 // keys, touching every key once) rather than a fixed time. A deadline on
 // ctx stops it early; the call it cut short is not counted.
 func RunCount(ctx context.Context, name string, concurrency, count int, op func(ctx context.Context, i int) error) Result {
-	var (
-		next      atomic.Int64
-		mu        sync.Mutex
-		latencies = make([]time.Duration, 0, count)
-		errs      int64
-		firstErr  error
-		wg        sync.WaitGroup
-	)
-	start := time.Now()
-	for w := 0; w < concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			local := make([]time.Duration, 0, count/concurrency+1)
-			var localErrs int64
-			var localFirst error
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= count {
-					break
-				}
-				t0 := time.Now()
-				if err := op(ctx, i); err != nil {
-					if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-						break // the caller's time bound ended mid-call
-					}
-					localErrs++
-					if localFirst == nil {
-						localFirst = err
-					}
-					continue
-				}
-				local = append(local, time.Since(t0))
-			}
-			mu.Lock()
-			latencies = append(latencies, local...)
-			errs += localErrs
-			if firstErr == nil {
-				firstErr = localFirst
-			}
-			mu.Unlock()
-		}()
+	var next atomic.Int64
+	take := func(int) (int, bool) {
+		i := int(next.Add(1) - 1)
+		return i, i < count
 	}
-	wg.Wait()
-	return summarise(name, concurrency, 1, time.Since(start), latencies, errs, firstErr)
+	c := measureWorkers(ctx, concurrency, take, op)
+	return summarise(name, concurrency, 1, c.elapsed, c.latencies, c.errs, c.firstErr)
 }
 
 // Contender is one side of an alternating comparison.
@@ -98,59 +58,11 @@ func RunAlternating(ctx context.Context, concurrency int, slice time.Duration, r
 	return out
 }
 
-// calls are the measured calls of one or more slices.
-type calls struct {
-	latencies []time.Duration
-	errs      int64
-	firstErr  error
-	elapsed   time.Duration
-}
-
 // runSlice is Run's loop for one slice, keeping the raw latencies.
 func runSlice(ctx context.Context, concurrency int, d time.Duration, op Worker) calls {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	var (
-		mu        sync.Mutex
-		latencies []time.Duration
-		errs      int64
-		firstErr  error
-		wg        sync.WaitGroup
-	)
-	start := time.Now()
-	for w := 0; w < concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var local []time.Duration
-			var localErrs int64
-			var localFirst error
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				err := op(ctx, w)
-				if err != nil {
-					if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-						break
-					}
-					localErrs++
-					if localFirst == nil {
-						localFirst = err
-					}
-					continue
-				}
-				local = append(local, time.Since(t0))
-			}
-			mu.Lock()
-			latencies = append(latencies, local...)
-			errs += localErrs
-			if firstErr == nil {
-				firstErr = localFirst
-			}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return calls{latencies: latencies, errs: errs, firstErr: firstErr, elapsed: time.Since(start)}
+	return measureWorkers(ctx, concurrency, func(w int) (int, bool) { return w, true }, op)
 }
 
 // ProcessRSS is the resident set of a process in bytes (VmRSS), 0 when it
