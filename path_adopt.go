@@ -63,13 +63,7 @@ func adoptSelector(d *framework.FieldData, slot uint) (hsm.ObjectSelector, strin
 	label, hasLabel := d.GetOk("label")
 	id, hasID := d.GetOk("id")
 	ref, hasRef := d.GetOk("hsm_ref")
-	n := 0
-	for _, has := range []bool{hasLabel, hasID, hasRef} {
-		if has {
-			n++
-		}
-	}
-	if n != 1 {
+	if countGiven(hasLabel, hasID, hasRef) != 1 {
 		return hsm.ObjectSelector{}, "", "give exactly one of label, id or hsm_ref"
 	}
 	switch {

@@ -137,6 +137,17 @@ func (r importRequest) field() string {
 
 func (r importRequest) publicOnly() bool { return r.ciphertext == nil && r.material.publicOnly() }
 
+// countGiven counts the fields a request gave, for "exactly one of" rules.
+func countGiven(given ...bool) int {
+	n := 0
+	for _, g := range given {
+		if g {
+			n++
+		}
+	}
+	return n
+}
+
 var byokHashes = map[string]crypto.Hash{
 	"SHA1": crypto.SHA1, "SHA224": crypto.SHA224, "SHA256": crypto.SHA256, "SHA384": crypto.SHA384, "SHA512": crypto.SHA512,
 }
@@ -154,13 +165,7 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 	rawJWK, hasJWK := d.Raw["jwk"]
 	ct, hasCT := d.GetOk("ciphertext")
 	pemKey, hasPEM := d.GetOk("public_key")
-	given := 0
-	for _, has := range []bool{hasJWK, hasCT, hasPEM} {
-		if has {
-			given++
-		}
-	}
-	if given != 1 {
+	if countGiven(hasJWK, hasCT, hasPEM) != 1 {
 		return importRequest{}, "give exactly one of jwk, ciphertext (Transit's BYOK form) or public_key"
 	}
 	switch {
