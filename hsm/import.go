@@ -322,34 +322,19 @@ func (c *Client) unwrapInto(p11 PKCS11, sh pkcs11.SessionHandle, kwp uint, ephem
 	if spec.Kind == ImportEC && c.token.quirks.has("ec_unwrap_needs_public_value") {
 		template = append(template, pkcs11.NewAttribute(ckaNSSDB, nssPublicValue(spec)))
 	}
-	q := &c.token.quirks
 	c.token.createMu.Lock()
 	// A retried attempt must not leave a second object with this CKA_ID.
 	if err := destroyByID(p11, sh, spec.ID); err != nil {
 		c.token.createMu.Unlock()
 		return Imported{}, err
 	}
-	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(kwp, nil)}
-	// SoftHSM 2.6.1 takes CKA_MODIFIABLE and CKA_VALUE_LEN at
-	// C_GenerateKey but refuses them at C_UnwrapKey.
-	readOnlyAtUnwrap := func(t []*pkcs11.Attribute) []*pkcs11.Attribute {
-		return withoutAttribute(withoutAttribute(t, pkcs11.CKA_MODIFIABLE), pkcs11.CKA_VALUE_LEN)
-	}
-	if q.observed("unwrap_attributes_read_only") {
-		template = readOnlyAtUnwrap(template)
-	}
-	h, err := p11.UnwrapKey(sh, mech, ephemeral, wrapped, template)
-	if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_ATTRIBUTE_READ_ONLY && !q.observed("unwrap_attributes_read_only") {
-		if h, err = p11.UnwrapKey(sh, mech, ephemeral, wrapped, readOnlyAtUnwrap(template)); err == nil {
-			q.observe("unwrap_attributes_read_only")
-		}
-	}
+	h, err := c.unwrapObject(p11, sh, kwp, ephemeral, wrapped, template)
 	c.token.createMu.Unlock()
 	if err != nil {
 		if unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
 			return Imported{}, fmt.Errorf("%w (%w)", ErrNotUnwrapped, err)
 		}
-		return Imported{}, call("C_UnwrapKey", err)
+		return Imported{}, err
 	}
 	out, err := c.checkImported(p11, sh, h, spec)
 	if err != nil {
