@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 const operationPrefix = "hsmkms"
@@ -66,13 +67,15 @@ type backend struct {
 	// mount and the PKCS#11 module (hsm.Config.Intercept).
 	intercept func(hsm.PKCS11) hsm.PKCS11
 
-	// kekCache holds the *kekState; pendingKEKWAL the WAL id (string) of a
-	// KEK made but not yet stored; rewrapRunning is set while the rewrap
-	// job runs; stopping is closed when the mount goes away.
-	kekCache      atomic.Value
-	pendingKEKWAL atomic.Value
+	// kekCache holds the KEK state under kekStorageKey; rewrapRunning is
+	// set while the rewrap job runs; stopping is closed when the mount
+	// goes away.
+	kekCache      keyring.Cache[kekState]
 	rewrapRunning atomic.Bool
-	stopping      chan struct{}
+	rewrapDone    atomic.Pointer[chan struct{}]
+	// markerDone: this mount's marker is on the token (mount_marker.go).
+	markerDone atomic.Bool
+	stopping   chan struct{}
 	// storage is the mount's storage view, for work outside a request's
 	// own (the rewrap job, unwrapping a key deep in a handler).
 	storage  logical.Storage
@@ -82,7 +85,7 @@ type backend struct {
 	stats *opStats
 
 	// keys caches key entries by name; see key_cache.go.
-	keys keyCache
+	keys keyring.Cache[keyEntry]
 
 	// publicKeys caches parsed public keys by their DER bytes.
 	publicKeys sync.Map
@@ -99,11 +102,11 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config", "config/kek/rotate", "tidy"},
+			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy"},
 			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
-			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathConfigKeys()},
+			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathKEKTrim(), b.pathConfigKeys()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig(), b.pathKeyTrim(), b.pathHash(), b.pathCacheConfig()},
 			b.pathKeys(),
 			b.pathImport(),
@@ -207,7 +210,7 @@ func (b *backend) resetClient() { b.swapClient(nil, nil) }
 
 func (b *backend) invalidate(_ context.Context, key string) {
 	if key == kekStorageKey {
-		b.kekCache.Store((*kekState)(nil))
+		b.kekCache.Publish(kekStorageKey, nil)
 		return
 	}
 	if key == configStoragePath {
@@ -231,7 +234,10 @@ func (b *backend) clean(context.Context) {
 // the caller's mistakes are 400s, an HSM that failed twice is a 503, the
 // rest is internal.
 func respondError(op string, err error) (*logical.Response, error) {
+	var ue userError
 	switch {
+	case errors.As(err, &ue):
+		return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
 	case errors.Is(err, errNotConfigured):
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	case errors.Is(err, hsm.ErrDecrypt):

@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -25,9 +25,13 @@ type kekVersion struct {
 	ObjectID []byte    `json:"object_id"`
 	Label    string    `json:"label"`
 	Created  time.Time `json:"created"`
-	// Found: the token had this key before the mount used it (replicated
-	// from another HSM, or another mount's); the mount never destroys it.
+	// Found: the token had this key before the mount used it (made by the
+	// HSM's tools, or replicated); the mount never destroys it.
 	Found bool `json:"found,omitempty"`
+	// Retired: a newer version took over and no stored blob names this
+	// one. It stays on the token, unwrap-only, so that backups made under
+	// it still restore, until config/kek/trim destroys it.
+	Retired time.Time `json:"retired,omitempty"`
 }
 
 // rewrapJob moves every wrapped blob under KEK version Target. It resumes
@@ -54,10 +58,16 @@ func loadKEKState(ctx context.Context, s logical.Storage) (*kekState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the KEK state: %w", err)
 	}
-	st := &kekState{Versions: map[int]*kekVersion{}}
 	if entry == nil {
-		return st, nil
+		return &kekState{Versions: map[int]*kekVersion{}}, nil
 	}
+	return loadKEKStateFrom(entry)
+}
+
+// loadKEKStateFrom decodes a stored KEK state into a value of its own, so
+// the published state shares nothing with the one its writer changes.
+func loadKEKStateFrom(entry *logical.StorageEntry) (*kekState, error) {
+	st := &kekState{}
 	if err := entry.DecodeJSON(st); err != nil {
 		return nil, fmt.Errorf("decoding the KEK state: %w", err)
 	}
@@ -69,34 +79,31 @@ func loadKEKState(ctx context.Context, s logical.Storage) (*kekState, error) {
 
 // kek returns the KEK state, cached until it changes here or on another node.
 func (b *backend) kek(ctx context.Context, s logical.Storage) (*kekState, error) {
-	if st, ok := b.kekCache.Load().(*kekState); ok && st != nil {
-		return st, nil
-	}
-	st, err := loadKEKState(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	b.kekCache.Store(st)
-	return st, nil
+	return b.kekCache.Load(kekStorageKey, func() (*kekState, error) { return loadKEKState(ctx, s) })
 }
 
+// storeKEKState stores the KEK state and publishes it. Readers that read
+// storage meanwhile never cache what they read (keyring.Cache).
 func (b *backend) storeKEKState(ctx context.Context, s logical.Storage, st *kekState) error {
 	entry, err := logical.StorageEntryJSON(kekStorageKey, st)
 	if err != nil {
 		return err
 	}
-	b.kekCache.Store((*kekState)(nil))
+	b.kekCache.Publish(kekStorageKey, nil)
 	if err := s.Put(ctx, entry); err != nil {
 		return fmt.Errorf("writing the KEK state: %w", err)
 	}
-	copied := *st
-	b.kekCache.Store(&copied)
+	published, err := loadKEKStateFrom(entry)
+	if err != nil {
+		return err
+	}
+	b.kekCache.Publish(kekStorageKey, published)
 	return nil
 }
 
 // ensureKEKLocked gives the mount its first KEK, at the config write: the
-// token's key labelled kek_label if it has one, otherwise a new one.
-// Callers hold keysMu.
+// token's key labelled kek_label if it has one (checked to be fit for a
+// KEK, and not one a mount made), otherwise a new one. Callers hold keysMu.
 func (b *backend) ensureKEKLocked(ctx context.Context, s logical.Storage, client *hsm.Client, conf *mountConfig) error {
 	st, err := loadKEKState(ctx, s)
 	if err != nil || st.Latest > 0 {
@@ -106,52 +113,59 @@ func (b *backend) ensureKEKLocked(ctx context.Context, s logical.Storage, client
 	if err != nil {
 		return err
 	}
-	found, label := id != nil, conf.KEKLabel
-	if !found {
-		label = b.kekLabel(conf, 1)
-		if id, err = b.generateKEKLocked(ctx, s, client, label); err != nil {
-			return err
-		}
+	if id != nil {
+		st.Latest = 1
+		st.Versions[1] = &kekVersion{ObjectID: id, Label: conf.KEKLabel, Created: b.now().UTC(), Found: true}
+		return b.storeKEKState(ctx, s, st)
+	}
+	obj, err := b.generateKEKLocked(ctx, s, client, b.kekLabel(conf, 1))
+	if err != nil {
+		return err
 	}
 	st.Latest = 1
-	st.Versions[1] = &kekVersion{ObjectID: id, Label: label, Created: b.now().UTC(), Found: found}
-	return b.storeKEKState(ctx, s, st)
+	st.Versions[1] = &kekVersion{ObjectID: obj.ID, Label: obj.Label, Created: b.now().UTC()}
+	if err := b.storeKEKState(ctx, s, st); err != nil {
+		return err
+	}
+	obj.stored(ctx)
+	return nil
 }
 
 // kekLabel is the label of a KEK the mount makes: kek_label, the mount and
 // the version. A KEK found by kek_label alone (made by the HSM's tools, or
-// replicated) is shared and never destroyed; one the mount made is its own,
-// so a rotation can destroy it without breaking another mount.
+// replicated) is shared and never destroyed; one the mount made is its own.
+// kek_label itself may never have this form (checkKEKLabel), so no mount
+// can take another's KEK by naming its label.
 func (b *backend) kekLabel(conf *mountConfig, version int) string {
 	return fmt.Sprintf("%s/%s/v%d", conf.KEKLabel, b.owner, version)
 }
 
-// generateKEKLocked makes a KEK on the token under a WAL entry; the caller
-// stores it and then calls deleteKEKWAL.
-func (b *backend) generateKEKLocked(ctx context.Context, s logical.Storage, client *hsm.Client, label string) ([]byte, error) {
-	id, err := client.NewObjectID(ctx)
-	if err != nil {
-		return nil, err
+// checkKEKLabel says what is wrong with a kek_label, or "".
+func checkKEKLabel(label string) string {
+	switch {
+	case label == "":
+		return "kek_label must not be empty"
+	case strings.HasPrefix(label, objectLabelPrefix):
+		return fmt.Sprintf("kek_label must not start with %q: such labels are the plugin's own key objects", objectLabelPrefix)
 	}
-	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: kekWALName, ObjectID: hex.EncodeToString(id)})
-	if err != nil {
-		return nil, fmt.Errorf("writing WAL: %w", err)
+	if owner, _, ok := kekLabelOwner(label); ok {
+		return fmt.Sprintf("kek_label %q names a KEK that mount %s made; a mount's KEK is its own. Name a KEK made by the HSM's tools, or leave kek_label alone", label, owner)
 	}
-	if err := client.GenerateKEK(ctx, id, label); err != nil {
-		b.undoObject(ctx, s, client, walID, id)
-		return nil, err
-	}
-	b.pendingKEKWAL.Store(walID)
-	return id, nil
+	return ""
 }
 
-// kekWALDone drops the WAL entry of a KEK that is now stored.
-func (b *backend) kekWALDone(ctx context.Context, s logical.Storage) {
-	if walID, ok := b.pendingKEKWAL.Swap("").(string); ok && walID != "" {
-		if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-			b.Logger().Warn("could not delete the WAL entry of a KEK", "error", err)
-		}
+// generateKEKLocked makes a KEK on the token under a WAL entry; the caller
+// stores it and then settles the entry.
+func (b *backend) generateKEKLocked(ctx context.Context, s logical.Storage, client *hsm.Client, label string) (*pendingObject, error) {
+	obj, err := b.beginObject(ctx, s, client, kekWALName, label)
+	if err != nil {
+		return nil, err
 	}
+	if err := client.GenerateKEK(ctx, obj.ID, obj.Label); err != nil {
+		obj.abandon(ctx)
+		return nil, err
+	}
+	return obj, nil
 }
 
 // kekInUse reports whether the KEK state knows object id (for the WAL
@@ -176,9 +190,9 @@ func (b *backend) pathKEKRotate() *framework.Path {
 		HelpDescription: `
 Makes a new KEK (AES-256, wrap/unwrap only) on the token. New wrapped keys
 use it at once; a background job, resumable after a restart and shown in
-status, rewraps every stored blob under it. When no blob names an older KEK,
-the older KEKs the mount made are destroyed (KEKs it found on the token are
-left there).
+status, rewraps every stored blob under it. The older versions are then
+retired, not destroyed: they stay on the token and only ever unwrap, so
+backups made under them still restore. config/kek/trim destroys them.
 
     $ vault write -f kms/config/kek/rotate
 `,
@@ -201,18 +215,17 @@ func (b *backend) pathKEKRotateWrite(ctx context.Context, req *logical.Request, 
 		return logical.ErrorResponse("a KEK rotation is still rewrapping keys (%d done); wait for it to finish (see status)", st.Rewrap.Rewrapped), logical.ErrInvalidRequest
 	}
 	version := st.Latest + 1
-	label := b.kekLabel(conf, version)
-	id, err := b.generateKEKLocked(ctx, req.Storage, client, label)
+	obj, err := b.generateKEKLocked(ctx, req.Storage, client, b.kekLabel(conf, version))
 	if err != nil {
 		b.keysMu.Unlock()
 		return respondError("rotate KEK", err)
 	}
-	st.Versions[version] = &kekVersion{ObjectID: id, Label: label, Created: b.now().UTC()}
+	st.Versions[version] = &kekVersion{ObjectID: obj.ID, Label: obj.Label, Created: b.now().UTC()}
 	st.Latest = version
 	st.Rewrap = &rewrapJob{Target: version, Started: b.now().UTC()}
 	err = b.storeKEKState(ctx, req.Storage, st)
 	if err == nil {
-		b.kekWALDone(ctx, req.Storage)
+		obj.stored(ctx)
 	}
 	b.keysMu.Unlock()
 	if err != nil {
@@ -222,19 +235,27 @@ func (b *backend) pathKEKRotateWrite(ctx context.Context, req *logical.Request, 
 	return &logical.Response{Data: kekStatus(st)}, nil
 }
 
+// rewrapFinished returns a channel closed when the latest rewrap job run
+// ends, or nil if none ran: a signal for tests and tools to wait on.
+func (b *backend) rewrapFinished() <-chan struct{} {
+	if done := b.rewrapDone.Load(); done != nil {
+		return *done
+	}
+	return nil
+}
+
 // rewrapBatch is how many keys the job does between saving its cursor.
 const rewrapBatch = 50
-
-// kekGrace is how long the job waits before destroying old KEKs, for
-// requests that read a key before its blob moved.
-const kekGrace = 3 * time.Second
 
 // startRewrap runs the rewrap job in the background unless it runs already.
 func (b *backend) startRewrap(s logical.Storage) {
 	if !b.rewrapRunning.CompareAndSwap(false, true) {
 		return
 	}
+	done := make(chan struct{})
+	b.rewrapDone.Store(&done)
 	go func() {
+		defer close(done)
 		defer b.rewrapRunning.Store(false)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -257,6 +278,8 @@ func (b *backend) startRewrap(s logical.Storage) {
 	}()
 }
 
+// runRewrap moves every blob under the job's target KEK, then retires the
+// older versions. It reads the KEK state from storage, never from a cache.
 func (b *backend) runRewrap(ctx context.Context, s logical.Storage) error {
 	client, _, err := b.hsmClient(ctx, s)
 	if err != nil {
@@ -267,6 +290,10 @@ func (b *backend) runRewrap(ctx context.Context, s logical.Storage) error {
 		return err
 	}
 	job := *st.Rewrap
+	to := st.Versions[job.Target]
+	if to == nil {
+		return fmt.Errorf("the rewrap job's target, KEK version %d, is not in the KEK state", job.Target)
+	}
 	names, err := s.List(ctx, keyStoragePrefix)
 	if err != nil {
 		return fmt.Errorf("listing keys: %w", err)
@@ -277,7 +304,7 @@ func (b *backend) runRewrap(ctx context.Context, s logical.Storage) error {
 		if name <= job.Cursor {
 			continue
 		}
-		n, err := b.rewrapKey(ctx, s, client, name, job.Target)
+		n, err := b.rewrapKey(ctx, s, client, name, job.Target, to)
 		if err != nil {
 			return fmt.Errorf("rewrapping key %q: %w", name, err)
 		}
@@ -289,32 +316,19 @@ func (b *backend) runRewrap(ctx context.Context, s logical.Storage) error {
 			}
 		}
 	}
-	if err := b.saveRewrapProgress(ctx, s, job); err != nil {
-		return err
-	}
-	select {
-	case <-time.After(kekGrace):
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	b.keysMu.Lock()
 	defer b.keysMu.Unlock()
 	st, err = loadKEKState(ctx, s)
 	if err != nil {
 		return err
 	}
+	now := b.now().UTC()
 	for v, kv := range st.Versions {
-		if v == job.Target {
-			continue
+		if v != job.Target && kv.Retired.IsZero() {
+			kv.Retired = now
 		}
-		if !kv.Found {
-			if err := client.DestroyObjects(ctx, kv.ObjectID); err != nil {
-				return fmt.Errorf("destroying KEK version %d: %w", v, err)
-			}
-		}
-		delete(st.Versions, v)
 	}
-	job.Finished = b.now().UTC()
+	job.Finished = now
 	job.Error = ""
 	st.Rewrap = &job
 	return b.storeKEKState(ctx, s, st)
@@ -332,21 +346,17 @@ func (b *backend) saveRewrapProgress(ctx context.Context, s logical.Storage, job
 	return b.storeKEKState(ctx, s, st)
 }
 
-// rewrapKey moves every blob of one key under KEK version target.
-func (b *backend) rewrapKey(ctx context.Context, s logical.Storage, client *hsm.Client, name string, target int) (int, error) {
+// rewrapKey moves every blob of one key under KEK version target, to.
+func (b *backend) rewrapKey(ctx context.Context, s logical.Storage, client *hsm.Client, name string, target int, to *kekVersion) (int, error) {
 	b.keysMu.Lock()
 	defer b.keysMu.Unlock()
 	k, err := loadKey(ctx, s, name)
 	if err != nil || k == nil {
 		return 0, err
 	}
-	st, err := b.kek(ctx, s)
+	st, err := loadKEKState(ctx, s)
 	if err != nil {
 		return 0, err
-	}
-	to := st.Versions[target]
-	if to == nil {
-		return 0, fmt.Errorf("KEK version %d is missing", target)
 	}
 	moved := 0
 	for v, kv := range k.Versions {
@@ -393,7 +403,13 @@ func kekStatus(st *kekState) map[string]interface{} {
 		versions = append(versions, v)
 	}
 	slices.Sort(versions)
-	out := map[string]interface{}{"latest_version": st.Latest, "versions": versions}
+	retired := []int{}
+	for _, v := range versions {
+		if !st.Versions[v].Retired.IsZero() {
+			retired = append(retired, v)
+		}
+	}
+	out := map[string]interface{}{"latest_version": st.Latest, "versions": versions, "retired_versions": retired}
 	if st.Rewrap != nil {
 		job := map[string]interface{}{
 			"target": st.Rewrap.Target, "rewrapped": st.Rewrap.Rewrapped, "cursor": st.Rewrap.Cursor,
@@ -438,8 +454,8 @@ func (b *backend) pinVersion(ctx context.Context, client *hsm.Client, k *keyEntr
 	if kekv == nil {
 		// The blob moved to a newer KEK after this entry was read: read
 		// the key and the KEKs again.
-		b.keys.publish(k.Name, nil)
-		b.kekCache.Store((*kekState)(nil))
+		b.keys.Publish(k.Name, nil)
+		b.kekCache.Publish(kekStorageKey, nil)
 		fresh, err := loadKey(ctx, s, k.Name)
 		if err != nil {
 			return nil, err

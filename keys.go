@@ -56,6 +56,10 @@ const (
 // among them) refuse with a key shorter than the hash.
 const defaultHMACBits = 512
 
+// wrappable: the type can have residency wrapped (Ed25519 cannot: the
+// tokens have no PKCS#8 unwrap for it).
+func (kt keyType) wrappable() bool { return kt.family != familyEd25519 }
+
 func (kt keyType) asymmetric() bool {
 	return kt.family == familyRSA || kt.family == familyEC || kt.family == familyEd25519
 }
@@ -205,6 +209,21 @@ type keyVersion struct {
 	// HMACObjectID is an AES version's companion generic secret, made with
 	// the version, for hmac as Transit allows it with any key.
 	HMACObjectID []byte `json:"hmac_object_id,omitempty"`
+}
+
+// firstReleaseLabel is the label the first release (877b1fb) gave its
+// objects, "hsmkms <key> v<N>"; every later release writes
+// hsmkms/<mount uuid>/<key>/v<N>.
+var firstReleaseLabel = regexp.MustCompile(`^hsmkms [A-Za-z0-9][A-Za-z0-9_.-]* v[1-9][0-9]*$`)
+
+// sealedDataKeysAsOrdinary: the version was made by the first release,
+// which sealed data keys under the ordinary AAD domain, before data keys
+// had their own. Its data keys cannot be told from its ordinary
+// ciphertexts, so datakey/decrypt opens both on such versions, and only on
+// them: what a later release made stays bound to its purpose. The stored
+// label says which release made a version, so nothing needs rewriting.
+func (kv *keyVersion) sealedDataKeysAsOrdinary() bool {
+	return kv.Origin == "" && kv.Blob == nil && firstReleaseLabel.MatchString(kv.Label)
 }
 
 // wrapped: the version is kept in storage, wrapped by a KEK.

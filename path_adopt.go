@@ -156,8 +156,8 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 		}
 		return respondError("adopt key", err)
 	}
-	if strings.HasPrefix(ek.Label, objectLabelPrefix) {
-		return logical.ErrorResponse("%s: the object is labelled %q: objects this plugin made belong to their keys and cannot be adopted", field, ek.Label), logical.ErrInvalidRequest
+	if _, _, isKEK := kekLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, objectLabelPrefix) {
+		return logical.ErrorResponse("%s: the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", field, ek.Label), logical.ErrInvalidRequest
 	}
 	kt, msg := adoptedKeyType(ek)
 	if msg != "" {
@@ -245,7 +245,7 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 			}
 		}
 	}
-	if err := b.storeNewVersionLocked(ctx, req.Storage, k, k.LatestVersion+1, kv, ""); err != nil {
+	if err := b.storeNewVersionLocked(ctx, req.Storage, k, k.LatestVersion+1, kv); err != nil {
 		return nil, err
 	}
 	return &logical.Response{Data: k.keyResponse()}, nil

@@ -3,11 +3,15 @@ package hsmkms
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -16,6 +20,12 @@ import (
 )
 
 const backupFormat = "hsmkms-wrapped-key-v1"
+
+// Bounds of what a restore accepts.
+const (
+	maxDescriptionLen   = 4096
+	maxRestoredVersions = 100000
+)
 
 // keyBackup is a wrapped key as backup/:name gives it: the key's metadata
 // and blobs, and the KEKs (by CKA_ID) that wrapped them. Nothing in it is
@@ -110,16 +120,16 @@ func (b *backend) pathRestoreWrite(ctx context.Context, req *logical.Request, d 
 	if err != nil || len(raw) == 0 || json.Unmarshal(raw, &backup) != nil || backup.Format != backupFormat || backup.Key == nil {
 		return logical.ErrorResponse("backup must be what backup/:name returned"), logical.ErrInvalidRequest
 	}
-	k := backup.Key
 	name := d.Get("name").(string)
 	if name == "" {
-		name = k.Name
+		name = backup.Key.Name
 	}
 	if msg := checkKeyName(name); msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
-	if _, ok := keyTypes[k.Type]; !ok || k.Residency != residencyWrapped || len(k.Versions) == 0 || k.Versions[k.LatestVersion] == nil {
-		return logical.ErrorResponse("backup does not hold a wrapped key this plugin knows"), logical.ErrInvalidRequest
+	k, msg := restoredEntry(name, backup.Key)
+	if msg != "" {
+		return logical.ErrorResponse("backup: %s; nothing was restored", msg), logical.ErrInvalidRequest
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
@@ -147,36 +157,46 @@ func (b *backend) pathRestoreWrite(ctx context.Context, req *logical.Request, d 
 	if target == nil {
 		return logical.ErrorResponse("this mount has no KEK; write its config first"), logical.ErrInvalidRequest
 	}
-	k.Name = name
-	for v, kv := range k.Versions {
-		ref, ok := backup.KEKs[kv.KEKVersion]
-		if !kv.wrapped() || !ok || len(ref.ObjectID) == 0 {
-			return logical.ErrorResponse("backup: version %d has no blob under a named KEK", v), logical.ErrInvalidRequest
+	// Every blob is unwrapped in the HSM under the KEK the backup names,
+	// checked against the metadata, and wrapped under the mount's latest
+	// KEK, before anything is stored: all versions or none.
+	keks := map[int][]byte{}
+	for _, v := range sortedVersions(k) {
+		kv := k.Versions[v]
+		from, ok := keks[kv.KEKVersion]
+		if !ok {
+			ref, named := backup.KEKs[kv.KEKVersion]
+			if !named {
+				return logical.ErrorResponse("backup: version %d names KEK version %d, which the backup does not describe; nothing was restored", v, kv.KEKVersion), logical.ErrInvalidRequest
+			}
+			if from, msg, err = b.backupKEK(ctx, client, st, ref); err != nil {
+				return respondError("restore", err)
+			} else if msg != "" {
+				return logical.ErrorResponse("backup: version %d: %s; nothing was restored", v, msg), logical.ErrInvalidRequest
+			}
+			keks[kv.KEKVersion] = from
 		}
 		// A fresh CKA_ID for the unwrapped copy: the original key may
 		// still exist on this mount.
-		id, err := client.NewObjectID(ctx)
-		if err != nil {
+		if kv.ObjectID, err = client.NewObjectID(ctx); err != nil {
 			return respondError("restore", err)
 		}
+		kv.Label = objectLabel(b.owner, name, v)
 		spec, err := wrappedSpec(k, kv)
 		if err != nil {
-			return logical.ErrorResponse("backup: version %d: %v", v, err), logical.ErrInvalidRequest
+			return logical.ErrorResponse("backup: version %d: %v; nothing was restored", v, err), logical.ErrInvalidRequest
 		}
-		spec.ID = id
-		if !bytes.Equal(ref.ObjectID, target.ObjectID) {
-			blob, err := client.Rewrap(ctx, ref.ObjectID, target.ObjectID, kv.Blob, spec)
-			switch {
-			case errors.Is(err, hsm.ErrKeyNotFound):
-				return logical.ErrorResponse("backup: this HSM does not hold the KEK (CKA_ID %s, label %q) that wrapped version %d", hex.EncodeToString(ref.ObjectID), ref.Label, v), logical.ErrInvalidRequest
-			case errors.Is(err, hsm.ErrInvalidInput):
-				return logical.ErrorResponse("backup: version %d does not unwrap under its KEK: %v", v, err), logical.ErrInvalidRequest
-			case err != nil:
-				return respondError("restore", err)
-			}
-			kv.Blob = blob
+		if spec.Kind == hsm.ImportHMAC {
+			spec.Bits = k.keyType().bits
 		}
-		kv.ObjectID, kv.Label, kv.KEKVersion = id, objectLabel(b.owner, name, v), st.Latest
+		blob, err := client.RewrapChecked(ctx, from, target.ObjectID, kv.Blob, spec)
+		switch {
+		case errors.Is(err, hsm.ErrInvalidInput):
+			return logical.ErrorResponse("backup: version %d is not the %s key its metadata describes: %s; nothing was restored", v, k.Type, hsmReason(err)), logical.ErrInvalidRequest
+		case err != nil:
+			return respondError("restore", err)
+		}
+		kv.Blob, kv.KEKVersion = blob, st.Latest
 	}
 	if existing != nil {
 		b.forgetUnwrapped(ctx, req.Storage, existing)
@@ -185,4 +205,154 @@ func (b *backend) pathRestoreWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// backupKEK resolves the KEK a backup names to a CKA_ID the mount may
+// unwrap with: one of its own KEK versions (retired ones included), or a
+// KEK no mount owns (made by the HSM's tools, or replicated), checked on
+// the token. Another mount's KEK is never used. A message is the caller's
+// problem; an error the HSM's.
+func (b *backend) backupKEK(ctx context.Context, client *hsm.Client, st *kekState, ref kekVersion) ([]byte, string, error) {
+	for _, own := range st.Versions {
+		if bytes.Equal(own.ObjectID, ref.ObjectID) {
+			return own.ObjectID, "", nil
+		}
+	}
+	label, err := client.CheckKEK(ctx, ref.ObjectID)
+	switch {
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		return nil, fmt.Sprintf("this HSM does not hold the KEK (CKA_ID %x, label %q) that wrapped it; it was trimmed, or the backup comes from another HSM", ref.ObjectID, ref.Label), nil
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return nil, hsmReason(err), nil
+	case err != nil:
+		return nil, "", err
+	}
+	if owner, _, ok := kekLabelOwner(label); ok && owner != b.owner {
+		return nil, fmt.Sprintf("its KEK (label %q) belongs to mount %s, and a mount never uses another mount's KEK; restore it on that mount, or give both mounts a KEK made by the HSM's tools (kek_label)", label, owner), nil
+	}
+	if strings.HasPrefix(label, objectLabelPrefix) {
+		return nil, fmt.Sprintf("the object it names as its KEK (label %q) is a key of this plugin, not a KEK", label), nil
+	}
+	return ref.ObjectID, "", nil
+}
+
+// hsmReason is the caller-facing reason of an hsm input error.
+func hsmReason(err error) string {
+	return strings.TrimPrefix(err.Error(), hsm.ErrInvalidInput.Error()+": ")
+}
+
+// sortedVersions lists a key's versions in order, so that the first bad
+// one is the one named.
+func sortedVersions(k *keyEntry) []int {
+	versions := make([]int, 0, len(k.Versions))
+	for v := range k.Versions {
+		versions = append(versions, v)
+	}
+	slices.Sort(versions)
+	return versions
+}
+
+// restoredEntry rebuilds a key entry from a backup's, field by field: only
+// what a wrapped key may hold is taken, checked for consistency, and the
+// HSM object ids the backup names are never used (each version gets a new
+// CKA_ID for its unwrapped copy). It returns what is wrong, or "".
+func restoredEntry(name string, in *keyEntry) (*keyEntry, string) {
+	kt, ok := keyTypes[in.Type]
+	switch {
+	case !ok:
+		return nil, fmt.Sprintf("type %q is not a key type of this plugin", in.Type)
+	case in.Residency != residencyWrapped:
+		return nil, fmt.Sprintf("residency %q: only wrapped keys are backed up", in.Residency)
+	case !kt.wrappable():
+		return nil, fmt.Sprintf("type %s cannot be a wrapped key", kt.name)
+	case in.State != stateActive && in.State != stateDeactivated:
+		return nil, fmt.Sprintf("state %q is not active or deactivated", in.State)
+	case len(in.Description) > maxDescriptionLen:
+		return nil, fmt.Sprintf("description is longer than %d bytes", maxDescriptionLen)
+	case in.AutoRotatePeriod < 0 || (in.AutoRotatePeriod != 0 && in.AutoRotatePeriod < minAutoRotatePeriod):
+		return nil, fmt.Sprintf("auto_rotate_period must be 0 or at least %s", minAutoRotatePeriod)
+	}
+	if kt.family == familyHMAC {
+		if in.Bits < 256 || in.Bits > 4096 || in.Bits%8 != 0 {
+			return nil, fmt.Sprintf("an HMAC key of %d bits; 256 to 4096, a multiple of 8", in.Bits)
+		}
+		kt.bits = in.Bits
+	} else if in.Bits != 0 {
+		return nil, fmt.Sprintf("bits is set on a %s key", kt.name)
+	}
+	ops, msg := normaliseOperations(in.Operations, kt)
+	switch {
+	case msg != "":
+		return nil, "operations: " + msg
+	case len(ops) == 0:
+		return nil, "operations: none given"
+	}
+	latest, minAvail := in.LatestVersion, max(in.MinAvailableVersion, 1)
+	switch {
+	case latest < 1 || latest > maxRestoredVersions:
+		return nil, fmt.Sprintf("latest_version %d is not between 1 and %d", latest, maxRestoredVersions)
+	case in.MinAvailableVersion < 0 || minAvail > latest:
+		return nil, fmt.Sprintf("min_available_version %d is not between 0 and latest_version %d", in.MinAvailableVersion, latest)
+	case in.MinDecryptionVersion < minAvail || in.MinDecryptionVersion > latest:
+		return nil, fmt.Sprintf("min_decryption_version %d is not between %d and latest_version %d", in.MinDecryptionVersion, minAvail, latest)
+	case in.MinEncryptionVersion < 0 || in.MinEncryptionVersion > latest:
+		return nil, fmt.Sprintf("min_encryption_version %d is not between 0 and latest_version %d", in.MinEncryptionVersion, latest)
+	case len(in.Versions) != latest-minAvail+1:
+		return nil, fmt.Sprintf("it holds %d versions; versions %d to %d expected", len(in.Versions), minAvail, latest)
+	}
+	out := &keyEntry{
+		Name: name, Type: kt.name, Bits: in.Bits, Operations: ops, State: in.State, Description: in.Description,
+		Residency: residencyWrapped, DeletionAllowed: in.DeletionAllowed, AutoRotatePeriod: in.AutoRotatePeriod,
+		LatestVersion: latest, MinDecryptionVersion: in.MinDecryptionVersion, MinEncryptionVersion: in.MinEncryptionVersion,
+		MinAvailableVersion: in.MinAvailableVersion, Imported: in.Imported, AllowRotation: in.AllowRotation,
+		Versions: make(map[int]*keyVersion, len(in.Versions)),
+	}
+	for v := minAvail; v <= latest; v++ {
+		kv := in.Versions[v]
+		if kv == nil {
+			return nil, fmt.Sprintf("version %d is missing", v)
+		}
+		if len(kv.Blob) == 0 || len(kv.Blob) > hsm.MaxWrappedBytes {
+			return nil, fmt.Sprintf("version %d: a blob of %d bytes; 1 to %d expected", v, len(kv.Blob), hsm.MaxWrappedBytes)
+		}
+		if msg := checkRestoredPublicKey(kt, kv.PublicKey); msg != "" {
+			return nil, fmt.Sprintf("version %d: %s", v, msg)
+		}
+		origin := kv.Origin
+		if origin != "" && origin != originImported {
+			return nil, fmt.Sprintf("version %d: origin %q cannot be a wrapped key's", v, origin)
+		}
+		out.Versions[v] = &keyVersion{
+			CreationTime: kv.CreationTime, PublicKey: kv.PublicKey, Origin: origin,
+			TransitLayout: kv.TransitLayout && kt.family == familyAES, Blob: kv.Blob, KEKVersion: kv.KEKVersion,
+		}
+	}
+	return out, ""
+}
+
+// checkRestoredPublicKey says what is wrong with a backed-up version's
+// public key: an asymmetric key's must be of its type, a secret key has
+// none. The HSM then checks that the blob's private key matches it.
+func checkRestoredPublicKey(kt keyType, der []byte) string {
+	if !kt.asymmetric() {
+		if len(der) != 0 {
+			return "a secret key with a public key"
+		}
+		return ""
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return "its public key does not parse"
+	}
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		if kt.family == familyRSA && p.N.BitLen() == kt.bits {
+			return ""
+		}
+	case *ecdsa.PublicKey:
+		if kt.family == familyEC && p.Curve.Params().Name == kt.curve {
+			return ""
+		}
+	}
+	return fmt.Sprintf("its public key is not a %s key", kt.name)
 }

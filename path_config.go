@@ -235,7 +235,6 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 		return respondError("create the KEK", err)
 	}
-	b.kekWALDone(ctx, req.Storage)
 	_, created, err := b.createKeyLocked(ctx, req, client, conf, keyParams{
 		name: conf.DefaultKey, keyType: keyTypes[defaultKeyType], operations: keyTypes[defaultKeyType].defaultOps,
 		description: "default key of this mount; cannot be deleted", residency: residencyHSM,
@@ -328,8 +327,8 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	if v, ok := d.GetOk("kek_label"); ok {
 		conf.KEKLabel = v.(string)
 	}
-	if conf.KEKLabel == "" {
-		return "kek_label must not be empty"
+	if msg := checkKEKLabel(conf.KEKLabel); msg != "" {
+		return msg
 	}
 	if v, ok := d.GetOk("login_backoff"); ok {
 		conf.LoginBackoff = time.Duration(v.(int)) * time.Second

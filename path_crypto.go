@@ -283,8 +283,11 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 	}
 	transit := opensTransitLayout(kv, item)
 	domains := []string{item.domain}
-	if item.domain == "" {
+	switch {
+	case item.domain == "":
 		domains = []string{aadDomain, dataKeyAADDomain}
+	case item.domain == dataKeyAADDomain && kv.sealedDataKeysAsOrdinary():
+		domains = []string{dataKeyAADDomain, aadDomain}
 	}
 	for _, domain := range domains {
 		item.domain = domain

@@ -266,7 +266,7 @@ func TestKeyObjectNotFoundIs503(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := client.DestroyObjects(context.Background(), m.objectID("vanishing", 1)); err != nil {
+	if err := client.DestroyObjects(context.Background(), m.objectID("vanishing", 1), anyLabel); err != nil {
 		t.Fatal(err)
 	}
 	m.mustStatus(logical.UpdateOperation, "decrypt/vanishing", map[string]interface{}{"ciphertext": ct}, http.StatusServiceUnavailable)

@@ -115,22 +115,15 @@ func (b *backend) pathKeyTrimWrite(ctx context.Context, req *logical.Request, d 
 	case k.MinEncryptionVersion != 0 && minAvailable > k.MinEncryptionVersion:
 		return logical.ErrorResponse("min_available_version %d must not exceed min_encryption_version %d", minAvailable, k.MinEncryptionVersion), logical.ErrInvalidRequest
 	}
+	var warnings []string
 	for v, kv := range k.Versions {
 		if v >= minAvailable {
 			continue
 		}
-		if kv.HMACObjectID != nil {
-			if err := client.DestroyObjects(ctx, kv.HMACObjectID); err != nil {
-				return respondError(fmt.Sprintf("trim key %q", k.Name), err)
-			}
-		}
-		switch {
-		case kv.wrapped():
-			client.ForgetUnwrapped(kv.ObjectID)
-		case kv.ownsObject():
-			if err := client.DestroyObjects(ctx, kv.ObjectID); err != nil {
-				return respondError(fmt.Sprintf("trim key %q", k.Name), err)
-			}
+		w, err := destroyVersion(ctx, client, v, kv)
+		warnings = append(warnings, w...)
+		if err != nil {
+			return respondError(fmt.Sprintf("trim key %q", k.Name), err)
 		}
 		delete(k.Versions, v)
 	}
@@ -138,7 +131,7 @@ func (b *backend) pathKeyTrimWrite(ctx context.Context, req *logical.Request, d 
 	if err := b.saveKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: k.keyResponse(), Warnings: warnings}, nil
 }
 
 const cacheConfigStoragePath = "cache-config"

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -371,18 +370,13 @@ func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, cl
 			return fmt.Errorf("encoding the public key: %w", err)
 		}
 		kv.PublicKey = der
-		return b.storeNewVersionLocked(ctx, s, k, version, kv, "")
+		return b.storeNewVersionLocked(ctx, s, k, version, kv)
 	}
-	id, err := client.NewObjectID(ctx)
+	obj, err := b.beginObject(ctx, s, client, k.Name, objectLabel(b.owner, k.Name, version))
 	if err != nil {
 		return err
 	}
-	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: k.Name, ObjectID: hex.EncodeToString(id)})
-	if err != nil {
-		return fmt.Errorf("writing WAL: %w", err)
-	}
-	label := objectLabel(b.owner, k.Name, version)
-	spec := importSpec(r.keyType, k.Operations, id, label, r.material.public)
+	spec := importSpec(r.keyType, k.Operations, obj.ID, obj.Label, r.material.public)
 	var got hsm.Imported
 	if r.ciphertext != nil {
 		var w *wrappingKeyEntry
@@ -404,15 +398,15 @@ func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, cl
 		got, err = client.ImportMaterial(ctx, r.material.material, spec)
 	}
 	if err != nil {
-		b.undoObject(ctx, s, client, walID, id)
+		obj.abandon(ctx)
 		return err
 	}
-	kv.ObjectID, kv.Label = id, label
+	kv.ObjectID, kv.Label = obj.ID, obj.Label
 	kv.TransitLayout = r.keyType.family == familyAES
 	if got.Public != nil {
 		der, err := x509.MarshalPKIXPublicKey(got.Public)
 		if err != nil {
-			b.undoObject(ctx, s, client, walID, id)
+			obj.abandon(ctx)
 			return fmt.Errorf("encoding the public key: %w", err)
 		}
 		kv.PublicKey = der
@@ -420,33 +414,34 @@ func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, cl
 	if r.keyType.family == familyHMAC && r.ciphertext != nil && got.ValueLen > 0 && version == 1 {
 		k.Bits = got.ValueLen * 8
 	}
-	companionWAL := ""
+	var companion *pendingObject
 	if r.keyType.family == familyAES {
-		if kv.HMACObjectID, companionWAL, err = b.makeHMACCompanion(ctx, s, client, k.Name, label); err != nil {
-			b.undoObject(ctx, s, client, walID, id)
+		if companion, err = b.makeHMACCompanion(ctx, s, client, k.Name, obj.Label); err != nil {
+			obj.abandon(ctx)
 			return err
 		}
+		kv.HMACObjectID = companion.ID
 	}
-	return b.storeNewVersionLocked(ctx, s, k, version, kv, walID, companionWAL)
+	return b.storeNewVersionLocked(ctx, s, k, version, kv, obj, companion)
 }
 
-// storeNewVersionLocked adds kv as version and stores k; on a failed write
-// the object is left to the WAL rollback, which looks in storage first.
-func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, walIDs ...string) error {
+// storeNewVersionLocked adds kv as version and stores k, then settles the
+// WAL entries of the objects it names. On a failed write the objects are
+// left to the WAL rollback: the write may have landed (an error from
+// storage is ambiguous), and the rollback looks in storage first.
+func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, objects ...*pendingObject) error {
 	k.Versions[version] = kv
 	k.LatestVersion = version
 	if err := b.saveKey(ctx, s, k); err != nil {
 		delete(k.Versions, version)
 		k.LatestVersion = version - 1
+		if len(objects) > 0 {
+			b.Logger().Warn("storing a new key version failed; its HSM objects are left to the WAL rollback", "key", k.Name, "version", version, "error", err)
+		}
 		return err
 	}
-	for _, walID := range walIDs {
-		if walID == "" {
-			continue
-		}
-		if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-			b.Logger().Warn("could not delete WAL entry after adding a key version", "key", k.Name, "error", err)
-		}
+	for _, obj := range objects {
+		obj.stored(ctx)
 	}
 	return nil
 }
@@ -458,6 +453,9 @@ func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *fr
 	list, ok := raw.([]interface{})
 	if !ok || len(list) == 0 {
 		return logical.ErrorResponse("keys must be a non-empty list of JSON Web Keys"), logical.ErrInvalidRequest
+	}
+	if r, ok := d.GetOk("residency"); ok && r.(string) != "" && !strings.EqualFold(r.(string), residencyHSM) {
+		return logical.ErrorResponse("residency %q: imported keys are HSM objects (residency hsm); leave residency out, or generate the key with residency=wrapped", r), logical.ErrInvalidRequest
 	}
 	typ, _ := d.Raw["type"].(string)
 	var requests []importRequest

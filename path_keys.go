@@ -1,11 +1,9 @@
 package hsmkms
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/mitchellh/mapstructure"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 )
@@ -312,19 +309,6 @@ func normaliseOperations(requested []string, kt keyType) ([]string, string) {
 	return out, ""
 }
 
-// walObject is the WAL entry written before an HSM object is created, so
-// that a crash before the key's storage entry exists can be rolled back.
-type walObject struct {
-	Name     string `json:"name" mapstructure:"name"`
-	ObjectID string `json:"object_id" mapstructure:"object_id"` // hex
-}
-
-const walKindObject = "hsm-object"
-
-// walRollbackMinAge leaves a WAL entry alone while the request that wrote
-// it may still be running.
-const walRollbackMinAge = 5 * time.Minute
-
 // createKeyLocked creates the key described by p, or returns the existing
 // one when it has the same parameters. Callers hold keysMu. A failure at any
 // step leaves neither an HSM object nor a storage entry behind; a crash
@@ -435,7 +419,7 @@ func (b *backend) addWrappedVersionLocked(ctx context.Context, s logical.Storage
 			return fmt.Errorf("encoding the public key: %w", err)
 		}
 	}
-	return b.storeNewVersionLocked(ctx, s, k, version, kv, "")
+	return b.storeNewVersionLocked(ctx, s, k, version, kv)
 }
 
 // usageOf is the token usage a key's operations need.
@@ -459,142 +443,41 @@ func (b *backend) addVersionLocked(ctx context.Context, s logical.Storage, clien
 	if k.Residency == residencyWrapped {
 		return b.addWrappedVersionLocked(ctx, s, client, k)
 	}
-	id, err := client.NewObjectID(ctx)
-	if err != nil {
-		return err
-	}
-	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: k.Name, ObjectID: hex.EncodeToString(id)})
-	if err != nil {
-		return fmt.Errorf("writing WAL: %w", err)
-	}
 	version := k.LatestVersion + 1
-	label := objectLabel(b.owner, k.Name, version)
-	publicKey, err := b.generateVersion(ctx, client, k.keyType(), k.Operations, id, label)
+	obj, err := b.beginObject(ctx, s, client, k.Name, objectLabel(b.owner, k.Name, version))
 	if err != nil {
-		b.undoObject(ctx, s, client, walID, id)
 		return err
 	}
-	kv := &keyVersion{ObjectID: id, Label: label, CreationTime: b.now().UTC(), PublicKey: publicKey}
-	companionWAL := ""
+	publicKey, err := b.generateVersion(ctx, client, k.keyType(), k.Operations, obj.ID, obj.Label)
+	if err != nil {
+		obj.abandon(ctx)
+		return err
+	}
+	kv := &keyVersion{ObjectID: obj.ID, Label: obj.Label, CreationTime: b.now().UTC(), PublicKey: publicKey}
+	var companion *pendingObject
 	if k.keyType().family == familyAES {
-		if kv.HMACObjectID, companionWAL, err = b.makeHMACCompanion(ctx, s, client, k.Name, label); err != nil {
-			b.undoObject(ctx, s, client, walID, id)
+		if companion, err = b.makeHMACCompanion(ctx, s, client, k.Name, obj.Label); err != nil {
+			obj.abandon(ctx)
 			return err
 		}
+		kv.HMACObjectID = companion.ID
 	}
-	k.Versions[version] = kv
-	k.LatestVersion = version
-	if err := b.saveKey(ctx, s, k); err != nil {
-		delete(k.Versions, version)
-		k.LatestVersion = version - 1
-		b.Logger().Warn("storing a new key version failed; its HSM object is left to the WAL rollback", "key", k.Name, "version", version, "error", err)
-		return err
-	}
-	for _, w := range []string{walID, companionWAL} {
-		if w == "" {
-			continue
-		}
-		if err := framework.DeleteWAL(ctx, s, w); err != nil {
-			// The version is complete; the rollback will find it in
-			// storage and leave its objects alone.
-			b.Logger().Warn("could not delete WAL entry after creating a key version", "key", k.Name, "error", err)
-		}
-	}
-	return nil
+	return b.storeNewVersionLocked(ctx, s, k, version, kv, obj, companion)
 }
 
 // makeHMACCompanion makes the generic secret an AES version computes hmac
 // with (Transit gives every key an HMAC key), under its own WAL entry,
-// which the caller deletes once the version is stored.
-func (b *backend) makeHMACCompanion(ctx context.Context, s logical.Storage, client *hsm.Client, name, label string) ([]byte, string, error) {
-	id, err := client.NewObjectID(ctx)
+// which the caller settles once the version is stored.
+func (b *backend) makeHMACCompanion(ctx context.Context, s logical.Storage, client *hsm.Client, name, label string) (*pendingObject, error) {
+	obj, err := b.beginObject(ctx, s, client, name, label+"/hmac")
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: name, ObjectID: hex.EncodeToString(id)})
-	if err != nil {
-		return nil, "", fmt.Errorf("writing WAL: %w", err)
+	if err := client.GenerateHMACKey(ctx, obj.ID, obj.Label, hmacCompanionBits, hsm.Usage{Sign: true, Verify: true}); err != nil {
+		obj.abandon(ctx)
+		return nil, err
 	}
-	if err := client.GenerateHMACKey(ctx, id, label+"/hmac", hmacCompanionBits, hsm.Usage{Sign: true, Verify: true}); err != nil {
-		b.undoObject(ctx, s, client, walID, id)
-		return nil, "", err
-	}
-	return id, walID, nil
-}
-
-// undoObject destroys an object whose key could not be completed and drops
-// its WAL entry; if the HSM cannot be reached the entry stays for the
-// rollback to retry.
-func (b *backend) undoObject(ctx context.Context, s logical.Storage, client *hsm.Client, walID string, id []byte) {
-	if err := client.DestroyObjects(ctx, id); err != nil {
-		b.Logger().Warn("could not destroy the HSM object of a failed key creation; the WAL rollback will retry", "error", err)
-		return
-	}
-	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		b.Logger().Warn("could not delete WAL entry", "error", err)
-	}
-}
-
-// walRollback destroys an HSM object recorded in a WAL entry unless a key
-// in storage uses it (the request finished but could not delete its entry).
-func (b *backend) walRollback(ctx context.Context, req *logical.Request, kind string, data interface{}) error {
-	if kind != walKindObject {
-		return fmt.Errorf("unknown WAL kind %q", kind)
-	}
-	var entry walObject
-	if err := mapstructure.Decode(data, &entry); err != nil {
-		return fmt.Errorf("decoding WAL entry: %w", err)
-	}
-	objectID, err := hex.DecodeString(entry.ObjectID)
-	if err != nil || len(objectID) == 0 {
-		return fmt.Errorf("WAL entry for key %q has no valid object id", entry.Name)
-	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	if entry.Name == kekWALName {
-		st, err := loadKEKState(ctx, req.Storage)
-		if err != nil {
-			return err
-		}
-		if kekInUse(st, objectID) {
-			return nil
-		}
-		client, _, err := b.hsmClient(ctx, req.Storage)
-		if err != nil {
-			return err
-		}
-		return client.DestroyObjects(ctx, objectID)
-	}
-	if entry.Name == wrappingKeyName {
-		w, err := loadWrappingKey(ctx, req.Storage)
-		if err != nil {
-			return err
-		}
-		if w != nil && bytes.Equal(w.ObjectID, objectID) {
-			return nil
-		}
-		client, _, err := b.hsmClient(ctx, req.Storage)
-		if err != nil {
-			return err
-		}
-		return client.DestroyObjects(ctx, objectID)
-	}
-	k, err := loadKey(ctx, req.Storage, entry.Name)
-	if err != nil {
-		return err
-	}
-	if k != nil {
-		for _, v := range k.Versions {
-			if bytes.Equal(v.ObjectID, objectID) || bytes.Equal(v.HMACObjectID, objectID) {
-				return nil
-			}
-		}
-	}
-	client, _, err := b.hsmClient(ctx, req.Storage)
-	if err != nil {
-		return err
-	}
-	return client.DestroyObjects(ctx, objectID)
+	return obj, nil
 }
 
 func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -621,25 +504,19 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 	if k.State != stateDeactivated && !k.DeletionAllowed {
 		return logical.ErrorResponse("key %q is active and its deletion_allowed is false; deactivate it (keys/%s/deactivate) or set deletion_allowed (keys/%s/config) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name, name), logical.ErrInvalidRequest
 	}
+	var warnings []string
 	for v, kv := range k.Versions {
-		if kv.wrapped() {
-			client.ForgetUnwrapped(kv.ObjectID)
-			continue
-		}
-		if kv.HMACObjectID != nil {
-			if err := client.DestroyObjects(ctx, kv.HMACObjectID); err != nil {
-				return respondError(fmt.Sprintf("destroy the HMAC key of version %d of key %q", v, name), err)
-			}
-		}
-		if !kv.ownsObject() {
-			continue // a public key, or an adopted object the key only borrowed
-		}
-		if err := client.DestroyObjects(ctx, kv.ObjectID); err != nil {
-			return respondError(fmt.Sprintf("destroy version %d of key %q", v, name), err)
+		w, err := destroyVersion(ctx, client, v, kv)
+		warnings = append(warnings, w...)
+		if err != nil {
+			return respondError(fmt.Sprintf("delete key %q", name), err)
 		}
 	}
 	if err := b.deleteKey(ctx, req.Storage, name); err != nil {
 		return nil, err
+	}
+	if len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
 	}
 	return nil, nil
 }

@@ -194,16 +194,31 @@ func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := client.NewObjectID(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// An orphan the WAL entry names with its label; one an older release
+	// recorded without a label (this mount's label decides); and an object
+	// of another application whose CKA_ID a WAL entry names: never ours.
+	made := func(owner, label string, withLabel bool) []byte {
+		t.Helper()
+		id, err := client.NewObjectID(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entry := &walObject{Name: owner, ObjectID: hex.EncodeToString(id)}
+		if withLabel {
+			entry.Label = label
+		}
+		if _, err := framework.PutWAL(ctx, m.storage, walKindObject, entry); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.GenerateAESKey(ctx, id, label, 256, hsm.Usage{Encrypt: true}); err != nil {
+			t.Fatal(err)
+		}
+		return id
 	}
-	if _, err := framework.PutWAL(ctx, m.storage, walKindObject, &walObject{Name: "crashed", ObjectID: hex.EncodeToString(orphan)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := client.GenerateAESKey(ctx, orphan, "orphan", 256, hsm.Usage{Encrypt: true}); err != nil {
-		t.Fatal(err)
-	}
+	orphan := made("crashed", objectLabel(m.b.owner, "crashed", 1), true)
+	legacyOrphan := made("crashed-earlier", objectLabel(m.b.owner, "crashed-earlier", 1), false)
+	foreign := made("crashed-foreign", "another application's key", false)
+	t.Cleanup(func() { _ = client.DestroyObjects(ctx, foreign, anyLabel) })
 	// A finished key whose WAL entry was not deleted.
 	m.mustOK(logical.UpdateOperation, "keys/finished", nil)
 	finished := m.objectID("finished", 1)
@@ -214,8 +229,13 @@ func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
 	if _, err := m.do(logical.RollbackOperation, "", map[string]interface{}{"immediate": true}); err != nil {
 		t.Fatalf("rollback: %v", err)
 	}
-	if ok, err := client.ObjectExists(ctx, orphan); err != nil || ok {
-		t.Fatalf("orphan object survived the rollback: %v %v", ok, err)
+	for _, id := range [][]byte{orphan, legacyOrphan} {
+		if ok, err := client.ObjectExists(ctx, id); err != nil || ok {
+			t.Fatalf("orphan object survived the rollback: %v %v", ok, err)
+		}
+	}
+	if ok, err := client.ObjectExists(ctx, foreign); err != nil || !ok {
+		t.Fatalf("the rollback destroyed an object the mount did not make: %v %v", ok, err)
 	}
 	if ok, err := client.ObjectExists(ctx, finished); err != nil || !ok {
 		t.Fatalf("the rollback destroyed a live key: %v %v", ok, err)

@@ -46,8 +46,17 @@ func (b *backend) pathTidy() *framework.Path {
 			"destroy_mounts": {
 				Type: framework.TypeCommaStringSlice,
 				Description: "With destroy=true, also destroy the objects of these other mounts (by the uuid the dry run " +
-					"shows), for mounts that were unmounted. A mount alive in this plugin process is never touched; " +
-					"a mount of another Vault sharing the token cannot be seen from here, so name only uuids you know are gone.",
+					"shows), for mounts that were unmounted. Each must be proven gone: its marker on the token names a " +
+					"mount of this Vault cluster whose accessor sys/mounts (read with vault_token) no longer lists.",
+			},
+			"vault_token": {
+				Type:         framework.TypeString,
+				Description:  "With destroy_mounts: a Vault token that may read sys/mounts, used once to see that the mounts are gone; never stored or logged.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+			},
+			"vault_addr": {
+				Type:        framework.TypeString,
+				Description: "With destroy_mounts: the address of this Vault's API as the plugin reaches it; default the plugin's VAULT_ADDR, else https://127.0.0.1:8200.",
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
@@ -94,6 +103,9 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 	if len(destroyMounts) > 0 && !destroy {
 		return logical.ErrorResponse("destroy_mounts needs destroy=true"), logical.ErrInvalidRequest
 	}
+	if len(destroyMounts) > 0 && d.Get("vault_token").(string) == "" {
+		return logical.ErrorResponse("destroy_mounts needs vault_token: a token that may read sys/mounts, so that the plugin can see the mounts are gone"), logical.ErrInvalidRequest
+	}
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		return respondError("tidy", err)
@@ -113,18 +125,25 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 
 	var orphans []tidyObject
-	var orphanIDs [][]byte
+	var orphanObjects []hsm.ObjectInfo
 	others := map[string]map[string]interface{}{}
+	markers := map[string]mountMarker{}
 	for _, o := range objects {
 		owner, ok := labelOwner(o.Label)
 		if !ok {
 			continue
 		}
+		if markerOwner, marker, isMarker := parseMarker(o.Label); isMarker {
+			markers[markerOwner] = marker
+			if markerOwner == b.owner {
+				continue // this mount's own record
+			}
+		}
 		switch {
 		case owner == b.owner:
 			if !used[hex.EncodeToString(o.ID)] {
 				orphans = append(orphans, describeObject(o))
-				orphanIDs = append(orphanIDs, o.ID)
+				orphanObjects = append(orphanObjects, o)
 			}
 		default:
 			entry, ok := others[owner]
@@ -134,21 +153,32 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 			}
 			entry["objects"] = append(entry["objects"].([]tidyObject), describeObject(o))
 			if destroyMounts[owner] && !used[hex.EncodeToString(o.ID)] {
-				orphanIDs = append(orphanIDs, o.ID)
+				orphanObjects = append(orphanObjects, o)
 			}
+		}
+	}
+
+	for owner, entry := range others {
+		if marker, ok := markers[owner]; ok {
+			entry["cluster_id"], entry["accessor"] = marker.ClusterID, marker.Accessor
+		}
+	}
+	if len(destroyMounts) > 0 {
+		if msg := b.provenGone(ctx, destroyMounts, markers, d); msg != "" {
+			return logical.ErrorResponse("destroy_mounts: %s; nothing was destroyed", msg), logical.ErrInvalidRequest
 		}
 	}
 
 	var destroyed []string
 	if destroy {
 		seen := map[string]bool{}
-		for _, id := range orphanIDs {
-			h := hex.EncodeToString(id)
+		for _, o := range orphanObjects {
+			h := hex.EncodeToString(o.ID)
 			if seen[h] {
 				continue // both halves of a key pair go at once
 			}
 			seen[h] = true
-			if err := client.DestroyObjects(ctx, id); err != nil {
+			if err := client.DestroyObjects(ctx, o.ID, hsm.ExactLabel(o.Label)); err != nil {
 				return respondError("tidy", err)
 			}
 			destroyed = append(destroyed, h)
@@ -165,6 +195,38 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 		"destroyed_object_ids":     nonNil(destroyed),
 		"objects_of_this_mount_ok": len(used),
 	}}, nil
+}
+
+// provenGone says why one of the mounts named is not proven gone, or "".
+// A mount is gone when its marker ties it to this Vault cluster and
+// sys/mounts, read with the caller's token, no longer lists its accessor.
+// Not being alive in this process proves nothing: another catalog entry
+// runs another plugin process.
+func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, markers map[string]mountMarker, d *framework.FieldData) string {
+	clusterID := ""
+	if sys := b.System(); sys != nil {
+		clusterID, _ = sys.ClusterID(ctx)
+	}
+	var accessors map[string]string
+	for uuid := range mounts {
+		marker, ok := markers[uuid]
+		switch {
+		case !ok:
+			return fmt.Sprintf("mount %s left no marker on the token (a release before markers made it, or it never served a request), so nothing shows it is gone; if you are sure, destroy its objects with the HSM's tools", uuid)
+		case clusterID == "" || marker.ClusterID != clusterID:
+			return fmt.Sprintf("mount %s belongs to Vault cluster %q, not this one (%q): its mounts cannot be seen from here", uuid, marker.ClusterID, clusterID)
+		}
+		if accessors == nil {
+			var err error
+			if accessors, err = mountedAccessors(d.Get("vault_addr").(string), d.Get("vault_token").(string)); err != nil {
+				return fmt.Sprintf("could not read sys/mounts to see the mounts are gone: %v", err)
+			}
+		}
+		if path, mounted := accessors[marker.Accessor]; mounted {
+			return fmt.Sprintf("mount %s is %s (accessor %s), mounted on this Vault: its objects are in use", uuid, path, marker.Accessor)
+		}
+	}
+	return ""
 }
 
 type missingObject struct {

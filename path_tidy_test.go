@@ -3,6 +3,9 @@ package hsmkms
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -58,7 +61,7 @@ func TestTidyFindsOrphansAndLeavesTheRestAlone(t *testing.T) {
 	if err := client.GenerateAESKey(ctx, foreign, "another application's key", 256, hsm.Usage{Encrypt: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := client.DestroyObjects(ctx, m.objectID("lost", 1)); err != nil {
+	if err := client.DestroyObjects(ctx, m.objectID("lost", 1), anyLabel); err != nil {
 		t.Fatal(err)
 	}
 
@@ -80,8 +83,20 @@ func TestTidyFindsOrphansAndLeavesTheRestAlone(t *testing.T) {
 
 	m.mustFail(logical.UpdateOperation, "tidy", map[string]interface{}{"destroy": true, "destroy_mounts": live.b.owner}, "alive in this plugin process")
 	m.mustFail(logical.UpdateOperation, "tidy", map[string]interface{}{"destroy_mounts": goneUUID}, "needs destroy=true")
+	m.mustFail(logical.UpdateOperation, "tidy", map[string]interface{}{"destroy": true, "destroy_mounts": goneUUID}, "needs vault_token")
 
-	done := m.mustOK(logical.UpdateOperation, "tidy", map[string]interface{}{"destroy": true, "destroy_mounts": goneUUID})
+	// Not being alive in this process proves nothing: sys/mounts decides.
+	// While it lists the mount's accessor (a mount another plugin process
+	// serves), its objects stay.
+	mounted := map[string]string{"kms-gone/": gone.accessor(), "kms-live/": live.accessor()}
+	sysMounts := fakeSysMounts(t, func() map[string]string { return mounted })
+	proof := map[string]interface{}{"destroy": true, "destroy_mounts": goneUUID, "vault_token": "s.test", "vault_addr": sysMounts}
+	m.mustFail(logical.UpdateOperation, "tidy", proof, "kms-gone/ (accessor "+gone.accessor()+"), mounted on this Vault")
+	if ok, _ := client.ObjectExists(ctx, gone.objectID("old-aes", 1)); !ok {
+		t.Fatal("a refused tidy destroyed something")
+	}
+	delete(mounted, "kms-gone/")
+	done := m.mustOK(logical.UpdateOperation, "tidy", proof)
 	destroyed := tidyObjectIDs(done, "destroyed_object_ids")
 	for _, id := range append(goneIDs, hexID(orphan)) {
 		if !destroyed[id] {
@@ -108,3 +123,54 @@ func TestTidyFindsOrphansAndLeavesTheRestAlone(t *testing.T) {
 }
 
 func hexID(id []byte) string { return hex.EncodeToString(id) }
+
+// A mount with no marker on the token, or one of another Vault cluster,
+// cannot be proven gone: tidy refuses to destroy its objects.
+func TestTidyRefusesMountsItCannotProveGone(t *testing.T) {
+	ctx := context.Background()
+	other := configuredMount(t, map[string]interface{}{"default_key": "other-cluster-default"})
+	other.b.System().(*logical.StaticSystemView).ClusterUUID = "another-cluster"
+	other.b.markerDone.Store(false)
+	client, _, err := other.b.hsmClient(ctx, other.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.b.ensureMountMarker(ctx, client, other.accessor())
+	otherUUID := other.b.owner
+	other.b.clean(ctx)
+
+	unmarked := newMount(t)
+	unmarked.b.markerDone.Store(true) // as a release before markers
+	unmarked.mustOK(logical.UpdateOperation, "config", map[string]interface{}{
+		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN, "default_key": "unmarked-default",
+	})
+	unmarkedUUID := unmarked.b.owner
+	unmarked.b.clean(ctx)
+
+	m := configuredMount(t, map[string]interface{}{"default_key": "prover-default"})
+	sysMounts := fakeSysMounts(t, func() map[string]string { return map[string]string{} })
+	for uuid, want := range map[string]string{otherUUID: "belongs to Vault cluster \"another-cluster\"", unmarkedUUID: "left no marker"} {
+		m.mustFail(logical.UpdateOperation, "tidy", map[string]interface{}{
+			"destroy": true, "destroy_mounts": uuid, "vault_token": "s.test", "vault_addr": sysMounts,
+		}, want)
+	}
+}
+
+// fakeSysMounts answers GET /v1/sys/mounts as Vault does, with the mounts
+// (path -> accessor) mounts returns at that moment.
+func fakeSysMounts(t *testing.T, mounts func() map[string]string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/sys/mounts" || r.Header.Get("X-Vault-Token") != "s.test" {
+			http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
+			return
+		}
+		data := map[string]interface{}{}
+		for path, accessor := range mounts() {
+			data[path] = map[string]interface{}{"accessor": accessor, "type": "hsmkms"}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]interface{}{"data": data})
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -83,26 +82,21 @@ func (b *backend) wrappingKey(ctx context.Context, s logical.Storage, client *hs
 	if w, err := loadWrappingKey(ctx, s); err != nil || w != nil {
 		return w, err
 	}
-	id, err := client.NewObjectID(ctx)
+	obj, err := b.beginObject(ctx, s, client, wrappingKeyName, objectLabel(b.owner, wrappingKeyName, 1))
 	if err != nil {
 		return nil, err
 	}
-	walID, err := framework.PutWAL(ctx, s, walKindObject, &walObject{Name: wrappingKeyName, ObjectID: hex.EncodeToString(id)})
+	pub, err := client.GenerateWrappingKey(ctx, obj.ID, obj.Label)
 	if err != nil {
-		return nil, fmt.Errorf("writing WAL: %w", err)
-	}
-	label := objectLabel(b.owner, wrappingKeyName, 1)
-	pub, err := client.GenerateWrappingKey(ctx, id, label)
-	if err != nil {
-		b.undoObject(ctx, s, client, walID, id)
+		obj.abandon(ctx)
 		return nil, err
 	}
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		b.undoObject(ctx, s, client, walID, id)
+		obj.abandon(ctx)
 		return nil, fmt.Errorf("encoding the wrapping key: %w", err)
 	}
-	w := &wrappingKeyEntry{ObjectID: id, Label: label, PublicKey: der}
+	w := &wrappingKeyEntry{ObjectID: obj.ID, Label: obj.Label, PublicKey: der}
 	entry, err := logical.StorageEntryJSON(wrappingKeyStorageKey, w)
 	if err != nil {
 		return nil, err
@@ -111,9 +105,7 @@ func (b *backend) wrappingKey(ctx context.Context, s logical.Storage, client *hs
 		// The WAL rollback looks in storage before destroying anything.
 		return nil, fmt.Errorf("storing the wrapping key: %w", err)
 	}
-	if err := framework.DeleteWAL(ctx, s, walID); err != nil {
-		b.Logger().Warn("could not delete WAL entry after creating the wrapping key", "error", err)
-	}
+	obj.stored(ctx)
 	return w, nil
 }
 

@@ -25,7 +25,16 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 			}
 		}
 	}
-	return b.Backend.HandleRequest(ctx, req)
+	resp, err := b.Backend.HandleRequest(ctx, req)
+	if !b.markerDone.Load() && req.MountAccessor != "" {
+		b.clientMu.RLock()
+		client := b.client
+		b.clientMu.RUnlock()
+		if client != nil {
+			b.ensureMountMarker(ctx, client, req.MountAccessor)
+		}
+	}
+	return resp, err
 }
 
 // HandleExistenceCheck runs the same check first: Vault asks the existence

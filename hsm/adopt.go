@@ -150,6 +150,11 @@ func describeKeyObject(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 	if !readBool(p11, sh, h, pkcs11.CKA_TOKEN) {
 		return ExistingKey{}, fmt.Errorf("%w: it is a session object, which ends with its session", ErrAdopt)
 	}
+	if readBool(p11, sh, h, pkcs11.CKA_WRAP) || readBool(p11, sh, h, pkcs11.CKA_UNWRAP) {
+		// A key that wraps other keys is a KEK: as a data key its
+		// encryptions could be used to unwrap, or its unwraps to decrypt.
+		return ExistingKey{}, fmt.Errorf("%w: it may wrap or unwrap other keys (CKA_WRAP or CKA_UNWRAP), so it is a key-encryption key, and a KEK never becomes a data key", ErrAdopt)
+	}
 	class, keyType := bytesToUint(attrs[0].Value), bytesToUint(attrs[1].Value)
 	switch {
 	case class == pkcs11.CKO_SECRET_KEY && keyType == pkcs11.CKK_AES:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
@@ -112,6 +113,29 @@ func (c *Client) decryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, 
 	if len(blob) < GCMIVLen+GCMTagLen {
 		return nil, fmt.Errorf("%w: ciphertext too short", ErrDecrypt)
 	}
+	// SoftHSM answers a tag that does not verify and a failure of its own
+	// alike (errAmbiguousTag). A client must never be told that good data
+	// was altered: look again, with the same decryption once more, and if
+	// it fails the same way, a known-answer test of the token's AES-GCM
+	// decides. Only a token that passes it has refused the tag.
+	plaintext, err := c.decryptGCMOnce(ctx, id, blob, aad)
+	if errors.Is(err, errAmbiguousTag) {
+		plaintext, err = c.decryptGCMOnce(ctx, id, blob, aad)
+	}
+	if !errors.Is(err, errAmbiguousTag) {
+		return plaintext, err
+	}
+	if kerr := c.SelfTestGCM(ctx); kerr != nil {
+		return nil, fmt.Errorf("%w: CKR_GENERAL_ERROR on decrypt, and the token's AES-GCM fails its known-answer test: %w", ErrUnavailable, kerr)
+	}
+	return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+}
+
+// errAmbiguousTag: CKR_GENERAL_ERROR from C_Decrypt on a token that answers
+// a bad GCM tag that way; decryptGCM decides which it was.
+var errAmbiguousTag = errors.New("CKR_GENERAL_ERROR on AES-GCM decryption")
+
+func (c *Client) decryptGCMOnce(ctx context.Context, id, blob, aad []byte) ([]byte, error) {
 	var plaintext []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_SECRET_KEY)
@@ -134,8 +158,11 @@ func (c *Client) openGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectH
 	}
 	plaintext, err := p11.Decrypt(sh, sealed)
 	if err != nil {
-		if classify(err) == classCaller || c.authFailureAsGeneralError(p11, sh, err) {
+		switch {
+		case classify(err) == classCaller:
 			return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+		case c.authFailureAsGeneralError(p11, sh, err):
+			return nil, fmt.Errorf("%w: %w", errAmbiguousTag, err)
 		}
 		return nil, call("C_Decrypt", err)
 	}

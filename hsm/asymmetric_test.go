@@ -152,7 +152,7 @@ func TestPrivateKeysAreSensitive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.DestroyObjects(ctx, id); err != nil {
+		if err := c.DestroyObjects(ctx, id, anyLabel); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := c.PublicKey(ctx, id); !errors.Is(err, ErrKeyNotFound) {

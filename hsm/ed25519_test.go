@@ -16,7 +16,7 @@ func TestEd25519(t *testing.T) {
 		ctx := context.Background()
 		c := openClient(t, tok, 1)
 		id := newID(t, c)
-		t.Cleanup(func() { _ = c.DestroyObjects(ctx, id) })
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, anyLabel) })
 		pub, err := c.GenerateEd25519KeyPair(ctx, id, "hsmkms-test/ed25519", Usage{Sign: true, Verify: true})
 		if tok.Kind == tokentest.NSS {
 			if !errors.Is(err, ErrNoEd25519) {

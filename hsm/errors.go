@@ -66,7 +66,9 @@ func classify(err error) errorClass {
 	if err == nil {
 		return classNone
 	}
-	if errors.Is(err, ErrDecrypt) || errors.Is(err, ErrInvalidInput) {
+	if errors.Is(err, ErrDecrypt) || errors.Is(err, ErrInvalidInput) || errors.Is(err, errAmbiguousTag) {
+		// An ambiguous tag costs no session: the session still answers
+		// (authFailureAsGeneralError), and decryptGCM looks again.
 		return classCaller
 	}
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLocked) {

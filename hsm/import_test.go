@@ -54,7 +54,7 @@ func TestImportPutsTheGivenKeyInTheToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = c.DestroyObjects(ctx, wkID) })
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, wkID, anyLabel) })
 		wk := WrappingKey{ID: wkID, Public: wkPub}
 
 		imports := map[string]func(material []byte, spec ImportSpec) (Imported, error){
@@ -71,7 +71,7 @@ func TestImportPutsTheGivenKeyInTheToken(t *testing.T) {
 				key := make([]byte, 32)
 				_, _ = rand.Read(key)
 				id := newID(t, c)
-				t.Cleanup(func() { _ = c.DestroyObjects(ctx, id) })
+				t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, anyLabel) })
 				if _, err := doImport(key, ImportSpec{Kind: ImportAES, Bits: 256, ID: id, Label: "hsmkms-test/aes", Use: Usage{Encrypt: true, Decrypt: true}}); err != nil {
 					t.Fatalf("AES import: %v", err)
 				}
@@ -89,7 +89,7 @@ func TestImportPutsTheGivenKeyInTheToken(t *testing.T) {
 				ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 				der, _ := x509.MarshalPKCS8PrivateKey(ecKey)
 				ecID := newID(t, c)
-				t.Cleanup(func() { _ = c.DestroyObjects(ctx, ecID) })
+				t.Cleanup(func() { _ = c.DestroyObjects(ctx, ecID, anyLabel) })
 				got, err := doImport(der, ImportSpec{Kind: ImportEC, Curve: "P-256", ID: ecID, Label: "hsmkms-test/ec", Use: Usage{Sign: true}})
 				if err != nil {
 					t.Fatalf("EC import: %v", err)
@@ -115,7 +115,7 @@ func TestImportPutsTheGivenKeyInTheToken(t *testing.T) {
 		}
 		der, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 		id := newID(t, c)
-		t.Cleanup(func() { _ = c.DestroyObjects(ctx, id) })
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, anyLabel) })
 		got, err := c.ImportWrapped(ctx, wk, byok(t, wkPub, crypto.SHA256, der), crypto.SHA256, ImportSpec{Kind: ImportRSA, Bits: 2048, ID: id, Label: "hsmkms-test/rsa", Use: Usage{Sign: true}})
 		if err != nil {
 			t.Fatalf("RSA import: %v", err)
@@ -146,7 +146,7 @@ func TestImportRefusesWhatIsNotTheKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = c.DestroyObjects(ctx, wkID) })
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, wkID, anyLabel) })
 		wk := WrappingKey{ID: wkID, Public: wkPub}
 		other, _ := rsa.GenerateKey(rand.Reader, 4096)
 		key := make([]byte, 32)

@@ -113,34 +113,61 @@ func (ts *tokenSession) forgetHandles() {
 	ts.handles = nil
 }
 
-// DestroyObjects destroys every object with CKA_ID id (a key, or both halves
-// of a key pair). Destroying what is already gone is not an error.
-func (c *Client) DestroyObjects(ctx context.Context, id []byte) error {
+// ErrNotOwned: an object carries the CKA_ID the caller named, but not a
+// label the caller owns; it was left on the token.
+var ErrNotOwned = errors.New("an object with this CKA_ID is not the caller's")
+
+// DestroyObjects destroys the objects with CKA_ID id (a key, or both halves
+// of a key pair) whose CKA_LABEL owned accepts. An id comes from storage,
+// a backup or a request, and the token is the truth about what it names:
+// an object with that id and a label the caller does not own is left
+// where it is, and ErrNotOwned says so. Destroying what is already gone is
+// not an error.
+func (c *Client) DestroyObjects(ctx context.Context, id []byte, owned func(label string) bool) error {
 	if len(id) == 0 {
 		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
 	}
 	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
-		if err := p11.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
-			return call("C_FindObjectsInit", err)
-		}
-		handles, _, err := p11.FindObjects(sh, 16)
-		finalErr := p11.FindObjectsFinal(sh)
+		handles, err := findAll(p11, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}, 16)
 		if err != nil {
-			return call("C_FindObjects", err)
-		}
-		if finalErr != nil {
-			return call("C_FindObjectsFinal", finalErr)
+			return err
 		}
 		c.token.forgetHandles()
+		var foreign []string
 		for _, h := range handles {
+			label, err := readLabel(p11, sh, h)
+			if err != nil {
+				return err
+			}
+			if !owned(label) {
+				foreign = append(foreign, label)
+				continue
+			}
 			if err := p11.DestroyObject(sh, h); err != nil {
 				return call("C_DestroyObject", err)
 			}
 		}
+		if len(foreign) > 0 {
+			return fmt.Errorf("%w: CKA_ID %x is also on objects labelled %q, left on the token", ErrNotOwned, id, foreign)
+		}
 		return nil
 	})
+}
+
+// ExactLabel accepts only label: for DestroyObjects, an object the caller
+// recorded with that label.
+func ExactLabel(label string) func(string) bool {
+	return func(l string) bool { return l == label }
+}
+
+func readLabel(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (string, error) {
+	attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+	if err != nil {
+		return "", call("C_GetAttributeValue (CKA_LABEL)", err)
+	}
+	return string(attrs[0].Value), nil
 }
 
 // ObjectExists reports whether an object with CKA_ID id exists.
@@ -206,4 +233,43 @@ func (c *Client) ListObjects(ctx context.Context, labelPrefix string) ([]ObjectI
 		return nil
 	})
 	return out, err
+}
+
+// PutMarker makes sure the token holds one object labelled label: a
+// generic secret that can do nothing, which the caller uses as a record on
+// the token (its label is the record). Objects whose label starts with
+// replaces, other than label, are destroyed: the records it supersedes.
+func (c *Client) PutMarker(ctx context.Context, label, replaces string) error {
+	id, err := c.NewObjectID(ctx)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+		c.token.createMu.Lock()
+		defer c.token.createMu.Unlock()
+		found, err := findAll(p11, sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 1)
+		if err != nil || len(found) > 0 {
+			return err
+		}
+		template := secretKeyTemplate(pkcs11.CKK_GENERIC_SECRET, 16, id, label, Usage{})
+		if _, err := p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, template); err != nil {
+			return call("C_GenerateKey (marker)", err)
+		}
+		stale, err := findAll(p11, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}, 1<<16)
+		if err != nil {
+			return err
+		}
+		for _, h := range stale {
+			l, err := readLabel(p11, sh, h)
+			if err == nil && l != label && strings.HasPrefix(l, replaces) {
+				if err := p11.DestroyObject(sh, h); err != nil {
+					return call("C_DestroyObject (stale marker)", err)
+				}
+			}
+		}
+		return nil
+	})
 }

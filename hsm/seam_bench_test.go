@@ -66,7 +66,7 @@ func benchSeamAES(b *testing.B, c *Client) {
 	if err := c.GenerateAESKey(ctx, id, "seam-bench", 256, Usage{Encrypt: true, Decrypt: true}); err != nil {
 		b.Fatal(err)
 	}
-	defer c.DestroyObjects(ctx, id)
+	defer c.DestroyObjects(ctx, id, anyLabel)
 	runSeam(b, c, id, pkcs11.CKO_SECRET_KEY, seamOp{direct: seamAESDirect, iface: seamAESInterface})
 }
 
@@ -79,7 +79,7 @@ func benchSeamRSA(b *testing.B, c *Client) {
 	if _, err := c.GenerateRSAKeyPair(ctx, id, "seam-bench", 2048, Usage{Sign: true, Verify: true}); err != nil {
 		b.Fatal(err)
 	}
-	defer c.DestroyObjects(ctx, id)
+	defer c.DestroyObjects(ctx, id, anyLabel)
 	runSeam(b, c, id, pkcs11.CKO_PRIVATE_KEY, seamOp{direct: seamRSADirect, iface: seamRSAInterface})
 }
 

@@ -4,14 +4,15 @@ import (
 	"context"
 	"crypto"
 	"encoding/asn1"
+	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
 )
 
-// maxWrappedBytes bounds a wrapped key: an RSA-4096 PKCS#8 key under RFC
+// MaxWrappedBytes bounds a wrapped key: an RSA-4096 PKCS#8 key under RFC
 // 5649 is about 2.4 KiB; NSS adds the public key to EC keys.
-const maxWrappedBytes = 8192
+const MaxWrappedBytes = 8192
 
 // GenerateKEK makes a key-encryption key: an AES-256 token key that is
 // sensitive, never extractable, and may only wrap and unwrap.
@@ -27,8 +28,8 @@ func (c *Client) GenerateKEK(ctx context.Context, id []byte, label string) error
 }
 
 // FindKEK finds the token's key-encryption key labelled label: its CKA_ID,
-// or nil when there is none. A KEK that does not wrap and unwrap, or a
-// label two keys share, is an error.
+// or nil when there is none. Only a key fit to be a KEK is taken (see
+// checkKEK); a label two keys share is an error.
 func (c *Client) FindKEK(ctx context.Context, label string) ([]byte, error) {
 	var id []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -46,20 +47,105 @@ func (c *Client) FindKEK(ctx context.Context, label string) ([]byte, error) {
 		default:
 			return fmt.Errorf("%w: two secret keys on the token are labelled %q", ErrInvalidInput, label)
 		}
-		if !readBool(p11, sh, found[0], pkcs11.CKA_WRAP) || !readBool(p11, sh, found[0], pkcs11.CKA_UNWRAP) {
-			return fmt.Errorf("%w: the key labelled %q cannot wrap and unwrap, so it cannot be a KEK", ErrInvalidInput, label)
-		}
-		attrs, err := p11.GetAttributeValue(sh, found[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		kek, err := describeKEK(p11, sh, found[0])
 		if err != nil {
-			return call("C_GetAttributeValue", err)
+			return err
 		}
-		if len(attrs[0].Value) == 0 {
+		if err := kek.check(true); err != nil {
+			return fmt.Errorf("%w: the key labelled %q %w", ErrInvalidInput, label, err)
+		}
+		if len(kek.ID) == 0 {
 			return fmt.Errorf("%w: the key labelled %q has no CKA_ID", ErrInvalidInput, label)
 		}
-		id = attrs[0].Value
+		id = kek.ID
 		return nil
 	})
 	return id, err
+}
+
+// KEKInfo is what the token says of an object named as a KEK.
+type KEKInfo struct {
+	ID, Label                      []byte
+	AES, Sensitive, Extractable    bool
+	Wrap, Unwrap                   bool
+	Encrypt, Decrypt, Sign, Verify bool
+}
+
+// errNotAKEK explains why an object cannot serve as a KEK.
+var errNotAKEK = errors.New("cannot be a KEK")
+
+// check says why the object cannot be a KEK: an AES key that is sensitive,
+// never extractable, and wraps and unwraps only (a KEK that may also
+// encrypt could be taken for a data key). A KEK that only unwraps is a
+// retired one: good enough to restore from, never to wrap with.
+func (k KEKInfo) check(wrap bool) error {
+	switch {
+	case !k.AES:
+		return fmt.Errorf("is not an AES key, so it %w", errNotAKEK)
+	case !k.Sensitive || k.Extractable:
+		return fmt.Errorf("is extractable or not sensitive, so it %w", errNotAKEK)
+	case !k.Unwrap || (wrap && !k.Wrap):
+		return fmt.Errorf("cannot wrap and unwrap, so it %w", errNotAKEK)
+	case k.Encrypt || k.Decrypt || k.Sign || k.Verify:
+		return fmt.Errorf("may also encrypt, decrypt, sign or verify, so it %w: a KEK wraps and unwraps only (make it with CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN and CKA_VERIFY false)", errNotAKEK)
+	}
+	return nil
+}
+
+func describeKEK(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (KEKInfo, error) {
+	attrs, err := p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
+	})
+	if err != nil {
+		return KEKInfo{}, call("C_GetAttributeValue (KEK)", err)
+	}
+	flag := func(t uint) bool { return readBool(p11, sh, h, t) }
+	return KEKInfo{
+		ID: attrs[0].Value, Label: attrs[1].Value, AES: bytesToUint(attrs[2].Value) == pkcs11.CKK_AES,
+		Sensitive: flag(pkcs11.CKA_SENSITIVE), Extractable: flag(pkcs11.CKA_EXTRACTABLE),
+		Wrap: flag(pkcs11.CKA_WRAP), Unwrap: flag(pkcs11.CKA_UNWRAP),
+		Encrypt: flag(pkcs11.CKA_ENCRYPT), Decrypt: flag(pkcs11.CKA_DECRYPT),
+		Sign: flag(pkcs11.CKA_SIGN), Verify: flag(pkcs11.CKA_VERIFY),
+	}, nil
+}
+
+// CheckKEK finds the secret key with CKA_ID id and checks that it can
+// unwrap as a KEK: for ids that come from outside (a backup), which are
+// checked on the token before anything is unwrapped with them. It returns
+// the key's label, from the token.
+func (c *Client) CheckKEK(ctx context.Context, id []byte) (string, error) {
+	if len(id) == 0 {
+		return "", fmt.Errorf("%w: empty KEK id", ErrInvalidInput)
+	}
+	var label string
+	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+		found, err := findAll(p11, sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		}, 2)
+		if err != nil {
+			return err
+		}
+		switch len(found) {
+		case 0:
+			return fmt.Errorf("%w: CKA_ID %x", ErrKeyNotFound, id)
+		case 1:
+		default:
+			return fmt.Errorf("%w: two secret keys share CKA_ID %x", ErrInvalidInput, id)
+		}
+		kek, err := describeKEK(p11, sh, found[0])
+		if err != nil {
+			return err
+		}
+		label = string(kek.Label)
+		if err := kek.check(false); err != nil {
+			return fmt.Errorf("%w: the object with CKA_ID %x (label %q) %w", ErrInvalidInput, id, label, err)
+		}
+		return nil
+	})
+	return label, err
 }
 
 // GenerateWrapped makes a key of spec's kind as session objects that may
@@ -130,7 +216,7 @@ func (c *Client) GenerateWrapped(ctx context.Context, kek []byte, spec ImportSpe
 			return fmt.Errorf("%w: unknown key kind %d", ErrInvalidInput, spec.Kind)
 		}
 		defer func() { _ = p11.DestroyObject(sh, key) }()
-		blob, err = p11.WrapKeyOnce(sh, kwp, kekHandle, key, maxWrappedBytes)
+		blob, err = p11.WrapKeyOnce(sh, kwp, kekHandle, key, MaxWrappedBytes)
 		return call("C_WrapKey", err)
 	})
 	return blob, pub, err
@@ -140,6 +226,39 @@ func (c *Client) GenerateWrapped(ctx context.Context, kek []byte, spec ImportSpe
 // session object that may leave the token only wrapped, wrapped again and
 // destroyed.
 func (c *Client) Rewrap(ctx context.Context, from, to, blob []byte, spec ImportSpec) ([]byte, error) {
+	return c.rewrap(ctx, from, to, blob, spec, false)
+}
+
+// RewrapChecked is Rewrap for a blob that comes from outside the mount's
+// storage (a backup): before it is wrapped again, the key it unwraps to is
+// checked against spec as an import is (kind, size, curve, and the public
+// half against spec.Public), so that metadata and key cannot disagree.
+func (c *Client) RewrapChecked(ctx context.Context, from, to, blob []byte, spec ImportSpec) ([]byte, error) {
+	if want := wrappedSecretLen(spec); want != 0 && len(blob) != want {
+		return nil, fmt.Errorf("%w: the blob is %d bytes; a wrapped %d-bit key is %d", ErrInvalidInput, len(blob), spec.Bits, want)
+	}
+	// The transient copy may do what the check needs; it is destroyed
+	// straight after.
+	switch spec.Kind {
+	case ImportAES:
+		spec.Use.Encrypt = true
+	case ImportHMAC:
+		spec.Use.Sign = true
+	}
+	return c.rewrap(ctx, from, to, blob, spec, true)
+}
+
+// wrappedSecretLen is the length of a secret key of spec's size wrapped by
+// RFC 5649 (an 8-byte integrity block, the key padded to 8 bytes), or 0
+// when the size is not known.
+func wrappedSecretLen(spec ImportSpec) int {
+	if (spec.Kind != ImportAES && spec.Kind != ImportHMAC) || spec.Bits == 0 {
+		return 0
+	}
+	return 8 + (spec.Bits/8+7)/8*8
+}
+
+func (c *Client) rewrap(ctx context.Context, from, to, blob []byte, spec ImportSpec, check bool) ([]byte, error) {
 	var out []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		kwp, err := c.kwpMechanism(p11, sh)
@@ -163,13 +282,18 @@ func (c *Client) Rewrap(ctx context.Context, from, to, blob []byte, spec ImportS
 		template = setAttribute(setAttribute(template, pkcs11.CKA_EXTRACTABLE, true), pkcs11.CKA_ID, append([]byte("rewrap:"), spec.ID...))
 		h, err := c.unwrapObject(p11, sh, kwp, fromHandle, blob, template)
 		if err != nil {
-			if unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
+			if errors.Is(err, ErrInvalidInput) || unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
 				return fmt.Errorf("%w: the blob does not unwrap under this KEK (%w)", ErrInvalidInput, err)
 			}
 			return err
 		}
 		defer func() { _ = p11.DestroyObject(sh, h) }()
-		out, err = p11.WrapKeyOnce(sh, kwp, toHandle, h, maxWrappedBytes)
+		if check {
+			if _, err := c.checkImported(p11, sh, h, spec); err != nil {
+				return err
+			}
+		}
+		out, err = p11.WrapKeyOnce(sh, kwp, toHandle, h, MaxWrappedBytes)
 		return call("C_WrapKey (rewrap)", err)
 	})
 	return out, err
@@ -195,6 +319,9 @@ func sessionTemplate(c *Client, spec ImportSpec) ([]*pkcs11.Attribute, error) {
 // unwrapObject unwraps with the token's RFC 5649 mechanism, leaving out
 // the attributes SoftHSM refuses at C_UnwrapKey.
 func (c *Client) unwrapObject(p11 PKCS11, sh pkcs11.SessionHandle, kwp uint, unwrapping pkcs11.ObjectHandle, wrapped []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if len(wrapped) == 0 || len(wrapped) > MaxWrappedBytes {
+		return 0, fmt.Errorf("%w: a wrapped key of %d bytes; 1 to %d expected", ErrInvalidInput, len(wrapped), MaxWrappedBytes)
+	}
 	q := &c.token.quirks
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(kwp, nil)}
 	readOnlyAtUnwrap := func(t []*pkcs11.Attribute) []*pkcs11.Attribute {

@@ -59,7 +59,7 @@ func TestWrappedKeysLiveOnlyInTheCache(t *testing.T) {
 			if err := c.GenerateKEK(ctx, id, "hsmkms-test/kek"); err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = c.DestroyObjects(ctx, id) })
+			t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, anyLabel) })
 		}
 		specs := map[string]ImportSpec{
 			"aes":  {Kind: ImportAES, Bits: 256, Use: Usage{Encrypt: true, Decrypt: true}},
