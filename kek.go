@@ -116,6 +116,9 @@ func (b *backend) ensureKEKLocked(ctx context.Context, s logical.Storage, client
 	if id != nil {
 		st.Latest = 1
 		st.Versions[1] = &kekVersion{ObjectID: id, Label: conf.KEKLabel, Created: b.now().UTC(), Found: true}
+		if err := b.recordFoundKEKs(ctx, client, st); err != nil {
+			return err
+		}
 		return b.storeKEKState(ctx, s, st)
 	}
 	obj, err := b.generateKEKLocked(ctx, s, client, b.kekLabel(conf, 1))

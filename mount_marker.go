@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -44,11 +45,55 @@ func parseMarker(label string) (owner string, m mountMarker, ok bool) {
 	return owner, m, ok && m.Accessor != ""
 }
 
-// ensureMountMarker puts this mount's marker on the token once per
-// process, when the mount's accessor is known (every request carries it).
+// A KEK found by kek_label carries the label its makers gave it, so
+// nothing in it says a mount uses it as a KEK; each mount records the ones
+// it uses, so that no mount adopts another's KEK as a data key:
+//
+//	hsmkms/<backend uuid>/.kek/<hex CKA_ID>
+const kekRecordSegment = "/.kek/"
+
+func kekRecordLabel(owner string, id []byte) string {
+	return objectLabelPrefix + owner + kekRecordSegment + hex.EncodeToString(id)
+}
+
+// parseKEKRecord reads a KEK record's label: the mount and the KEK's CKA_ID.
+func parseKEKRecord(label string) (string, []byte, bool) {
+	owner, ok := labelOwner(label)
+	if !ok {
+		return "", nil, false
+	}
+	rest, found := strings.CutPrefix(label, objectLabelPrefix+owner+kekRecordSegment)
+	id, err := hex.DecodeString(rest)
+	return owner, id, found && err == nil && len(id) > 0
+}
+
+// recordFoundKEKs puts a record of every KEK this mount found by kek_label
+// on the token.
+func (b *backend) recordFoundKEKs(ctx context.Context, client *hsm.Client, st *kekState) error {
+	for _, v := range st.Versions {
+		if !v.Found {
+			continue
+		}
+		label := kekRecordLabel(b.owner, v.ObjectID)
+		if err := client.PutMarker(ctx, label, label); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureMountMarker puts this mount's marker, and the records of the KEKs
+// it found, on the token once per process, when the mount's accessor is
+// known (every request carries it).
 func (b *backend) ensureMountMarker(ctx context.Context, client *hsm.Client, accessor string) {
 	if accessor == "" || b.markerDone.Load() {
 		return
+	}
+	if st, err := b.kek(ctx, b.storage); err == nil {
+		if err := b.recordFoundKEKs(ctx, client, st); err != nil {
+			b.Logger().Warn("could not record this mount's KEK on the token", "error", err)
+			return
+		}
 	}
 	clusterID := ""
 	if sys := b.System(); sys != nil {

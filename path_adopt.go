@@ -1,6 +1,7 @@
 package hsmkms
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/hex"
@@ -159,6 +160,11 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	if _, _, isKEK := kekLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, objectLabelPrefix) {
 		return logical.ErrorResponse("%s: the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", field, ek.Label), logical.ErrInvalidRequest
 	}
+	if msg, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
+		return respondError("adopt key", err)
+	} else if msg != "" {
+		return logical.ErrorResponse("%s: %s; a KEK never becomes a data key", field, msg), logical.ErrInvalidRequest
+	}
 	kt, msg := adoptedKeyType(ek)
 	if msg != "" {
 		return logical.ErrorResponse("%s: %s", field, msg), logical.ErrInvalidRequest
@@ -249,4 +255,32 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	return &logical.Response{Data: k.keyResponse()}, nil
+}
+
+// kekUse says why an object found for adoption is a KEK, or "": one of
+// this mount's KEK versions, a KEK another mount recorded on the token, or
+// a key that only wraps and unwraps.
+func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey) (string, error) {
+	st, err := b.kek(ctx, s)
+	if err != nil {
+		return "", err
+	}
+	for v, kv := range st.Versions {
+		if bytes.Equal(kv.ObjectID, ek.ID) {
+			return fmt.Sprintf("the object is version %d of this mount's KEK", v), nil
+		}
+	}
+	records, err := client.ListObjects(ctx, objectLabelPrefix)
+	if err != nil {
+		return "", err
+	}
+	for _, o := range records {
+		if owner, id, ok := parseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
+			return fmt.Sprintf("the object is the KEK of mount %s", owner), nil
+		}
+	}
+	if ek.Wrap && !ek.Encrypt && !ek.Decrypt && !ek.Sign {
+		return "the object may only wrap and unwrap keys: it is a key-encryption key", nil
+	}
+	return "", nil
 }

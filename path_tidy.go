@@ -139,6 +139,9 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 				continue // this mount's own record
 			}
 		}
+		if recordOwner, _, isRecord := parseKEKRecord(o.Label); isRecord && recordOwner == b.owner {
+			continue // this mount's record of the KEK it found
+		}
 		switch {
 		case owner == b.owner:
 			if !used[hex.EncodeToString(o.ID)] {

@@ -231,25 +231,49 @@ func TestAnotherMountsKEKCannotBeTaken(t *testing.T) {
 	}
 }
 
-// Finding 5: a KEK found by kek_label must wrap and unwrap only; a key that
-// may also encrypt (pkcs11-tool's default) is refused as a KEK, and no key
-// that wraps can be adopted as a data key.
+// Finding 5: a KEK found by kek_label must wrap and unwrap only; a key
+// that may also encrypt (pkcs11-tool's default) is refused as a KEK. No
+// mount adopts a KEK as a data key: its own, one another mount found and
+// recorded on the token (as a mount configured before this check may use a
+// KEK that also encrypts), or a key that only wraps. An ordinary key that
+// merely permits wrapping (SoftHSM's default) is still adoptable.
 func TestAKEKNeverBecomesADataKey(t *testing.T) {
+	ctx := context.Background()
 	m, raw := rawMount(t)
-	label := "corp-kek-" + hex.EncodeToString([]byte(t.Name()))[:16]
-	raw.makeSecretKey(t, label, true)
+	permissive := "corp-kek-" + hex.EncodeToString([]byte(t.Name()))[:16]
+	permissiveID := raw.makeSecretKey(t, permissive, true)
 	resp, err := newMount(t).do(logical.UpdateOperation, "config", map[string]interface{}{
-		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN, "kek_label": label,
+		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN, "kek_label": permissive,
 	})
 	if err == nil || !strings.Contains(respError(resp), "wraps and unwraps only") {
 		t.Fatalf("config with a KEK that also encrypts: err %v, resp %v", err, respError(resp))
 	}
-	m.mustFail(logical.UpdateOperation, "keys/taken/adopt", map[string]interface{}{"label": label}, "key-encryption key")
-	st, err := m.b.kek(context.Background(), m.storage)
+
+	// A mount an older release configured with that KEK records it.
+	legacy := configuredMount(t, map[string]interface{}{"default_key": "legacy-default"})
+	st, err := loadKEKState(ctx, legacy.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.mustFail(logical.UpdateOperation, "keys/taken2/adopt", map[string]interface{}{"id": hex.EncodeToString(st.Versions[1].ObjectID)}, "key-encryption key")
+	st.Versions[1] = &kekVersion{ObjectID: permissiveID, Label: permissive, Found: true}
+	if err := legacy.b.storeKEKState(ctx, legacy.storage, st); err != nil {
+		t.Fatal(err)
+	}
+	legacy.b.markerDone.Store(false)
+	legacy.mustOK(logical.ReadOperation, "status", nil) // a request: the records are written
+	m.mustFail(logical.UpdateOperation, "keys/taken/adopt", map[string]interface{}{"label": permissive}, "the KEK of mount "+legacy.b.owner)
+
+	own, err := m.b.kek(ctx, m.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mustFail(logical.UpdateOperation, "keys/taken2/adopt", map[string]interface{}{"id": hex.EncodeToString(own.Versions[1].ObjectID)}, "cannot be adopted")
+	wrapOnly := raw.makeWrapOnlyKey(t, "wrap-only-"+hex.EncodeToString([]byte(t.Name()))[:12])
+	m.mustFail(logical.UpdateOperation, "keys/taken3/adopt", map[string]interface{}{"id": hex.EncodeToString(wrapOnly)}, "only wrap and unwrap")
+
+	ordinary := "ordinary-" + hex.EncodeToString([]byte(t.Name()))[:16]
+	raw.makeSecretKey(t, ordinary, true)
+	m.mustOK(logical.UpdateOperation, "keys/ceremony/adopt", map[string]interface{}{"label": ordinary})
 }
 
 // rawToken is the module a mount loaded, seen through its intercept, for
@@ -290,28 +314,40 @@ func (r *rawToken) session(t *testing.T, f func(sh pkcs11.SessionHandle) error) 
 	}
 }
 
+// makeWrapOnlyKey puts a key on the token that may only wrap and unwrap:
+// a KEK made by the HSM's tools.
+func (r *rawToken) makeWrapOnlyKey(t *testing.T, label string) []byte {
+	t.Helper()
+	return r.makeKey(t, label, map[uint]bool{pkcs11.CKA_WRAP: true, pkcs11.CKA_UNWRAP: true, pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_SIGN: false, pkcs11.CKA_VERIFY: false})
+}
+
 // makeSecretKey puts an AES token key with label on the token, as the HSM's
 // tools would: with wrap and unwrap as well as encrypt and decrypt when
 // kekLike (pkcs11-tool's defaults).
 func (r *rawToken) makeSecretKey(t *testing.T, label string, kekLike bool) []byte {
 	t.Helper()
+	return r.makeKey(t, label, map[uint]bool{pkcs11.CKA_ENCRYPT: true, pkcs11.CKA_DECRYPT: true, pkcs11.CKA_WRAP: kekLike, pkcs11.CKA_UNWRAP: kekLike})
+}
+
+func (r *rawToken) makeKey(t *testing.T, label string, usage map[uint]bool) []byte {
+	t.Helper()
 	id := []byte("test:" + label)
+	template := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}
+	for attr, v := range usage {
+		template = append(template, pkcs11.NewAttribute(attr, v))
+	}
 	r.session(t, func(sh pkcs11.SessionHandle) error {
-		_, err := r.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, kekLike),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, kekLike),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		})
+		_, err := r.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, template)
 		return err
 	})
 	t.Cleanup(func() {

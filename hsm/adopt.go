@@ -32,8 +32,9 @@ type ExistingKey struct {
 	Label       string
 	Sensitive   bool
 	Extractable bool
-	// What the object itself permits.
-	Encrypt, Decrypt, Sign, Verify bool
+	// What the object itself permits; Wrap is CKA_WRAP or CKA_UNWRAP
+	// (SoftHSM sets both on any secret key made without saying otherwise).
+	Encrypt, Decrypt, Sign, Verify, Wrap bool
 	// Public is the public key of a private key: from the public object
 	// with the same CKA_ID, the private object's modulus (RSA), or
 	// recovered from two signatures (EC).
@@ -146,14 +147,10 @@ func describeKeyObject(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 		Decrypt:     readBool(p11, sh, h, pkcs11.CKA_DECRYPT),
 		Sign:        readBool(p11, sh, h, pkcs11.CKA_SIGN),
 		Verify:      readBool(p11, sh, h, pkcs11.CKA_VERIFY),
+		Wrap:        readBool(p11, sh, h, pkcs11.CKA_WRAP) || readBool(p11, sh, h, pkcs11.CKA_UNWRAP),
 	}
 	if !readBool(p11, sh, h, pkcs11.CKA_TOKEN) {
 		return ExistingKey{}, fmt.Errorf("%w: it is a session object, which ends with its session", ErrAdopt)
-	}
-	if readBool(p11, sh, h, pkcs11.CKA_WRAP) || readBool(p11, sh, h, pkcs11.CKA_UNWRAP) {
-		// A key that wraps other keys is a KEK: as a data key its
-		// encryptions could be used to unwrap, or its unwraps to decrypt.
-		return ExistingKey{}, fmt.Errorf("%w: it may wrap or unwrap other keys (CKA_WRAP or CKA_UNWRAP), so it is a key-encryption key, and a KEK never becomes a data key", ErrAdopt)
 	}
 	class, keyType := bytesToUint(attrs[0].Value), bytesToUint(attrs[1].Value)
 	switch {
