@@ -314,7 +314,7 @@ func TestOAEPProbeSurvivesATransientFailure(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[tokentest.Kind]hsm.OAEPMode{tokentest.NSS: hsm.OAEPInToken, tokentest.SoftHSM2: hsm.OAEPRawUnpad}[tokenB.Kind]
+		want := map[tokentest.Kind]hsm.OAEPMode{tokentest.NSS: hsm.OAEPInToken, tokentest.SoftHSM2: hsm.OAEPRawUnpad}[tokenB.Implementation()]
 		if mode != want {
 			t.Fatalf("OAEP mode after the outage: %q, want %q", mode, want)
 		}
@@ -335,7 +335,7 @@ func TestGeneralErrorOnDecryptIsABadTagOnlyOnSoftHSM(t *testing.T) {
 		}
 		ft.FailNext("C_Decrypt", pkcs11.Error(pkcs11.CKR_GENERAL_ERROR))
 		got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
-		if tokenA.Kind == tokentest.SoftHSM2 {
+		if tokenA.Implementation() == tokentest.SoftHSM2 {
 			if !errors.Is(err, hsm.ErrDecrypt) {
 				t.Fatalf("SoftHSM's tag-mismatch answer: %v, want ErrDecrypt", err)
 			}
