@@ -33,9 +33,26 @@ static CK_FUNCTION_LIST_PTR miekg_function_list(void *ctx, const char *path) {
 	return c->sym;
 }
 
-static CK_RV oneshot_encrypt(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG inlen,
+// The single-part calls made in one call with the caller's buffer.
+enum { ONESHOT_ENCRYPT, ONESHOT_DECRYPT, ONESHOT_SIGN };
+
+static CK_RV oneshot_crypt(CK_FUNCTION_LIST_PTR fl, int op, CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG inlen,
 		CK_BYTE_PTR out, CK_ULONG_PTR outlen) {
-	return fl->C_Encrypt(sh, in, inlen, out, outlen);
+	switch (op) {
+	case ONESHOT_ENCRYPT: return fl->C_Encrypt(sh, in, inlen, out, outlen);
+	case ONESHOT_DECRYPT: return fl->C_Decrypt(sh, in, inlen, out, outlen);
+	case ONESHOT_SIGN: return fl->C_Sign(sh, in, inlen, out, outlen);
+	}
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+// wipe_free zeroes n bytes at p (through a volatile pointer, so the
+// compiler keeps the stores) and frees it: plaintexts do not stay behind
+// in the C heap.
+static void wipe_free(void *p, size_t n) {
+	volatile unsigned char *v = p;
+	while (n--) *v++ = 0;
+	free(p);
 }
 
 static CK_RV oneshot_wrap(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE sh, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
@@ -111,21 +128,43 @@ func (b *miekgBinding) unload() {
 }
 
 func (b *miekgBinding) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap int) ([]byte, error) {
-	if outCap < 1 {
+	return b.once(C.ONESHOT_ENCRYPT, "C_Encrypt", sh, plaintext, outCap)
+}
+
+func (b *miekgBinding) DecryptOnce(sh pkcs11.SessionHandle, ciphertext []byte, outCap int) ([]byte, error) {
+	return b.once(C.ONESHOT_DECRYPT, "C_Decrypt", sh, ciphertext, outCap)
+}
+
+func (b *miekgBinding) SignOnce(sh pkcs11.SessionHandle, data []byte, outCap int) ([]byte, error) {
+	return b.once(C.ONESHOT_SIGN, "C_Sign", sh, data, outCap)
+}
+
+// once makes the single-part call op with an output buffer of outCap
+// bytes. Input and output live in C memory, which is wiped before it is
+// freed: either may be a plaintext, and the module may keep no Go pointer.
+func (b *miekgBinding) once(op C.int, name string, sh pkcs11.SessionHandle, input []byte, outCap int) ([]byte, error) {
+	if outCap < 0 {
 		return nil, fmt.Errorf("%w: output buffer of %d bytes", ErrInvalidInput, outCap)
 	}
-	in := C.CBytes(plaintext) // a C copy: the module may keep no Go pointer
-	defer C.free(in)
-	out := C.malloc(C.size_t(outCap))
-	defer C.free(out)
+	in := C.malloc(C.size_t(max(len(input), 1))) // never NULL: some modules refuse NULL with length 0
+	defer C.wipe_free(in, C.size_t(max(len(input), 1)))
+	copy(unsafe.Slice((*byte)(in), len(input)), input)
+	var out unsafe.Pointer // NULL for outCap 0: a length query
+	if outCap > 0 {
+		out = C.malloc(C.size_t(outCap))
+		defer C.wipe_free(out, C.size_t(outCap))
+	}
 	outLen := C.CK_ULONG(outCap)
-	rv := C.oneshot_encrypt(b.fl, C.CK_SESSION_HANDLE(sh), C.CK_BYTE_PTR(in), C.CK_ULONG(len(plaintext)),
+	rv := C.oneshot_crypt(b.fl, op, C.CK_SESSION_HANDLE(sh), C.CK_BYTE_PTR(in), C.CK_ULONG(len(input)),
 		C.CK_BYTE_PTR(out), &outLen)
+	if rv == C.CKR_OK && outCap == 0 {
+		return nil, &ResultSizeError{Size: int(outLen)}
+	}
 	if rv != C.CKR_OK {
 		return nil, pkcs11.Error(rv)
 	}
 	if int(outLen) > outCap {
-		return nil, fmt.Errorf("C_Encrypt wrote %d bytes into a %d-byte buffer", int(outLen), outCap)
+		return nil, fmt.Errorf("%s wrote %d bytes into a %d-byte buffer", name, int(outLen), outCap)
 	}
 	return C.GoBytes(out, C.int(outLen)), nil
 }
