@@ -400,7 +400,7 @@ func TestPoolBorrowHonoursDeadline(t *testing.T) {
 		c := openClient(t, tokenA, 1)
 		ctx := context.Background()
 		c.mod.mu.RLock()
-		held, err := c.borrowCurrent(ctx, c.mod.generation)
+		held, err := c.borrowCurrent(ctx, c.mod.generation, false)
 		c.mod.mu.RUnlock()
 		if err != nil {
 			t.Fatal(err)
