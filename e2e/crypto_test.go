@@ -15,7 +15,7 @@ import (
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestKeysAndCryptoThroughVault(t *testing.T) {
-	eachToken(t, testKeysAndCryptoThroughVault)
+	eachCryptoToken(t, testKeysAndCryptoThroughVault)
 }
 
 func testKeysAndCryptoThroughVault(t *testing.T, tok *tokentest.Token) {
@@ -83,7 +83,7 @@ func testKeysAndCryptoThroughVault(t *testing.T, tok *tokentest.Token) {
 }
 
 func TestContextsAndTamperingThroughVault(t *testing.T) {
-	eachToken(t, testContextsAndTamperingThroughVault)
+	eachCryptoToken(t, testContextsAndTamperingThroughVault)
 }
 
 func testContextsAndTamperingThroughVault(t *testing.T, tok *tokentest.Token) {
@@ -136,7 +136,7 @@ func testContextsAndTamperingThroughVault(t *testing.T, tok *tokentest.Token) {
 }
 
 func TestBatchOfHundredThroughVault(t *testing.T) {
-	eachToken(t, testBatchOfHundredThroughVault)
+	eachCryptoToken(t, testBatchOfHundredThroughVault)
 }
 
 func testBatchOfHundredThroughVault(t *testing.T, tok *tokentest.Token) {
@@ -195,7 +195,7 @@ func testBatchOfHundredThroughVault(t *testing.T, tok *tokentest.Token) {
 }
 
 func TestKeyLifecycleRulesThroughVault(t *testing.T) {
-	eachToken(t, testKeyLifecycleRulesThroughVault)
+	eachCryptoToken(t, testKeyLifecycleRulesThroughVault)
 }
 
 func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
@@ -242,7 +242,7 @@ func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
 }
 
 func TestConfigThroughVault(t *testing.T) {
-	eachToken(t, testConfigThroughVault)
+	eachCryptoToken(t, testConfigThroughVault)
 }
 
 func testConfigThroughVault(t *testing.T, tok *tokentest.Token) {
@@ -268,7 +268,7 @@ func testConfigThroughVault(t *testing.T, tok *tokentest.Token) {
 	if secret.Data["init_args"] != tok.InitArgs {
 		t.Errorf("init_args read back as %q, want %q", secret.Data["init_args"], tok.InitArgs)
 	}
-	checkQuirksAndOAEP(t, tok.Kind, secret.Data)
+	checkQuirksAndOAEP(t, tok.Implementation(), secret.Data)
 
 	status, resp := v.raw("POST", "kms/config", v.token, map[string]interface{}{
 		"library": tok.Library, "init_args": tok.InitArgs, "token_label": tok.Label, "pin": "not-the-pin",
@@ -322,8 +322,8 @@ func testConfigThroughVault(t *testing.T, tok *tokentest.Token) {
 }
 
 // checkQuirksAndOAEP checks that GET config lists the quirks in force on a
-// token of kind (each with how it is handled) and says how RSA-OAEP-SHA-256
-// is decrypted there.
+// token of implementation kind (each with how it is handled) and says how
+// RSA-OAEP-SHA-256 is decrypted there.
 func checkQuirksAndOAEP(t *testing.T, kind tokentest.Kind, data map[string]interface{}) {
 	t.Helper()
 	var want, notWanted []string

@@ -37,12 +37,14 @@ var (
 	baoBin    string
 	pluginDir string
 	pluginSHA string
-	// tokens holds two tokens of each kind, labelled "e2e" and "e2e-b",
-	// made by one tokentest.New call per kind so that they can be used
-	// together by one plugin process (NSS's pair shares one InitArgs).
+	// tokens holds two tokens of each kind, labelled "e2e" and "e2e-b"
+	// (with tokentest.P11KitLabelSuffix for p11kit), made by one
+	// tokentest.New call per kind so that they can be used together by one
+	// plugin process (NSS's pair shares one InitArgs).
 	tokens map[tokentest.Kind][]*tokentest.Token
 	// libraryDirs is HSMKMS_LIBRARY_DIRS for the plugin: the directories of
-	// both modules, as named and with symlinks resolved.
+	// every kind's module, as named and with symlinks resolved (for p11kit,
+	// p11-kit-proxy.so's: the proxy loads SoftHSM2 itself).
 	libraryDirs string
 )
 
@@ -52,6 +54,18 @@ var (
 // token), not with other tests: much of a Vault's start is waiting.
 func eachToken(t *testing.T, f func(t *testing.T, tok *tokentest.Token)) {
 	for _, kind := range tokentest.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			f(t, tokens[kind][0])
+		})
+	}
+}
+
+// eachCryptoToken is eachToken on every kind of tokentest.KindsWithP11Kit:
+// the crypto suite also runs on SoftHSM2 loaded by p11-kit-proxy.so, as a
+// module registered system-wide is loaded ("p11kit").
+func eachCryptoToken(t *testing.T, f func(t *testing.T, tok *tokentest.Token)) {
+	for _, kind := range tokentest.KindsWithP11Kit {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
 			f(t, tokens[kind][0])
@@ -109,8 +123,8 @@ func setup(m *testing.M) (int, error) {
 
 	tokens = map[tokentest.Kind][]*tokentest.Token{}
 	var dirs []string
-	for _, kind := range tokentest.Kinds {
-		made, err := tokentest.New(kind, filepath.Join(work, string(kind)),
+	for _, kind := range tokentest.KindsWithP11Kit {
+		made, err := tokentest.New(kind, tokentest.Dir(work, kind),
 			tokentest.Spec{Label: "e2e", PIN: "e2e-pin-2468"}, tokentest.Spec{Label: "e2e-b", PIN: "e2e-pin-1357"})
 		if err != nil {
 			return 1, fmt.Errorf("making %s tokens: %w", kind, err)
@@ -372,7 +386,7 @@ func (v *vaultServer) clientEnv() []string {
 // token's own (a private token from newPrivateSoftHSM), else the one every
 // SoftHSM2 token of the package shares.
 func (v *vaultServer) softHSMConf() string {
-	if v.tok != nil && v.tok.Kind == tokentest.SoftHSM2 && v.tok.Conf != "" {
+	if v.tok != nil && v.tok.Implementation() == tokentest.SoftHSM2 && v.tok.Conf != "" {
 		return v.tok.Conf
 	}
 	return softHSM().Conf

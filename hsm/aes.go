@@ -70,7 +70,8 @@ func (c *Client) sealGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectH
 		return nil, call("C_EncryptInit", err)
 	}
 	sealedLen := len(plaintext) + GCMTagLen
-	sealed, err := p11.EncryptOnce(sh, plaintext, sealedLen+GCMIVLen)
+	// Room for a token that appends its own IV (see gcmIVAppended).
+	sealed, err := oneCall(func(n int) ([]byte, error) { return p11.EncryptOnce(sh, plaintext, n) }, sealedLen+GCMIVLen)
 	if err != nil {
 		return nil, call("C_Encrypt", err)
 	}
@@ -156,7 +157,9 @@ func (c *Client) openGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectH
 	if err := p11.DecryptInit(sh, params.mechanism(), key); err != nil {
 		return nil, call("C_DecryptInit", err)
 	}
-	plaintext, err := p11.Decrypt(sh, sealed)
+	// The whole input's size: NSS checks the buffer against it, tag
+	// included.
+	plaintext, err := oneCall(func(n int) ([]byte, error) { return p11.DecryptOnce(sh, sealed, n) }, len(sealed))
 	if err != nil {
 		switch {
 		case classify(err) == classCaller:

@@ -1,6 +1,8 @@
 package hsm
 
 import (
+	"fmt"
+
 	"github.com/miekg/pkcs11"
 )
 
@@ -43,13 +45,33 @@ type PKCS11 interface {
 	EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
 	// EncryptOnce calls C_Encrypt once, with an output buffer of outCap
 	// bytes. miekg's Encrypt asks for the size first, which NSS answers
-	// too small for AES-GCM and then ends the operation.
+	// too small for AES-GCM and then ends the operation. outCap 0 asks
+	// the size alone, answered as a *ResultSizeError.
 	EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap int) ([]byte, error)
 	DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
+	// Decrypt is miekg's: two calls of C_Decrypt, the first for the size.
 	Decrypt(sh pkcs11.SessionHandle, ciphertext []byte) ([]byte, error)
+	// DecryptOnce calls C_Decrypt once, with an output buffer of outCap
+	// bytes: one round trip to a network HSM where Decrypt makes two.
+	// outCap 0 asks the size alone, as for EncryptOnce.
+	DecryptOnce(sh pkcs11.SessionHandle, ciphertext []byte, outCap int) ([]byte, error)
 	SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
+	// Sign is miekg's: two calls of C_Sign, the first for the size.
 	Sign(sh pkcs11.SessionHandle, data []byte) ([]byte, error)
+	// SignOnce calls C_Sign once, with an output buffer of outCap bytes,
+	// as DecryptOnce does C_Decrypt.
+	SignOnce(sh pkcs11.SessionHandle, data []byte, outCap int) ([]byte, error)
 	VerifyInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
 	Verify(sh pkcs11.SessionHandle, data, signature []byte) error
 	GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error)
+}
+
+// ResultSizeError answers a one-call operation's length query (outCap 0):
+// the size of the result, which was not produced. The operation is still
+// active (PKCS#11 2.40, section 5.2): the same call with a buffer of Size
+// bytes finishes it.
+type ResultSizeError struct{ Size int }
+
+func (e *ResultSizeError) Error() string {
+	return fmt.Sprintf("a length query: the result needs %d bytes", e.Size)
 }

@@ -8,43 +8,57 @@ package hsm
 
 #include "pkcs11_cgo.h"
 
-// oneshot holds this package's own reference to a module miekg/pkcs11 has
-// loaded: dlopen of the same path returns the same library, so the
-// function list reaches the same state and sessions.
-typedef struct oneshot {
+// miekg_ctx is miekg/pkcs11's struct ctx (v1.1.2, pkcs11.go): the
+// library's dlopen handle, then the function list it took when it loaded
+// the library.
+typedef struct miekg_ctx {
 	void *handle;
-	CK_FUNCTION_LIST_PTR fl;
-} oneshot;
+	CK_FUNCTION_LIST_PTR sym;
+} miekg_ctx;
 
-static oneshot *oneshot_open(const char *path) {
-	oneshot *o = calloc(1, sizeof(oneshot));
-	if (o == NULL) return NULL;
-	o->handle = dlopen(path, RTLD_LAZY);
-	if (o->handle == NULL) { free(o); return NULL; }
-	CK_C_GetFunctionList get = (CK_C_GetFunctionList) dlsym(o->handle, "C_GetFunctionList");
-	if (get == NULL || get(&o->fl) != CKR_OK || o->fl == NULL) {
-		dlclose(o->handle);
-		free(o);
-		return NULL;
-	}
-	return o;
+// miekg_function_list returns the function list miekg/pkcs11 calls, read
+// out of its ctx for the library at path, for the calls miekg lacks. It
+// is never taken by a second C_GetFunctionList: a module may hand out a
+// new list on every call (p11-kit's proxy and client modules do), with
+// state of its own that C_Initialize on the first list does not
+// initialise, and sessions of its own. The handle in ctx must be the one
+// dlopen gives for path, which shows that the layout read is miekg's;
+// otherwise it returns NULL.
+static CK_FUNCTION_LIST_PTR miekg_function_list(void *ctx, const char *path) {
+	miekg_ctx *c = ctx;
+	void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+	if (h == NULL) return NULL;
+	dlclose(h); // RTLD_NOLOAD took a reference too
+	if (c == NULL || c->handle != h || c->sym == NULL || c->sym->C_Encrypt == NULL || c->sym->C_WrapKey == NULL) return NULL;
+	return c->sym;
 }
 
-static void oneshot_close(oneshot *o) {
-	if (o == NULL) return;
-	dlclose(o->handle);
-	free(o);
-}
+// The single-part calls made in one call with the caller's buffer.
+enum { ONESHOT_ENCRYPT, ONESHOT_DECRYPT, ONESHOT_SIGN };
 
-static CK_RV oneshot_encrypt(oneshot *o, CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG inlen,
+static CK_RV oneshot_crypt(CK_FUNCTION_LIST_PTR fl, int op, CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG inlen,
 		CK_BYTE_PTR out, CK_ULONG_PTR outlen) {
-	return o->fl->C_Encrypt(sh, in, inlen, out, outlen);
+	switch (op) {
+	case ONESHOT_ENCRYPT: return fl->C_Encrypt(sh, in, inlen, out, outlen);
+	case ONESHOT_DECRYPT: return fl->C_Decrypt(sh, in, inlen, out, outlen);
+	case ONESHOT_SIGN: return fl->C_Sign(sh, in, inlen, out, outlen);
+	}
+	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
-static CK_RV oneshot_wrap(oneshot *o, CK_SESSION_HANDLE sh, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
+// wipe_free zeroes n bytes at p (through a volatile pointer, so the
+// compiler keeps the stores) and frees it: plaintexts do not stay behind
+// in the C heap.
+static void wipe_free(void *p, size_t n) {
+	volatile unsigned char *v = p;
+	while (n--) *v++ = 0;
+	free(p);
+}
+
+static CK_RV oneshot_wrap(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE sh, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
 		CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR outlen) {
 	CK_MECHANISM m = { mech, NULL, 0 };
-	return o->fl->C_WrapKey(sh, &m, wrapping, key, out, outlen);
+	return fl->C_WrapKey(sh, &m, wrapping, key, out, outlen);
 }
 */
 import "C"
@@ -57,11 +71,12 @@ import (
 )
 
 // miekgBinding is the production PKCS11: miekg/pkcs11's context, plus the
-// one call it lacks, made through the module's own function list.
+// calls it lacks, made through the function list it calls, which is the
+// only one the module is asked for.
 type miekgBinding struct {
 	*pkcs11.Ctx
-	oneshot  *C.oneshot
-	initArgs *C.char // NUL-terminated, kept for every C_Initialize; nil if none
+	fl       C.CK_FUNCTION_LIST_PTR // the list miekg calls
+	initArgs *C.char                // NUL-terminated, kept for every C_Initialize; nil if none
 }
 
 // loadMiekg loads the module at path. initArgs, when not empty, is passed
@@ -74,16 +89,27 @@ func loadMiekg(path, initArgs string) (*miekgBinding, error) {
 	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	o := C.oneshot_open(cpath)
-	if o == nil {
+	fl := C.miekg_function_list(miekgCtx(ctx), cpath)
+	if fl == nil {
 		ctx.Destroy()
-		return nil, fmt.Errorf("%w: %s has no C_GetFunctionList", ErrLibrary, path)
+		return nil, fmt.Errorf("%w: %s: the function list miekg/pkcs11 loaded cannot be read; "+
+			"this build's miekg/pkcs11 is not the one binding_miekg.go reads", ErrLibrary, path)
 	}
-	b := &miekgBinding{Ctx: ctx, oneshot: o}
+	b := &miekgBinding{Ctx: ctx, fl: fl}
 	if initArgs != "" {
 		b.initArgs = C.CString(initArgs)
 	}
 	return b, nil
+}
+
+// miekgCtx is the C struct ctx inside ctx: pkcs11.Ctx's one field, a
+// pointer, is its first word. miekg_function_list checks what it points
+// to.
+func miekgCtx(ctx *pkcs11.Ctx) unsafe.Pointer {
+	if unsafe.Sizeof(*ctx) != unsafe.Sizeof(uintptr(0)) {
+		return nil // not the layout read here
+	}
+	return *(*unsafe.Pointer)(unsafe.Pointer(ctx))
 }
 
 func (b *miekgBinding) Initialize() error {
@@ -95,7 +121,6 @@ func (b *miekgBinding) Initialize() error {
 
 // unload releases the library; the module must be finalised first.
 func (b *miekgBinding) unload() {
-	C.oneshot_close(b.oneshot)
 	b.Ctx.Destroy()
 	if b.initArgs != nil {
 		C.free(unsafe.Pointer(b.initArgs))
@@ -103,21 +128,43 @@ func (b *miekgBinding) unload() {
 }
 
 func (b *miekgBinding) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap int) ([]byte, error) {
-	if outCap < 1 {
+	return b.once(C.ONESHOT_ENCRYPT, "C_Encrypt", sh, plaintext, outCap)
+}
+
+func (b *miekgBinding) DecryptOnce(sh pkcs11.SessionHandle, ciphertext []byte, outCap int) ([]byte, error) {
+	return b.once(C.ONESHOT_DECRYPT, "C_Decrypt", sh, ciphertext, outCap)
+}
+
+func (b *miekgBinding) SignOnce(sh pkcs11.SessionHandle, data []byte, outCap int) ([]byte, error) {
+	return b.once(C.ONESHOT_SIGN, "C_Sign", sh, data, outCap)
+}
+
+// once makes the single-part call op with an output buffer of outCap
+// bytes. Input and output live in C memory, which is wiped before it is
+// freed: either may be a plaintext, and the module may keep no Go pointer.
+func (b *miekgBinding) once(op C.int, name string, sh pkcs11.SessionHandle, input []byte, outCap int) ([]byte, error) {
+	if outCap < 0 {
 		return nil, fmt.Errorf("%w: output buffer of %d bytes", ErrInvalidInput, outCap)
 	}
-	in := C.CBytes(plaintext) // a C copy: the module may keep no Go pointer
-	defer C.free(in)
-	out := C.malloc(C.size_t(outCap))
-	defer C.free(out)
+	in := C.malloc(C.size_t(max(len(input), 1))) // never NULL: some modules refuse NULL with length 0
+	defer C.wipe_free(in, C.size_t(max(len(input), 1)))
+	copy(unsafe.Slice((*byte)(in), len(input)), input)
+	var out unsafe.Pointer // NULL for outCap 0: a length query
+	if outCap > 0 {
+		out = C.malloc(C.size_t(outCap))
+		defer C.wipe_free(out, C.size_t(outCap))
+	}
 	outLen := C.CK_ULONG(outCap)
-	rv := C.oneshot_encrypt(b.oneshot, C.CK_SESSION_HANDLE(sh), C.CK_BYTE_PTR(in), C.CK_ULONG(len(plaintext)),
+	rv := C.oneshot_crypt(b.fl, op, C.CK_SESSION_HANDLE(sh), C.CK_BYTE_PTR(in), C.CK_ULONG(len(input)),
 		C.CK_BYTE_PTR(out), &outLen)
+	if rv == C.CKR_OK && outCap == 0 {
+		return nil, &ResultSizeError{Size: int(outLen)}
+	}
 	if rv != C.CKR_OK {
 		return nil, pkcs11.Error(rv)
 	}
 	if int(outLen) > outCap {
-		return nil, fmt.Errorf("C_Encrypt wrote %d bytes into a %d-byte buffer", int(outLen), outCap)
+		return nil, fmt.Errorf("%s wrote %d bytes into a %d-byte buffer", name, int(outLen), outCap)
 	}
 	return C.GoBytes(out, C.int(outLen)), nil
 }
@@ -129,7 +176,7 @@ func (b *miekgBinding) WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping,
 	out := C.malloc(C.size_t(outCap))
 	defer C.free(out)
 	outLen := C.CK_ULONG(outCap)
-	rv := C.oneshot_wrap(b.oneshot, C.CK_SESSION_HANDLE(sh), C.CK_MECHANISM_TYPE(mech), C.CK_OBJECT_HANDLE(wrapping),
+	rv := C.oneshot_wrap(b.fl, C.CK_SESSION_HANDLE(sh), C.CK_MECHANISM_TYPE(mech), C.CK_OBJECT_HANDLE(wrapping),
 		C.CK_OBJECT_HANDLE(key), C.CK_BYTE_PTR(out), &outLen)
 	if rv != C.CKR_OK {
 		return nil, pkcs11.Error(rv)

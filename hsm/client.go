@@ -143,9 +143,9 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 		ctx, cancel = context.WithTimeout(ctx, DefaultBorrowTimeout)
 		defer cancel()
 	}
-	retried, reinitialised, handleFailed := false, false, false
+	retried, reinitialised, handleFailed, fresh := false, false, false, false
 	for {
-		gen, err := c.attempt(ctx, op)
+		gen, err := c.attempt(ctx, op, fresh)
 		if errors.As(err, new(reloginFailed)) {
 			// The module or the login is still down (the token is away,
 			// or refused the PIN): report it, nothing to retry.
@@ -174,7 +174,7 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 			if retried {
 				return fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
-			retried = true
+			retried, fresh = true, class == classSession
 		case classDevice:
 			c.pool.errors.Add(1)
 			c.log.Warn("HSM device-level error", "error", err)
@@ -217,9 +217,10 @@ func (c *Client) isClosed() bool {
 	}
 }
 
-// attempt borrows a session, runs op and gives the session back or replaces
-// it. It returns the module generation the attempt ran in.
-func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHandle) error) (uint64, error) {
+// attempt borrows a session (one opened now if fresh), runs op and gives
+// the session back or replaces it. It returns the module generation the
+// attempt ran in.
+func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHandle) error, fresh bool) (uint64, error) {
 	c.mod.mu.RLock()
 	healthy, gen := c.mod.initialised && c.token.loginOK, c.mod.generation
 	c.mod.mu.RUnlock()
@@ -238,7 +239,7 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 		return c.mod.generation, ErrClosed
 	}
 	gen = c.mod.generation
-	s, err := c.borrowCurrent(ctx, gen)
+	s, err := c.borrowCurrent(ctx, gen, fresh)
 	if err != nil {
 		return gen, err
 	}
@@ -262,17 +263,21 @@ func (c *Client) attempt(ctx context.Context, op func(PKCS11, pkcs11.SessionHand
 }
 
 // borrowCurrent borrows a session of generation gen, dropping (without
-// closing) any left from before a re-initialisation. Callers hold mod.mu for
-// reading.
-func (c *Client) borrowCurrent(ctx context.Context, gen uint64) (*session, error) {
+// closing) any left from before a re-initialisation; with fresh, one
+// opened now. Callers hold mod.mu for reading.
+func (c *Client) borrowCurrent(ctx context.Context, gen uint64, fresh bool) (*session, error) {
+	opener := func() (*session, error) {
+		sh, err := c.p11.OpenSession(c.token.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return nil, call("C_OpenSession", err)
+		}
+		return &session{handle: sh, generation: gen}, nil
+	}
+	if fresh {
+		return c.pool.borrowFresh(ctx, opener, c.closeIfCurrent)
+	}
 	for {
-		s, err := c.pool.borrow(ctx, func() (*session, error) {
-			sh, err := c.p11.OpenSession(c.token.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-			if err != nil {
-				return nil, call("C_OpenSession", err)
-			}
-			return &session{handle: sh, generation: gen}, nil
-		})
+		s, err := c.pool.borrow(ctx, opener)
 		if err != nil {
 			return nil, err
 		}

@@ -31,6 +31,10 @@ func curveByName(name string) (elliptic.Curve, bool) {
 	return nil, false
 }
 
+// ecSize is the size of a coordinate, and of each half of a raw ECDSA
+// signature, on curve.
+func ecSize(curve elliptic.Curve) int { return (curve.Params().BitSize + 7) / 8 }
+
 // GenerateECKeyPair creates an EC key pair on curve (P-256, P-384 or P-521)
 // and returns the public key.
 func (c *Client) GenerateECKeyPair(ctx context.Context, id []byte, label, curve string, use Usage) (*ecdsa.PublicKey, error) {
@@ -92,11 +96,11 @@ func (c *Client) SignECDSA(ctx context.Context, id []byte, pub *ecdsa.PublicKey,
 	if len(digest) == 0 || len(digest) > 64 {
 		return nil, fmt.Errorf("%w: digest of %d bytes", ErrInvalidInput, len(digest))
 	}
-	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), digest)
+	size := ecSize(pub.Curve)
+	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), digest, 2*size)
 	if err != nil {
 		return nil, err
 	}
-	size := (pub.Curve.Params().BitSize + 7) / 8
 	if len(sig) != 2*size {
 		return nil, fmt.Errorf("CKM_ECDSA returned %d bytes; expected %d", len(sig), 2*size)
 	}

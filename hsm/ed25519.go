@@ -67,7 +67,7 @@ func readEd25519Public(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 // SignEd25519 signs message (not a digest: Ed25519 hashes it itself) with
 // CKM_EDDSA and checks the signature with pub before returning it.
 func (c *Client) SignEd25519(ctx context.Context, id []byte, pub ed25519.PublicKey, message []byte) ([]byte, error) {
-	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(ckmEdDSA, nil), message)
+	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(ckmEdDSA, nil), message, ed25519.SignatureSize)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ func TestEd25519(t *testing.T) {
 		id := newID(t, c)
 		t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, anyLabel) })
 		pub, err := c.GenerateEd25519KeyPair(ctx, id, "hsmkms-test/ed25519", Usage{Sign: true, Verify: true})
-		if tok.Kind == tokentest.NSS {
+		if tok.Implementation() == tokentest.NSS {
 			if !errors.Is(err, ErrNoEd25519) {
 				t.Fatalf("NSS: %v, want ErrNoEd25519", err)
 			}

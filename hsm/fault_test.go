@@ -314,7 +314,7 @@ func TestOAEPProbeSurvivesATransientFailure(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[tokentest.Kind]hsm.OAEPMode{tokentest.NSS: hsm.OAEPInToken, tokentest.SoftHSM2: hsm.OAEPRawUnpad}[tokenB.Kind]
+		want := map[tokentest.Kind]hsm.OAEPMode{tokentest.NSS: hsm.OAEPInToken, tokentest.SoftHSM2: hsm.OAEPRawUnpad}[tokenB.Implementation()]
 		if mode != want {
 			t.Fatalf("OAEP mode after the outage: %q, want %q", mode, want)
 		}

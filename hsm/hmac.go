@@ -50,7 +50,7 @@ func (c *Client) HMAC(ctx context.Context, id []byte, hash crypto.Hash, data []b
 			}
 			return call("C_SignInit", err)
 		}
-		out, err := p11.Sign(sh, data)
+		out, err := oneCall(func(n int) ([]byte, error) { return p11.SignOnce(sh, data, n) }, hash.Size())
 		if err != nil {
 			return call("C_Sign", err)
 		}

@@ -16,19 +16,25 @@ import (
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
-// testTokens are two tokens of each implementation; every test that needs a
-// token runs once on each (see eachToken).
+// testTokens are two tokens of each implementation, and of SoftHSM2
+// through p11-kit's proxy; every test that needs a token runs once on each
+// (see eachToken).
 var testTokens map[tokentest.Kind][]*tokentest.Token
 
+// testKinds are the kinds of testTokens. The proxy is among them because it
+// changes what a binding may assume: it hands out a new function list on
+// every C_GetFunctionList.
+var testKinds = tokentest.KindsWithP11Kit
+
 func TestMain(m *testing.M) {
-	os.Exit(tokentest.RunWithTokens(m, func(t map[tokentest.Kind][]*tokentest.Token) { testTokens = t },
+	os.Exit(tokentest.RunWithTokenKinds(m, testKinds, func(t map[tokentest.Kind][]*tokentest.Token) { testTokens = t },
 		tokentest.Spec{Label: "hsm-a", PIN: "1234"}, tokentest.Spec{Label: "hsm-b", PIN: "5678"}))
 }
 
-// eachToken runs f as a subtest on every token implementation, named after
-// it, with that implementation's two tokens.
+// eachToken runs f as a subtest on every token kind, named after it, with
+// that kind's two tokens.
 func eachToken(t *testing.T, f func(t *testing.T, tokenA, tokenB *tokentest.Token)) {
-	for _, kind := range tokentest.Kinds {
+	for _, kind := range testKinds {
 		t.Run(string(kind), func(t *testing.T) { f(t, testTokens[kind][0], testTokens[kind][1]) })
 	}
 }
@@ -394,7 +400,7 @@ func TestPoolBorrowHonoursDeadline(t *testing.T) {
 		c := openClient(t, tokenA, 1)
 		ctx := context.Background()
 		c.mod.mu.RLock()
-		held, err := c.borrowCurrent(ctx, c.mod.generation)
+		held, err := c.borrowCurrent(ctx, c.mod.generation, false)
 		c.mod.mu.RUnlock()
 		if err != nil {
 			t.Fatal(err)

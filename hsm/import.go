@@ -218,7 +218,7 @@ func rawOAEPEphemeral(p11 PKCS11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHan
 	if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)}, priv); err != nil {
 		return 0, call("C_DecryptInit (RSA raw)", err)
 	}
-	em, err := p11.Decrypt(sh, wrapped)
+	em, err := oneCall(func(n int) ([]byte, error) { return p11.DecryptOnce(sh, wrapped, n) }, k)
 	if err != nil {
 		if classify(err) == classCaller || unwrapRefused(err) {
 			return 0, ErrNotUnwrapped
@@ -543,7 +543,7 @@ func nssPublicValue(spec ImportSpec) []byte {
 func tryHMAC(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 	err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h)
 	if err == nil {
-		_, err = p11.Sign(sh, []byte("hsmkms"))
+		_, err = oneCall(func(n int) ([]byte, error) { return p11.SignOnce(sh, []byte("hsmkms"), n) }, crypto.SHA256.Size())
 	}
 	if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_KEY_SIZE_RANGE {
 		return fmt.Errorf("%w: the token refuses HMAC with a key this short; import it as a JWK, which the plugin pads to 64 bytes (the same HMAC)", ErrInvalidInput)
@@ -583,7 +583,7 @@ func recoverECPublic(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle,
 		if err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, h); err != nil {
 			return nil, call("C_SignInit (CKM_ECDSA)", err)
 		}
-		sig, err := p11.Sign(sh, digest)
+		sig, err := oneCall(func(n int) ([]byte, error) { return p11.SignOnce(sh, digest, n) }, 2*ecSize(curve))
 		if err != nil {
 			return nil, call("C_Sign (CKM_ECDSA)", err)
 		}

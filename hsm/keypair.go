@@ -50,8 +50,9 @@ func (c *Client) PublicKey(ctx context.Context, id []byte) (crypto.PublicKey, er
 	return pub, err
 }
 
-// signRaw signs data (a digest or DigestInfo) with the private key id.
-func (c *Client) signRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism, data []byte) ([]byte, error) {
+// signRaw signs data (a digest or DigestInfo) with the private key id,
+// whose signatures are at most sigSize bytes.
+func (c *Client) signRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism, data []byte, sigSize int) ([]byte, error) {
 	var sig []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		key, err := c.findObject(p11, sh, id, pkcs11.CKO_PRIVATE_KEY)
@@ -61,7 +62,7 @@ func (c *Client) signRaw(ctx context.Context, id []byte, mech *pkcs11.Mechanism,
 		if err := p11.SignInit(sh, []*pkcs11.Mechanism{mech}, key); err != nil {
 			return call("C_SignInit", err)
 		}
-		out, err := p11.Sign(sh, data)
+		out, err := oneCall(func(n int) ([]byte, error) { return p11.SignOnce(sh, data, n) }, sigSize)
 		if err != nil {
 			return call("C_Sign", err)
 		}

@@ -72,6 +72,43 @@ func (p *pool) borrow(ctx context.Context, opener func() (*session, error)) (*se
 	return s, nil
 }
 
+// borrowFresh returns a session opened now, for the retry after a
+// session failed: a network HSM that closed one pooled session has often
+// closed them all (idle timeouts, a lost connection), and another idle one
+// would fail the same way. Without a free slot it retires an idle session,
+// closing it with close, and opens the new one in its slot; with none
+// idle either, it waits for a slot or an idle session, or for ctx to end.
+func (p *pool) borrowFresh(ctx context.Context, opener func() (*session, error), close func(*session)) (*session, error) {
+	select {
+	case p.open <- struct{}{}:
+	default:
+		var retire *session
+		select {
+		case p.open <- struct{}{}:
+		case retire = <-p.idle:
+		default:
+			p.waits.Add(1)
+			select {
+			case p.open <- struct{}{}:
+			case retire = <-p.idle:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: %w", ErrPoolTimeout, ctx.Err())
+			}
+		}
+		if retire != nil { // its slot is now the new session's
+			p.replaced.Add(1)
+			close(retire)
+		}
+	}
+	s, err := opener()
+	if err != nil {
+		<-p.open
+		return nil, err
+	}
+	p.inUse.Add(1)
+	return s, nil
+}
+
 // giveBack puts a healthy session back; into a closed pool, it closes it
 // with close.
 func (p *pool) giveBack(s *session, close func(*session)) {

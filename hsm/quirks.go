@@ -14,9 +14,9 @@ type Quirk struct {
 
 // The quirks of the token implementations hsmkms is tested on, known by the
 // manufacturer the token reports. Handlings that cost nothing elsewhere
-// (one-call C_Encrypt, chunked C_GenerateRandom, pairwise-consistent
-// key-pair templates, recovery whatever error comes first) apply to every
-// token; the list says which token they are for.
+// (one-call C_Encrypt and C_Decrypt, chunked C_GenerateRandom,
+// pairwise-consistent key-pair templates, recovery whatever error comes
+// first) apply to every token; the list says which token they are for.
 var knownQuirks = map[string][]Quirk{
 	"SoftHSM": {
 		{"gcm_tag_mismatch_general_error", "a GCM tag that does not verify is answered with CKR_GENERAL_ERROR; taken as a bad ciphertext only on this token and only while the session still answers"},
@@ -25,7 +25,7 @@ var knownQuirks = map[string][]Quirk{
 		{"unwrap_parse_failure_function_failed", "answers wrapped bytes that do not parse as the key type asked for with CKR_FUNCTION_FAILED; taken as the caller's input (a 400) on this token and only while the session still answers"},
 	},
 	"Mozilla Foundation": {
-		{"gcm_encrypt_size_query", "answers C_Encrypt's size query for AES-GCM too small and then ends the operation; the plugin calls C_Encrypt once with room for the tag"},
+		{"gcm_encrypt_size_query", "answers C_Encrypt's size query for AES-GCM too small and then ends the operation, and ends an AES-GCM C_Decrypt given too small a buffer; the plugin calls each once, C_Encrypt with room for the tag, C_Decrypt with the ciphertext's size"},
 		{"random_64k_per_call", "C_GenerateRandom gives at most 64 KiB a call; larger requests are drawn in chunks"},
 		{"pairwise_consistency", "refuses a key pair whose public half cannot verify (or encrypt) what the private half signs (or decrypts); public halves carry the matching usage, and the plugin enforces each key's operations itself"},
 		{"finalize_error_order", "after C_Finalize behind the client's back answers CKR_SESSION_HANDLE_INVALID, then CKR_SLOT_ID_INVALID; either leads to one re-initialisation and one retry"},

@@ -88,7 +88,7 @@ func (c *Client) SignRSAPKCS1v15(ctx context.Context, id []byte, pub *rsa.Public
 	if !ok || len(digest) != hash.Size() {
 		return nil, fmt.Errorf("%w: digest of %d bytes for %v", ErrInvalidInput, len(digest), hash)
 	}
-	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), append(append([]byte(nil), prefix...), digest...))
+	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), append(append([]byte(nil), prefix...), digest...), pub.Size())
 	if err != nil {
 		return nil, err
 	}
@@ -114,13 +114,13 @@ func (c *Client) SignRSAPSS(ctx context.Context, id []byte, pub *rsa.PublicKey, 
 		return nil, fmt.Errorf("%w: PSS salt length %d; 0 to %d allowed for this key and hash", ErrInvalidInput, saltLen, PSSSaltMax(pub, hash))
 	}
 	params := pkcs11.NewPSSParams(mechs[0], mechs[1], uint(saltLen))
-	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, params), digest)
+	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, params), digest, pub.Size())
 	if code, ok := pkcs11Code(err); ok && (code == pkcs11.CKR_MECHANISM_PARAM_INVALID || code == pkcs11.CKR_MECHANISM_INVALID || code == pkcs11.CKR_ARGUMENTS_BAD) {
 		// The token has no PSS with this hash (SHA-3 on SoftHSM and NSS):
 		// the plugin encodes, the token signs raw.
 		var em []byte
 		if em, err = encodePSS(pub, hash, digest, saltLen); err == nil {
-			sig, err = c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil), em)
+			sig, err = c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil), em, pub.Size())
 		}
 	}
 	if err != nil {
@@ -241,7 +241,7 @@ func (c *Client) probeOAEP(ctx context.Context) (OAEPMode, error) {
 			}
 			return call("C_DecryptInit (OAEP probe)", err)
 		}
-		got, err := p11.Decrypt(sh, ct)
+		got, err := oneCall(func(n int) ([]byte, error) { return p11.DecryptOnce(sh, ct, n) }, len(ct))
 		switch {
 		case err == nil && string(got) == string(want):
 			mode = OAEPInToken
@@ -307,7 +307,9 @@ func (c *Client) decryptRSA(ctx context.Context, id []byte, mech *pkcs11.Mechani
 		if err := p11.DecryptInit(sh, []*pkcs11.Mechanism{mech}, key); err != nil {
 			return call("C_DecryptInit", err)
 		}
-		plain, err := p11.Decrypt(sh, ciphertext)
+		// The ciphertext is the modulus's size (the callers checked),
+		// which bounds what RSA decrypts to.
+		plain, err := oneCall(func(n int) ([]byte, error) { return p11.DecryptOnce(sh, ciphertext, n) }, len(ciphertext))
 		if err != nil {
 			if classify(err) == classCaller || c.authFailureAsGeneralError(p11, sh, err) {
 				return fmt.Errorf("%w: %w", ErrDecrypt, err)

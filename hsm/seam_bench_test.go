@@ -16,8 +16,6 @@ import (
 	"unsafe"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 // BenchmarkSeam measures what the PKCS11 interface costs: the PKCS#11 calls
@@ -37,7 +35,7 @@ import (
 // `make bench` reports iface/direct against its target; no test checks a
 // timing.
 func BenchmarkSeam(b *testing.B) {
-	for _, kind := range tokentest.Kinds {
+	for _, kind := range testKinds {
 		b.Run(string(kind), func(b *testing.B) {
 			tok := testTokens[kind][0]
 			c, err := Open(context.Background(), tokenConfig(tok, 1))

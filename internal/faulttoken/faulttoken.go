@@ -1,9 +1,12 @@
 // Package faulttoken puts a misbehaving token between hsm/ and a real
 // PKCS#11 module, through hsm.Config.Intercept: errors on chosen calls, a
-// token that goes away and comes back, renumbered slots, slow calls, and
-// the AES-GCM IV behaviours of real HSMs that software tokens never show.
-// Everything it does not change is passed to the real module, so the
-// cryptography under test stays real. For tests only.
+// token that goes away and comes back, renumbered slots, slow calls, a
+// network's round trip on every call, sessions closed behind the client's
+// back, and the AES-GCM IV behaviours of real HSMs that software tokens
+// never show. It counts the PKCS#11 calls that reach the module, by
+// function name. Everything it does not change is passed to the real
+// module, so the cryptography under test stays real. For tests and
+// benchmarks only.
 package faulttoken
 
 import (
@@ -45,10 +48,17 @@ type Token struct {
 	absent    bool
 	slotShift uint
 	delays    map[string]time.Duration
+	latency   time.Duration
 	ivMode    IVMode
 	ownIV     map[pkcs11.SessionHandle]ownIV
 	lastIV    []byte
 	calls     map[string]int
+
+	// Sessions the client opened and has not closed, the ones it logged
+	// in on, and the ones to close in the module before their next call.
+	open    map[pkcs11.SessionHandle]bool
+	loginOn map[pkcs11.SessionHandle]bool
+	dropped map[pkcs11.SessionHandle]bool
 }
 
 type ownIV struct {
@@ -59,7 +69,8 @@ type ownIV struct {
 // New returns a token that behaves exactly like inner until told otherwise.
 func New(inner hsm.PKCS11) *Token {
 	return &Token{inner: inner, queued: map[string][]error{}, failing: map[string]error{}, delays: map[string]time.Duration{},
-		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{}}
+		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{},
+		open: map[pkcs11.SessionHandle]bool{}, loginOn: map[pkcs11.SessionHandle]bool{}, dropped: map[pkcs11.SessionHandle]bool{}}
 }
 
 // Intercept is an hsm.Config.Intercept that installs t.
@@ -121,11 +132,64 @@ func (t *Token) SetDelay(name string, d time.Duration) {
 	t.delays[name] = d
 }
 
+// SetLatency makes every PKCS#11 call take d longer, as a network HSM's
+// round trip does; a method of the binding that makes two calls (miekg's
+// Sign and Decrypt ask for the size first) pays it twice. A simulation
+// knob for tests and benchmarks, never a timing to assert.
+func (t *Token) SetLatency(d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.latency = d
+}
+
+// DropSessions closes, in the module, every session the client has open
+// except the ones it logged in on, as a network HSM closes sessions it
+// deems idle or loses with a connection. Each is closed right before its
+// next call, which then reaches the module on a closed handle: the module
+// never sees a session closed under a call in flight on it. It returns
+// the number of sessions dropped.
+func (t *Token) DropSessions() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for sh := range t.open {
+		if !t.loginOn[sh] && !t.dropped[sh] {
+			t.dropped[sh] = true
+			n++
+		}
+	}
+	return n
+}
+
 // SetIVMode chooses what the token does with the caller's AES-GCM IV.
 func (t *Token) SetIVMode(m IVMode) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.ivMode = m
+}
+
+// Counts are the PKCS#11 calls that reached the module so far, by function
+// name: a copy, for Delta.
+func (t *Token) Counts() map[string]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]int, len(t.calls))
+	for name, n := range t.calls {
+		out[name] = n
+	}
+	return out
+}
+
+// Delta is the calls in after that are not in before (two Counts), without
+// the names that made none.
+func Delta(before, after map[string]int) map[string]int {
+	out := map[string]int{}
+	for name, n := range after {
+		if d := n - before[name]; d != 0 {
+			out[name] = d
+		}
+	}
+	return out
 }
 
 // TotalCalls counts every call that reached this token.
@@ -158,7 +222,7 @@ func (t *Token) Calls(name string) int {
 func (t *Token) before(name string) error {
 	t.mu.Lock()
 	t.calls[name]++
-	d := t.delays[name]
+	d := t.delays[name] + t.latency
 	var err error
 	if q := t.queued[name]; len(q) > 0 {
 		err, t.queued[name] = q[0], q[1:]
@@ -174,6 +238,47 @@ func (t *Token) before(name string) error {
 	return err
 }
 
+// on is before for a call on session sh, which it first closes in the
+// module if DropSessions chose it.
+func (t *Token) on(name string, sh pkcs11.SessionHandle) error {
+	if err := t.before(name); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	drop := t.dropped[sh]
+	if drop {
+		delete(t.dropped, sh)
+		delete(t.open, sh)
+	}
+	t.mu.Unlock()
+	if drop {
+		_ = t.inner.CloseSession(sh)
+	}
+	return nil
+}
+
+// again counts the second PKCS#11 call a binding method made (miekg's
+// size query comes first) and applies its latency.
+func (t *Token) again(name string) {
+	t.mu.Lock()
+	t.calls[name]++
+	d := t.latency
+	t.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d)
+	}
+}
+
+// forgetSessions drops the record of every session: C_Finalize and
+// C_Initialize leave none open.
+func (t *Token) forgetSessions() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(t.open)
+	clear(t.loginOn)
+	clear(t.dropped)
+}
+
 func (t *Token) real(slot uint) (uint, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -187,6 +292,7 @@ func (t *Token) Initialize() error {
 	if err := t.before("C_Initialize"); err != nil {
 		return err
 	}
+	t.forgetSessions()
 	return t.inner.Initialize()
 }
 
@@ -194,6 +300,7 @@ func (t *Token) Finalize() error {
 	if err := t.before("C_Finalize"); err != nil {
 		return err
 	}
+	t.forgetSessions()
 	return t.inner.Finalize()
 }
 
@@ -202,6 +309,9 @@ func (t *Token) GetSlotList(present bool) ([]uint, error) {
 		return nil, err
 	}
 	slots, err := t.inner.GetSlotList(present)
+	if err == nil {
+		t.again("C_GetSlotList")
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.absent {
@@ -232,7 +342,11 @@ func (t *Token) GetMechanismList(slot uint) ([]*pkcs11.Mechanism, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.inner.GetMechanismList(s)
+	mechs, err := t.inner.GetMechanismList(s)
+	if err == nil {
+		t.again("C_GetMechanismList")
+	}
+	return mechs, err
 }
 
 func (t *Token) OpenSession(slot, flags uint) (pkcs11.SessionHandle, error) {
@@ -243,46 +357,60 @@ func (t *Token) OpenSession(slot, flags uint) (pkcs11.SessionHandle, error) {
 	if err != nil {
 		return 0, err
 	}
-	return t.inner.OpenSession(s, flags)
+	sh, err := t.inner.OpenSession(s, flags)
+	if err == nil {
+		t.mu.Lock()
+		t.open[sh], t.dropped[sh], t.loginOn[sh] = true, false, false
+		t.mu.Unlock()
+	}
+	return sh, err
 }
 
 func (t *Token) CloseSession(sh pkcs11.SessionHandle) error {
-	if err := t.before("C_CloseSession"); err != nil {
+	if err := t.on("C_CloseSession", sh); err != nil {
 		return err
 	}
+	t.mu.Lock()
+	delete(t.open, sh)
+	delete(t.loginOn, sh)
+	delete(t.dropped, sh)
+	t.mu.Unlock()
 	return t.inner.CloseSession(sh)
 }
 
 func (t *Token) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
-	if err := t.before("C_GetSessionInfo"); err != nil {
+	if err := t.on("C_GetSessionInfo", sh); err != nil {
 		return pkcs11.SessionInfo{}, err
 	}
 	return t.inner.GetSessionInfo(sh)
 }
 
 func (t *Token) Login(sh pkcs11.SessionHandle, userType uint, pin string) error {
-	if err := t.before("C_Login"); err != nil {
+	if err := t.on("C_Login", sh); err != nil {
 		return err
 	}
+	t.mu.Lock()
+	t.loginOn[sh] = true
+	t.mu.Unlock()
 	return t.inner.Login(sh, userType, pin)
 }
 
 func (t *Token) Logout(sh pkcs11.SessionHandle) error {
-	if err := t.before("C_Logout"); err != nil {
+	if err := t.on("C_Logout", sh); err != nil {
 		return err
 	}
 	return t.inner.Logout(sh)
 }
 
 func (t *Token) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
-	if err := t.before("C_FindObjectsInit"); err != nil {
+	if err := t.on("C_FindObjectsInit", sh); err != nil {
 		return err
 	}
 	return t.inner.FindObjectsInit(sh, temp)
 }
 
 func (t *Token) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHandle, bool, error) {
-	if err := t.before("C_FindObjects"); err != nil {
+	if err := t.on("C_FindObjects", sh); err != nil {
 		return nil, false, err
 	}
 	handles, more, err := t.inner.FindObjects(sh, max)
@@ -296,63 +424,67 @@ func (t *Token) FindObjects(sh pkcs11.SessionHandle, max int) ([]pkcs11.ObjectHa
 }
 
 func (t *Token) FindObjectsFinal(sh pkcs11.SessionHandle) error {
-	if err := t.before("C_FindObjectsFinal"); err != nil {
+	if err := t.on("C_FindObjectsFinal", sh); err != nil {
 		return err
 	}
 	return t.inner.FindObjectsFinal(sh)
 }
 
 func (t *Token) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
-	if err := t.before("C_GetAttributeValue"); err != nil {
+	if err := t.on("C_GetAttributeValue", sh); err != nil {
 		return nil, err
 	}
-	return t.inner.GetAttributeValue(sh, o, a)
+	attrs, err := t.inner.GetAttributeValue(sh, o, a)
+	if err == nil {
+		t.again("C_GetAttributeValue")
+	}
+	return attrs, err
 }
 
 func (t *Token) SetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) error {
-	if err := t.before("C_SetAttributeValue"); err != nil {
+	if err := t.on("C_SetAttributeValue", sh); err != nil {
 		return err
 	}
 	return t.inner.SetAttributeValue(sh, o, a)
 }
 
 func (t *Token) CreateObject(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	if err := t.before("C_CreateObject"); err != nil {
+	if err := t.on("C_CreateObject", sh); err != nil {
 		return 0, err
 	}
 	return t.inner.CreateObject(sh, temp)
 }
 
 func (t *Token) DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
-	if err := t.before("C_DestroyObject"); err != nil {
+	if err := t.on("C_DestroyObject", sh); err != nil {
 		return err
 	}
 	return t.inner.DestroyObject(sh, o)
 }
 
 func (t *Token) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	if err := t.before("C_GenerateKey"); err != nil {
+	if err := t.on("C_GenerateKey", sh); err != nil {
 		return 0, err
 	}
 	return t.inner.GenerateKey(sh, m, temp)
 }
 
 func (t *Token) GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
-	if err := t.before("C_GenerateKeyPair"); err != nil {
+	if err := t.on("C_GenerateKeyPair", sh); err != nil {
 		return 0, 0, err
 	}
 	return t.inner.GenerateKeyPair(sh, m, pub, priv)
 }
 
 func (t *Token) WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping, key pkcs11.ObjectHandle, outCap int) ([]byte, error) {
-	if err := t.before("C_WrapKey"); err != nil {
+	if err := t.on("C_WrapKey", sh); err != nil {
 		return nil, err
 	}
 	return t.inner.WrapKeyOnce(sh, mech, wrapping, key, outCap)
 }
 
 func (t *Token) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pkcs11.ObjectHandle, wrapped []byte, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	if err := t.before("C_UnwrapKey"); err != nil {
+	if err := t.on("C_UnwrapKey", sh); err != nil {
 		return 0, err
 	}
 	return t.inner.UnwrapKey(sh, m, key, wrapped, temp)
@@ -361,7 +493,7 @@ func (t *Token) UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, key pk
 // EncryptInit replaces the caller's GCM IV by one of the token's own when
 // the IV mode says so, and reports it the way that mode's HSMs do.
 func (t *Token) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
-	if err := t.before("C_EncryptInit"); err != nil {
+	if err := t.on("C_EncryptInit", sh); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -391,7 +523,7 @@ func (t *Token) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pk
 }
 
 func (t *Token) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap int) ([]byte, error) {
-	if err := t.before("C_Encrypt"); err != nil {
+	if err := t.on("C_Encrypt", sh); err != nil {
 		return nil, err
 	}
 	t.mu.Lock()
@@ -410,49 +542,71 @@ func (t *Token) EncryptOnce(sh pkcs11.SessionHandle, plaintext []byte, outCap in
 }
 
 func (t *Token) DecryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
-	if err := t.before("C_DecryptInit"); err != nil {
+	if err := t.on("C_DecryptInit", sh); err != nil {
 		return err
 	}
 	return t.inner.DecryptInit(sh, m, o)
 }
 
 func (t *Token) Decrypt(sh pkcs11.SessionHandle, ct []byte) ([]byte, error) {
-	if err := t.before("C_Decrypt"); err != nil {
+	if err := t.on("C_Decrypt", sh); err != nil {
 		return nil, err
 	}
-	return t.inner.Decrypt(sh, ct)
+	out, err := t.inner.Decrypt(sh, ct)
+	if err == nil {
+		t.again("C_Decrypt")
+	}
+	return out, err
+}
+
+func (t *Token) DecryptOnce(sh pkcs11.SessionHandle, ct []byte, outCap int) ([]byte, error) {
+	if err := t.on("C_Decrypt", sh); err != nil {
+		return nil, err
+	}
+	return t.inner.DecryptOnce(sh, ct, outCap)
 }
 
 func (t *Token) SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
-	if err := t.before("C_SignInit"); err != nil {
+	if err := t.on("C_SignInit", sh); err != nil {
 		return err
 	}
 	return t.inner.SignInit(sh, m, o)
 }
 
 func (t *Token) Sign(sh pkcs11.SessionHandle, data []byte) ([]byte, error) {
-	if err := t.before("C_Sign"); err != nil {
+	if err := t.on("C_Sign", sh); err != nil {
 		return nil, err
 	}
-	return t.inner.Sign(sh, data)
+	sig, err := t.inner.Sign(sh, data)
+	if err == nil {
+		t.again("C_Sign")
+	}
+	return sig, err
+}
+
+func (t *Token) SignOnce(sh pkcs11.SessionHandle, data []byte, outCap int) ([]byte, error) {
+	if err := t.on("C_Sign", sh); err != nil {
+		return nil, err
+	}
+	return t.inner.SignOnce(sh, data, outCap)
 }
 
 func (t *Token) VerifyInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
-	if err := t.before("C_VerifyInit"); err != nil {
+	if err := t.on("C_VerifyInit", sh); err != nil {
 		return err
 	}
 	return t.inner.VerifyInit(sh, m, o)
 }
 
 func (t *Token) Verify(sh pkcs11.SessionHandle, data, sig []byte) error {
-	if err := t.before("C_Verify"); err != nil {
+	if err := t.on("C_Verify", sh); err != nil {
 		return err
 	}
 	return t.inner.Verify(sh, data, sig)
 }
 
 func (t *Token) GenerateRandom(sh pkcs11.SessionHandle, n int) ([]byte, error) {
-	if err := t.before("C_GenerateRandom"); err != nil {
+	if err := t.on("C_GenerateRandom", sh); err != nil {
 		return nil, err
 	}
 	return t.inner.GenerateRandom(sh, n)
