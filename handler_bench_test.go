@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // The handler benchmarks run the backend's request path in process against
@@ -61,7 +62,7 @@ func BenchmarkHandlerEncryptAES64(b *testing.B) {
 func BenchmarkHSMEncryptAES64(b *testing.B) {
 	m := benchMount(b)
 	m.benchDo(b, logical.UpdateOperation, "keys/bench-aes", nil)
-	k, _ := loadKey(context.Background(), m.storage, "bench-aes")
+	k, _ := keyring.Load(context.Background(), m.storage, "bench-aes")
 	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
 	pt, aad := make([]byte, 64), buildAAD(nil, nil, nil)
 	b.ResetTimer()
@@ -110,7 +111,7 @@ func BenchmarkHandlerSignRSA2048(b *testing.B) {
 func BenchmarkHSMSignRSA2048(b *testing.B) {
 	m := benchMount(b)
 	m.benchDo(b, logical.UpdateOperation, "keys/bench-rsa", map[string]interface{}{"type": "rsa-2048"})
-	k, _ := loadKey(context.Background(), m.storage, "bench-rsa")
+	k, _ := keyring.Load(context.Background(), m.storage, "bench-rsa")
 	pub, _ := x509.ParsePKIXPublicKey(k.Versions[1].PublicKey)
 	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
 	input := make([]byte, 64)

@@ -15,6 +15,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // maxJWKBytes bounds a JWK before it is parsed: an RSA-4096 private JWK is
@@ -31,7 +32,7 @@ const hmacPadBytes = 64
 // keyMaterial is a key the caller sent in the clear (a JWK or a public
 // key), checked and ready for the token.
 type keyMaterial struct {
-	keyType keyType
+	keyType keyring.KeyType
 	// material is what the token unwraps: raw bytes for AES and HMAC,
 	// PKCS#8 DER for RSA and EC; nil for a public key alone.
 	material []byte
@@ -120,8 +121,8 @@ func parseJWK(raw interface{}, typ string) (keyMaterial, string) {
 		return keyMaterial{}, msg
 	}
 	m.field = "jwk"
-	if typ != "" && typ != m.keyType.name && !(head.Kty == "oct" && typ == "hmac") {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match the jwk, which is a %s key", typ, m.keyType.name)
+	if typ != "" && typ != m.keyType.Name && !(head.Kty == "oct" && typ == "hmac") {
+		return keyMaterial{}, fmt.Sprintf("type %s does not match the jwk, which is a %s key", typ, m.keyType.Name)
 	}
 	return m, ""
 }
@@ -131,8 +132,8 @@ func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
 		if len(key) < hsm.MinHMACImportBytes || len(key) > hsm.MaxHMACImportBytes {
 			return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an HMAC key is %d to %d bytes", len(key), hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
 		}
-		kt := keyTypes["hmac"]
-		kt.bits = len(key) * 8
+		kt := keyTypeNamed("hmac")
+		kt.Bits = len(key) * 8
 		material := append([]byte(nil), key...)
 		if len(material) < hmacPadBytes {
 			material = append(material, make([]byte, hmacPadBytes-len(material))...)
@@ -144,13 +145,13 @@ func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
 	default:
 		return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an AES key is 16, 24 or 32 bytes (give type=hmac for an HMAC key)", len(key))
 	}
-	return keyMaterial{keyType: keyTypes[fmt.Sprintf("aes%d-gcm96", len(key)*8)], material: append([]byte(nil), key...)}, ""
+	return keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("aes%d-gcm96", len(key)*8)), material: append([]byte(nil), key...)}, ""
 }
 
-func rsaKeyType(bits int, field string) (keyType, string) {
-	kt, ok := keyTypes[fmt.Sprintf("rsa-%d", bits)]
-	if !ok {
-		return keyType{}, fmt.Sprintf("%s: an RSA key of %d bits; 2048, 3072 or 4096 supported", field, bits)
+func rsaKeyType(bits int, field string) (keyring.KeyType, string) {
+	kt, err := keyring.RSAType(bits, field)
+	if err != nil {
+		return keyring.KeyType{}, err.Error()
 	}
 	return kt, ""
 }
@@ -200,16 +201,16 @@ func rsaPublicMaterial(key *rsa.PublicKey, field string) (keyMaterial, string) {
 	return keyMaterial{keyType: kt, public: key}, ""
 }
 
-func ecKeyType(curve elliptic.Curve, field string) (keyType, string) {
+func ecKeyType(curve elliptic.Curve, field string) (keyring.KeyType, string) {
 	switch curve {
 	case elliptic.P256():
-		return keyTypes["ecdsa-p256"], ""
+		return keyTypeNamed("ecdsa-p256"), ""
 	case elliptic.P384():
-		return keyTypes["ecdsa-p384"], ""
+		return keyTypeNamed("ecdsa-p384"), ""
 	case elliptic.P521():
-		return keyTypes["ecdsa-p521"], ""
+		return keyTypeNamed("ecdsa-p521"), ""
 	}
-	return keyType{}, field + ": the curve is not supported; use P-256, P-384 or P-521"
+	return keyring.KeyType{}, field + ": the curve is not supported; use P-256, P-384 or P-521"
 }
 
 func ecPrivateMaterial(key *ecdsa.PrivateKey) (keyMaterial, string) {
@@ -219,11 +220,11 @@ func ecPrivateMaterial(key *ecdsa.PrivateKey) (keyMaterial, string) {
 	}
 	pub, err := key.PublicKey.ECDH()
 	if err != nil {
-		return keyMaterial{}, "jwk: x, y is not a point on " + kt.curve
+		return keyMaterial{}, "jwk: x, y is not a point on " + kt.Curve
 	}
 	priv, err := key.ECDH()
 	if err != nil {
-		return keyMaterial{}, "jwk: d is not a valid private key on " + kt.curve
+		return keyMaterial{}, "jwk: d is not a valid private key on " + kt.Curve
 	}
 	if !priv.PublicKey().Equal(pub) {
 		return keyMaterial{}, "jwk: x, y is not the public point of d"
@@ -241,7 +242,7 @@ func ecPublicMaterial(key *ecdsa.PublicKey, field string) (keyMaterial, string) 
 		return keyMaterial{}, msg
 	}
 	if _, err := key.ECDH(); err != nil {
-		return keyMaterial{}, field + ": x, y is not a point on " + kt.curve
+		return keyMaterial{}, field + ": x, y is not a point on " + kt.Curve
 	}
 	return keyMaterial{keyType: kt, public: key}, ""
 }
@@ -274,24 +275,8 @@ func parsePublicKeyPEM(s, typ string) (keyMaterial, string) {
 		return keyMaterial{}, msg
 	}
 	m.field = "public_key"
-	if typ != "" && !strings.EqualFold(typ, m.keyType.name) {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match public_key, which is a %s key", typ, m.keyType.name)
+	if typ != "" && !strings.EqualFold(typ, m.keyType.Name) {
+		return keyMaterial{}, fmt.Sprintf("type %s does not match public_key, which is a %s key", typ, m.keyType.Name)
 	}
 	return m, ""
-}
-
-// importSpec is the token object a version of k is imported as.
-func importSpec(kt keyType, ops []string, id []byte, label string, public crypto.PublicKey) hsm.ImportSpec {
-	spec := hsm.ImportSpec{ID: id, Label: label, Use: usageOf(ops), Public: public}
-	switch kt.family {
-	case familyAES:
-		spec.Kind, spec.Bits = hsm.ImportAES, kt.bits
-	case familyHMAC:
-		spec.Kind = hsm.ImportHMAC
-	case familyRSA:
-		spec.Kind, spec.Bits = hsm.ImportRSA, kt.bits
-	case familyEC:
-		spec.Kind, spec.Curve = hsm.ImportEC, kt.curve
-	}
-	return spec
 }

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
-	"fmt"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func (b *backend) pathHMAC() *framework.Path {
@@ -56,8 +56,8 @@ hmac field. Keys of type hmac only.
 // hmacHash reads the algorithm from the URL, body, or Transit's older field.
 // Imported keys skip the size check: a JWK's short key is padded on the
 // token (the same HMAC), and a BYOK key's size is the token's to judge.
-func hmacHash(d *framework.FieldData, bits int, imported bool) (hashName string, msg string) {
-	hashName = "sha2-256"
+func hmacHash(d *framework.FieldData, bits int, imported bool) (string, error) {
+	hashName := "sha2-256"
 	for _, f := range []string{"urlalgorithm", "algorithm", "hash_algorithm"} {
 		if v, ok := d.GetOk(f); ok && v.(string) != "" {
 			hashName = strings.ToLower(v.(string))
@@ -66,59 +66,48 @@ func hmacHash(d *framework.FieldData, bits int, imported bool) (hashName string,
 	}
 	hash, ok := hashAlgorithms[hashName]
 	if !ok {
-		return "", "algorithm " + hashName + " is not one of: sha2-256, sha2-384, sha2-512"
+		return "", keyring.Userf("algorithm %s is not one of: sha2-256, sha2-384, sha2-512", hashName)
 	}
 	if !imported && bits < hash.Size()*8 {
-		return "", fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
+		return "", keyring.Userf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
 	}
-	return hashName, ""
+	return hashName, nil
 }
 
 func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opHMAC, []string{"input", "key_version", "reference"})
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpHMAC, []string{"input", "key_version", "reference"})
+	if err != nil {
+		return respondError("hmac", err)
 	}
-	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	hashName, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
+	if err != nil {
+		return respondError("hmac", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		version, kv, msg := k.encryptionVersion(item.KeyVersion)
-		if msg != "" {
-			results[i] = batchResult{Error: msg}
-			continue
-		}
-		mac, err := b.hmacOf(ctx, client, k, kv, hashName, item)
+	results := b.each(r, "hmac", func(item cryptoItem) (batchResult, error) {
+		version, kv, err := r.key.EncryptionVersion(item.KeyVersion)
 		if err != nil {
-			results[i] = itemFailure(err)
-			continue
+			return batchResult{}, err
 		}
-		results[i] = batchResult{HMAC: formatCiphertext(version, mac), KeyVersion: version}
-	}
-	b.stats.add("hmac", int64(len(items)))
-	if batch {
-		return okBatchResponse(batchHMAC, results, items), nil
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("hmac", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"hmac": results[0].HMAC, "key_version": results[0].KeyVersion}}, nil
+		mac, err := b.hmacOf(ctx, r.client, r.key, kv, hashName, item)
+		return batchResult{HMAC: formatCiphertext(version, mac), KeyVersion: version}, err
+	})
+	return answer(req, d, r, "hmac", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"hmac": res.HMAC, "key_version": res.KeyVersion}
+	})
 }
 
-func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, kv *keyVersion, hashName string, item cryptoItem) ([]byte, error) {
+func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyring.Entry, kv *keyring.Version, hashName string, item cryptoItem) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(item.Input)
 	if err != nil {
-		return nil, userErrorf("input is not valid base64")
+		return nil, keyring.Userf("input is not valid base64")
 	}
-	if k.keyType().family == familyAES {
+	if k.KeyType().HasHMACCompanion() {
 		if kv.HMACObjectID == nil {
-			return nil, userErrorf("this version of AES key %q has no HMAC key: it was made before AES keys got one, or is wrapped or adopted; rotate the key (a new version gets one), or use a key of type hmac", k.Name)
+			return nil, keyring.Userf("this version of AES key %q has no HMAC key: it was made before AES keys got one, or is wrapped or adopted; rotate the key (a new version gets one), or use a key of type hmac", k.Name)
 		}
 		return client.HMAC(ctx, kv.HMACObjectID, hashAlgorithms[hashName], data)
 	}
-	release, err := b.pinVersion(ctx, client, k, kv)
+	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return nil, err
 	}
@@ -126,47 +115,20 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, k
 	return client.HMAC(ctx, kv.ObjectID, hashAlgorithms[hashName], data)
 }
 
-// hmacCompanionBits is the size of an AES version's HMAC key: enough for
-// HMAC-SHA-512.
-const hmacCompanionBits = 512
-
-// hmacKeyBits is the size of the key hmac uses for k.
-func hmacKeyBits(k *keyEntry) int {
-	if k.keyType().family == familyAES {
-		return hmacCompanionBits
-	}
-	return k.keyType().bits
-}
-
-// verifyHMACItems checks HMACs made by hmac: computed again in the HSM with
+// verifyHMAC checks one HMAC made by hmac: computed again in the HSM with
 // the version the HMAC names, compared in constant time.
-func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *keyEntry, d *framework.FieldData, items []cryptoItem) ([]batchResult, string) {
-	if f := k.keyType().family; f != familyHMAC && f != familyAES {
-		return nil, "key " + k.Name + " is of type " + k.Type + "; hmac verification needs a key of type hmac or an AES key"
-	}
-	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
+func (b *backend) verifyHMAC(ctx context.Context, r *opRequest, hashName string, item cryptoItem) (bool, error) {
+	version, want, msg := parseCiphertext(item.HMAC)
 	if msg != "" {
-		return nil, msg
+		return false, keyring.Userf("%s", strings.Replace(msg, "ciphertext", "hmac", -1))
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		version, want, msg := parseCiphertext(item.HMAC)
-		if msg != "" {
-			results[i] = batchResult{Error: strings.Replace(msg, "ciphertext", "hmac", -1)}
-			continue
-		}
-		kv, msg := k.decryptionVersion(version)
-		if msg != "" {
-			results[i] = batchResult{Error: strings.Replace(msg, "ciphertext", "hmac", 1)}
-			continue
-		}
-		got, err := b.hmacOf(ctx, client, k, kv, hashName, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		valid := subtle.ConstantTimeCompare(got, want) == 1
-		results[i] = batchResult{Valid: &valid}
+	kv, err := r.key.DecryptionVersion(version, "hmac")
+	if err != nil {
+		return false, err
 	}
-	return results, ""
+	got, err := b.hmacOf(ctx, r.client, r.key, kv, hashName, item)
+	if err != nil {
+		return false, err
+	}
+	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }

@@ -14,20 +14,21 @@ import (
 	"strings"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // transitKeyName is the `name` Transit gives each asymmetric version.
-func transitKeyName(kt keyType) string {
-	if kt.family == familyEC {
-		return kt.curve
+func transitKeyName(kt keyring.KeyType) string {
+	if kt.Family == keyring.FamilyEC {
+		return kt.Curve
 	}
-	return kt.name // rsa-2048 ..., ed25519
+	return kt.Name // rsa-2048 ..., ed25519
 }
 
 // transitPublicKey is a version's public key as Transit shows it: PEM, or
 // for Ed25519 the base64 of the raw 32-byte key.
-func transitPublicKey(kt keyType, der []byte) string {
-	if kt.family == familyEd25519 {
+func transitPublicKey(kt keyring.KeyType, der []byte) string {
+	if kt.Family == keyring.FamilyEd25519 {
 		if pub, err := x509.ParsePKIXPublicKey(der); err == nil {
 			if raw, ok := pub.(ed25519.PublicKey); ok {
 				return base64.StdEncoding.EncodeToString(raw)
@@ -61,7 +62,7 @@ func publicJWK(der []byte, kid string) (map[string]interface{}, error) {
 }
 
 // parsedPublicKey returns the version's public key, parsing each DER once.
-func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
+func (b *backend) parsedPublicKey(kv *keyring.Version) (crypto.PublicKey, error) {
 	if len(kv.PublicKey) == 0 {
 		return nil, fmt.Errorf("version has no public key")
 	}
@@ -82,12 +83,12 @@ func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
 }
 
 // exportPublicKeys is Transit's export map: version -> PEM.
-func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
+func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, string) {
 	out := map[string]string{}
 	if version == "" {
 		for v, kv := range k.Versions {
 			if v >= k.MinDecryptionVersion {
-				out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
+				out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 			}
 		}
 		return out, ""
@@ -100,10 +101,10 @@ func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
 		}
 		v = n
 	}
-	kv, msg := k.decryptionVersion(v)
-	if msg != "" {
-		return nil, msg
+	kv, err := k.DecryptionVersion(v, "the request")
+	if err != nil {
+		return nil, err.Error()
 	}
-	out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
+	out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 	return out, ""
 }
