@@ -155,13 +155,13 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("adopt key", fieldOfInput(field, err))
 	}
-	if _, _, isKEK := keyring.KEKLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, keyring.ObjectLabelPrefix) {
-		return respondError("adopt key", keyring.FieldErrorf(field, "the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", ek.Label))
-	}
 	if why, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
 		return respondError("adopt key", err)
 	} else if why != "" {
 		return respondError("adopt key", keyring.FieldErrorf(field, "%s; a KEK never becomes a data key", why))
+	}
+	if _, _, isKEK := keyring.KEKLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, keyring.ObjectLabelPrefix) {
+		return respondError("adopt key", keyring.FieldErrorf(field, "the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", ek.Label))
 	}
 	kt, msg := adoptedKeyType(ek)
 	if msg != "" {
@@ -266,7 +266,7 @@ func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Cli
 	}
 	for v, kv := range st.Versions {
 		if bytes.Equal(kv.ObjectID, ek.ID) {
-			return fmt.Sprintf("the object is version %d of this mount's KEK", v), nil
+			return fmt.Sprintf("the object is version %d of this mount's key-encryption key", v), nil
 		}
 	}
 	records, err := client.ListObjects(ctx, keyring.ObjectLabelPrefix)
@@ -275,7 +275,7 @@ func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Cli
 	}
 	for _, o := range records {
 		if owner, id, ok := keyring.ParseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
-			return fmt.Sprintf("the object is the KEK of mount %s", owner), nil
+			return fmt.Sprintf("the object is the key-encryption key of mount %s", owner), nil
 		}
 	}
 	if ek.Wrap && !ek.Encrypt && !ek.Decrypt && !ek.Sign {

@@ -262,7 +262,7 @@ func TestAKEKNeverBecomesADataKey(t *testing.T) {
 	}
 	legacy.b.markerDone.Store(false)
 	legacy.mustOK(logical.ReadOperation, "status", nil) // a request: the records are written
-	m.mustFail(logical.UpdateOperation, "keys/taken/adopt", map[string]interface{}{"label": permissive}, "the KEK of mount "+legacy.b.owner)
+	m.mustFail(logical.UpdateOperation, "keys/taken/adopt", map[string]interface{}{"label": permissive}, "the key-encryption key of mount "+legacy.b.owner)
 
 	own, err := m.b.ring.KEK(ctx, m.storage)
 	if err != nil {

@@ -412,7 +412,7 @@ func testWrappedNoTokenObjectAndCacheExpires(t *testing.T, w *wrappedVault) {
 		}
 	}
 	slices.Sort(want)
-	if mine := wrPrefixed(wrLabels(t, w.p11, w.sh), "hsmkms/"+w.owner+"/"); !slices.Equal(mine, want) {
+	if mine := wrKeyObjects(t, wrPrefixed(wrLabels(t, w.p11, w.sh), "hsmkms/"+w.owner+"/")); !slices.Equal(mine, want) {
 		t.Errorf("the mount's token objects are %v, want exactly %v", mine, want)
 	}
 
@@ -551,9 +551,10 @@ func testWrappedKEKRotationUnderLoad(t *testing.T, w *wrappedVault) {
 		}
 	}
 	rewrap, _ := kek["rewrap"].(map[string]interface{})
+	// Version 1 is retired, not destroyed: backups made under it restore.
 	if rewrap["done"] != true || rewrap["error"] != nil || fmt.Sprint(rewrap["target"]) != "2" ||
-		fmt.Sprint(kek["latest_version"]) != "2" || fmt.Sprint(kek["versions"]) != "[2]" {
-		t.Fatalf("status.kek after the rewrap: %v; want latest 2, versions [2], rewrap done to 2 without error", kek)
+		fmt.Sprint(kek["latest_version"]) != "2" || fmt.Sprint(kek["versions"]) != "[1 2]" || fmt.Sprint(kek["retired_versions"]) != "[1]" {
+		t.Fatalf("status.kek after the rewrap: %v; want latest 2, versions [1 2] with 1 retired, rewrap done to 2 without error", kek)
 	}
 	// The job moved every wrapped version of the mount, and each now names
 	// KEK version 2.
@@ -591,13 +592,19 @@ func testWrappedKEKRotationUnderLoad(t *testing.T, w *wrappedVault) {
 		w.cts = append(w.cts, all[i].wrappedCT)
 	}
 
-	if got := wrPrefixed(wrLabels(t, w.p11, w.sh), kekPrefix); !slices.Equal(got, []string{kekPrefix + "v2"}) {
-		t.Errorf("the mount's KEKs on the token after the rewrap: %v, want [%sv2]", got, kekPrefix)
-	}
-	if n := wrCount(t, w.p11, w.sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, kek1)}); n != 0 {
-		t.Errorf("KEK v1 (CKA_ID %x) is still on the token: %d objects", kek1, n)
+	// Version 1 is retired, not destroyed (backups made under it still
+	// restore) until a trim destroys it.
+	if got := wrPrefixed(wrLabels(t, w.p11, w.sh), kekPrefix); !slices.Equal(got, []string{kekPrefix + "v1", kekPrefix + "v2"}) {
+		t.Errorf("the mount's KEKs on the token after the rewrap: %v, want [%sv1 %sv2]", got, kekPrefix, kekPrefix)
 	}
 	wrCheckKEKObject(t, w, kekPrefix+"v2")
+	trim := wrPost(t, v, "kms/config/kek/trim", map[string]interface{}{"min_version": 2})
+	if fmt.Sprint(trim["destroyed_versions"]) != "[1]" {
+		t.Errorf("config/kek/trim answered %v, want destroyed_versions [1]", trim)
+	}
+	if n := wrCount(t, w.p11, w.sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, kek1)}); n != 0 {
+		t.Errorf("KEK v1 (CKA_ID %x) is still on the token after the trim: %d objects", kek1, n)
+	}
 	wrPost(t, v, "kms/keys/after-kek-rotation", map[string]interface{}{"type": "aes256-gcm96"})
 	if o := wrObject(t, wrRead(t, v, "kms/keys/after-kek-rotation"), 1); fmt.Sprint(o["kek_version"]) != "2" {
 		t.Errorf("a key made after the rotation: %v, want kek_version 2", o)
@@ -718,7 +725,7 @@ func testWrappedVaultRestart(t *testing.T, w *wrappedVault) {
 	if got := wrInt(t, wrStatus(t, w.v, "unwrapped_cache")["unwraps"]); got == 0 {
 		t.Error("the keys worked after the restart with no unwrap")
 	}
-	if kek := wrStatus(t, w.v, "kek"); fmt.Sprint(kek["versions"]) != "[2]" {
+	if kek := wrStatus(t, w.v, "kek"); fmt.Sprint(kek["versions"]) != "[2]" { // v1 was trimmed before the restart
 		t.Errorf("status.kek after the restart: %v", kek)
 	}
 }
@@ -808,7 +815,7 @@ func TestWrappedKeysAtScale(t *testing.T) {
 
 	p11, sh := openTokenSession(t, tok)
 	labels := wrLabels(t, p11, sh)
-	mine := wrPrefixed(labels, "hsmkms/"+owner+"/")
+	mine := wrKeyObjects(t, wrPrefixed(labels, "hsmkms/"+owner+"/"))
 	keks := wrPrefixed(labels, "hsmkms-kek/"+owner+"/")
 	want := []string{}
 	for _, o := range wrObjects(t, wrRead(t, v, "kms/keys/default")) {
@@ -822,6 +829,26 @@ func TestWrappedKeysAtScale(t *testing.T) {
 		t.Errorf("the mount's token objects: %v and KEKs %v; want only the default key's %v and one KEK", mine, keks, want)
 	}
 	t.Logf("%d objects on the token, %d of this mount with its %d keys (+ %d KEK); cache %v", len(labels), len(mine), keys+1, len(keks), cache)
+}
+
+// wrKeyObjects is a mount's labels without its marker (hsmkms/<uuid>/.mount/
+// <cluster>/<accessor>, which ties the mount to its accessor for tidy),
+// after checking that there is exactly one.
+func wrKeyObjects(t *testing.T, labels []string) []string {
+	t.Helper()
+	var keys []string
+	markers := 0
+	for _, l := range labels {
+		if strings.Contains(l, "/.mount/") {
+			markers++
+			continue
+		}
+		keys = append(keys, l)
+	}
+	if markers != 1 {
+		t.Errorf("the mount has %d markers on the token, want 1: %v", markers, labels)
+	}
+	return keys
 }
 
 // wrMountOwner is the mount's uuid as its labels carry it, read from the
