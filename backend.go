@@ -120,6 +120,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		WALRollback:       b.walRollback,
 		WALRollbackMinAge: walRollbackMinAge,
 		PeriodicFunc:      b.rotateDueKeys,
+		RunningVersion:    version,
 	}
 	return b
 }
