@@ -44,10 +44,13 @@ for platform in ${RELEASE_PLATFORMS:-linux/amd64 linux/arm64}; do
   cc=$(c_compiler "$arch")
   bin="${name}_${version}_${os}_${arch}"
   echo "release: $bin (CC=$cc)" >&2
-  CGO_ENABLED=1 GOOS=$os GOARCH=$arch CC=$cc go build -trimpath \
+  # No -trimpath: under it the go command leaves -ldflags, and with it the
+  # version, out of the build info (go.dev/issue/52372), and the build info
+  # is the release's record of how it was made.
+  CGO_ENABLED=1 GOOS=$os GOARCH=$arch CC=$cc go build \
     -ldflags "-s -w -X $(version_var)=$version" -o "$dist/$bin.tmp.$$" ./cmd/$name
   mv "$dist/$bin.tmp.$$" "$dist/$bin"
-  go version -m "$dist/$bin" >"$dist/$bin.buildinfo"
+  (cd "$dist" && go version -m "$bin" >"$bin.buildinfo")
   files+=("$bin" "$bin.buildinfo")
 done
 (cd "$dist" && sha256sum "${files[@]}" >SHA256SUMS.tmp.$$ && mv SHA256SUMS.tmp.$$ SHA256SUMS)
