@@ -6,9 +6,9 @@
 #
 #   vault, openbao, tofu, tf-provider   scripts/build-*.sh (cached: once per machine)
 #   modules        this module's requirements, fetched many at a time
-#   compile        every package and test binary, once, into the build cache
-#                  that all the parts share (GOCACHE)
-#   then at once:  lint (gofmt, go vet, staticcheck), unit-root, unit-hsm,
+#   compile        go build and go vet ./...: every package and what the tests
+#                  import, once, into the build cache all the parts share
+#   then at once:  lint (gofmt, staticcheck), unit-root, unit-hsm,
 #                  unit-other (every other package but e2e), race (the
 #                  race detector on the races the code guards against)
 #   e2e            once Vault and OpenBao are built: every e2e test but
@@ -98,13 +98,12 @@ packages() {
   esac
 }
 
+# compile fills the build cache that every later part reads: go build
+# compiles every package, go vet every package its tests import (and vets
+# them, the lint part's vet).
 compile() {
   go build ./...
-  # Test binaries too (e2e's as well: without HSMKMS_E2E its tests skip).
-  local bins
-  bins=$(mktemp -d "${TMPDIR:-/tmp}/hsmkms-testbin.XXXXXX")
-  go test -c -o "$bins/" ./...
-  rm -rf "$bins"
+  go vet ./...
 }
 
 lint() {
@@ -114,7 +113,6 @@ lint() {
     echo "gofmt wants to change: $unformatted"
     return 1
   fi
-  go vet ./...
   # staticcheck at a pinned version, through the module proxy.
   go run "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2}" ./...
 }
