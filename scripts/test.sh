@@ -11,8 +11,9 @@
 #   then at once:  lint (gofmt, staticcheck), unit-root, unit-hsm,
 #                  unit-other (every other package but e2e), race (the
 #                  race detector on the races the code guards against)
-#   e2e            once Vault and OpenBao are built: every e2e test but
-#                  Terraform's (the release test among them)
+#   e2e-1, e2e-2   once Vault and OpenBao are built: every e2e test but
+#                  Terraform's (the release test among them), in
+#                  HSMKMS_E2E_SHARDS (2) processes side by side
 #   e2e-terraform  once OpenTofu and the provider are built too
 #
 # Each part's output is in test-logs/PART.log (HSMKMS_TEST_LOGS moves it).
@@ -140,6 +141,18 @@ e2e() {
     go test -count=1 -v -timeout 30m ./e2e "$@"
 }
 
+# e2e_shard I N: every Nth e2e test from the Ith (Terraform's aside). The
+# tests run one after another within a go test process, and much of each is
+# waiting for a server, so shards in parallel shorten the longest part.
+# Listed, not named, so that a new test lands in a shard by itself.
+e2e_shard() {
+  local names
+  names=$(HSMKMS_E2E='' go test -list '.' ./e2e | grep '^Test' | grep -v '^TestTerraform' |
+    awk -v i="$1" -v n="$2" 'NR % n == i % n')
+  [[ -n $names ]] || { echo "no tests in this shard"; return 0; }
+  e2e -run "^($(paste -sd'|' <<<"$names"))\$"
+}
+
 # The real Transit clients: OpenTofu and terraform-provider-vault 5.9.0,
 # served to it from a filesystem mirror (no network at test time).
 e2e_terraform() {
@@ -160,7 +173,10 @@ after compile unit-other unit other
 after compile race race
 # The servers are waited for after compile, so that e2e never compiles what
 # compile is compiling; on a fresh machine they take far longer anyway.
-after "compile vault openbao" e2e e2e -skip '^TestTerraform'
+shards=${HSMKMS_E2E_SHARDS:-2}
+for ((i = 1; i <= shards; i++)); do
+  after "compile vault openbao" "e2e-$i" e2e_shard "$i" "$shards"
+done
 after "compile vault openbao tofu tf-provider" e2e-terraform e2e_terraform
 
 ready "${parts[@]}" || true
