@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: every test, in parts that run side by side, each started as
 # soon as what it needs is ready. On a fresh 2-core machine most of the time
-# is building the servers and clients from the module proxy (mostly
-# waiting on the network), so the unit tests run meanwhile:
+# is building the servers and clients from the module proxy, so the unit
+# tests run meanwhile:
 #
 #   vault, openbao, tofu, tf-provider   scripts/build-*.sh (cached: once per machine)
 #   modules        this module's requirements, fetched many at a time
@@ -28,8 +28,8 @@ source scripts/lib.sh
 bash scripts/deps.sh release
 
 logs=${HSMKMS_TEST_LOGS:-$root/test-logs}
-rm -rf "$logs"
 mkdir -p "$logs"
+rm -f "$logs"/*.log "$logs"/*.result
 t0=$(date +%s)
 module=$(go list -m)
 
