@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export CGO_ENABLED := 1
 
-.PHONY: dev test bench deps vault openbao plugin unit e2e lint clean
+.PHONY: dev test bench deps vault openbao plugin release unit e2e lint clean
 
 dev:
 	bash scripts/dev.sh
@@ -18,10 +18,19 @@ vault: deps
 openbao: deps
 	bash scripts/build-openbao.sh >/dev/null
 
+# The plugin into bin/, reporting VERSION to Vault (v0.0.0-dev unless set):
+# make plugin VERSION=v1.2.3
 plugin:
-	source scripts/lib.sh && build_plugin
+	source scripts/lib.sh && VERSION=$(VERSION) build_plugin
 
-test: deps vault openbao
+# The plugin for linux/amd64 and linux/arm64, SHA256SUMS and each binary's
+# build info into dist/: make release VERSION=v1.2.3
+release:
+	bash scripts/deps.sh release
+	VERSION=$(VERSION) bash scripts/release.sh
+
+# Builds what it needs itself, in parallel with the tests that do not need it.
+test:
 	bash scripts/test.sh
 
 bench: deps vault
@@ -31,7 +40,7 @@ unit: deps
 	go test -count=1 ./hsm/... ./internal/... .
 
 e2e: deps vault openbao
-	HSMKMS_VAULT_BIN=$$(bash scripts/build-vault.sh) HSMKMS_OPENBAO_BIN=$$(bash scripts/build-openbao.sh) go test -count=1 -timeout 20m -v ./e2e/
+	HSMKMS_E2E=1 HSMKMS_VAULT_BIN=$$(bash scripts/build-vault.sh) HSMKMS_OPENBAO_BIN=$$(bash scripts/build-openbao.sh) go test -count=1 -timeout 20m -v ./e2e/
 
 lint:
 	test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
@@ -39,4 +48,4 @@ lint:
 	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 clean:
-	rm -rf bin .dev bench-results
+	rm -rf bin .dev bench-results dist test-logs

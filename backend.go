@@ -105,6 +105,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		},
 		WALRollbackMinAge: keyring.RollbackMinAge(),
 		PeriodicFunc:      b.rotateDueKeys,
+		RunningVersion:    version,
 	}
 	return b
 }

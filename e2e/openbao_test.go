@@ -50,7 +50,7 @@ func checkIsOpenBao(t *testing.T) {
 	if status != http.StatusOK || resp["version"] != "2.4.0" {
 		t.Fatalf("seal-status: %d %v, want OpenBao's version 2.4.0", status, resp)
 	}
-	status, resp = v.raw("GET", "sys/plugins/catalog/secret/hsmkms", v.token, nil)
+	status, resp = v.raw("GET", "sys/plugins/catalog/secret/hsmkms?version="+pluginVersion, v.token, nil)
 	data, _ := resp["data"].(map[string]interface{})
 	if status != http.StatusOK || data["sha256"] != pluginSHA || data["command"] != pluginName {
 		t.Fatalf("catalog entry: %d %v", status, resp)

@@ -278,7 +278,7 @@ func testTFMountAndConfig(t *testing.T, v *vaultServer, library, label, pin, ini
 	// From the environment, not a command line.
 	r.env = append(r.env, "TF_VAR_pin="+pin)
 	vars := func(description string, maxKeys int) {
-		r.setVars("plugin_name=hsmkms-tf", "plugin_sha256="+pluginSHA, "plugin_command="+pluginName,
+		r.setVars("plugin_name=hsmkms-tf", "plugin_version="+pluginVersion, "plugin_sha256="+pluginSHA, "plugin_command="+pluginName,
 			fmt.Sprintf("plugin_env=[%q]", "HSMKMS_LIBRARY_DIRS="+libraryDirs),
 			"path=tfkms", "description="+description,
 			"library="+library, "token_label="+label, "init_args="+initArgs,
@@ -316,7 +316,7 @@ func testTFMountAndConfig(t *testing.T, v *vaultServer, library, label, pin, ini
 	if _, ok := mounts["tfkms/"]; ok {
 		t.Errorf("tfkms/ is still mounted after destroy")
 	}
-	if status, body := v.raw("GET", "sys/plugins/catalog/secret/hsmkms-tf", v.token, nil); status != 404 {
+	if status, body := v.raw("GET", "sys/plugins/catalog/secret/hsmkms-tf?version="+pluginVersion, v.token, nil); status != 404 {
 		t.Errorf("plugin hsmkms-tf is still registered after destroy: %d %v", status, body)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -31,6 +32,12 @@ import (
 )
 
 const pluginName = "vault-plugin-secrets-hsmkms"
+
+// pluginVersion is the version the tests' build of the plugin reports (a
+// plain go build: version.go's default). Vault files a registration that
+// names no version under the version the plugin reports, so reading the
+// catalog entry back names it.
+const pluginVersion = "v0.0.0-dev"
 
 var (
 	vaultBin  string
@@ -76,13 +83,54 @@ func eachCryptoToken(t *testing.T, f func(t *testing.T, tok *tokentest.Token)) {
 // softHSM is the SoftHSM2 token of the tests that run on one token only.
 func softHSM() *tokentest.Token { return tokens[tokentest.SoftHSM2][0] }
 
+// e2eEnv asks for the end-to-end tests. Without it they skip: they need a
+// Vault and an OpenBao built from source (10-15 minutes each, once), which a
+// plain `go test ./...` on a fresh clone must not start. `make test` and
+// `make e2e` set it.
+const e2eEnv = "HSMKMS_E2E"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(e2eEnv) != "1" {
+		// Only TestEndToEndSetUp runs, and it skips saying why, so that the
+		// report counts a skip rather than a pass.
+		flag.Parse()
+		if err := flag.Set("test.run", "^TestEndToEndSetUp$"); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
+		_ = flag.Set("test.skip", "")
+		os.Exit(m.Run())
+	}
 	code, err := setup(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e setup:", err)
 		os.Exit(1)
 	}
 	os.Exit(code)
+}
+
+// TestEndToEndSetUp stands for every e2e test when HSMKMS_E2E is not set,
+// and skips with the reason. When it is set, it checks what TestMain set up
+// for the others: both servers' binaries, the plugin, tokens of each kind.
+func TestEndToEndSetUp(t *testing.T) {
+	if os.Getenv(e2eEnv) != "1" {
+		t.Skipf("the e2e tests run only with %s=1 (make test and make e2e set it): they start a real Vault and "+
+			"OpenBao, built from source by scripts/build-vault.sh and build-openbao.sh", e2eEnv)
+	}
+	for _, bin := range []string{vaultBin, baoBin} {
+		if fi, err := os.Stat(bin); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("server binary %q: %v (mode %v)", bin, err, fi)
+		}
+	}
+	bin, err := os.ReadFile(filepath.Join(pluginDir, pluginName))
+	if sum := sha256.Sum256(bin); err != nil || hex.EncodeToString(sum[:]) != pluginSHA {
+		t.Errorf("plugin %s: %v, or its SHA-256 is not %s", pluginName, err, pluginSHA)
+	}
+	for _, kind := range tokentest.Kinds {
+		if len(tokens[kind]) != 2 {
+			t.Errorf("%s: %d tokens, want 2", kind, len(tokens[kind]))
+		}
+	}
 }
 
 func setup(m *testing.M) (int, error) {

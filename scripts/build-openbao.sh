@@ -5,18 +5,20 @@
 # replaces the nested api/sdk modules with directories the module zip does
 # not hold (dropped, so the released versions are used) and requires two
 # auth modules only its tests use (dropped too). A second run reuses the
-# cached binary.
+# cached binary; a run that starts while another builds waits for it.
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 OPENBAO_VERSION="${OPENBAO_VERSION:-v2.4.0}"
 OPENBAO_MODULE="${OPENBAO_MODULE:-github.com/openbao/openbao@v0.0.0-20250828202315-f9407a27fbee}"
-CACHE_DIR="${HSMKMS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkms}"
+CACHE_DIR=$(hsmkms_cache)
 BAO_BIN="$CACHE_DIR/openbao-$OPENBAO_VERSION/bao"
 
-if [[ -x "$BAO_BIN" ]] && "$BAO_BIN" version 2>/dev/null | grep -q "OpenBao ${OPENBAO_VERSION}"; then
-  echo "$BAO_BIN"
-  exit 0
-fi
+cached() { [[ -x "$BAO_BIN" ]] && "$BAO_BIN" version 2>/dev/null | grep -q "OpenBao ${OPENBAO_VERSION}"; }
+cached && { echo "$BAO_BIN"; exit 0; }
+cache_lock "$CACHE_DIR/openbao-$OPENBAO_VERSION.lock" build-openbao
+cached && { echo "$BAO_BIN"; exit 0; }
 
 command -v go >/dev/null || { echo "build-openbao: Go is required" >&2; exit 1; }
 
@@ -35,10 +37,11 @@ sed -i -E '/github.com\/openbao\/openbao\/api\/auth\/(approle|userpass)\/v2[[:sp
 mkdir -p "$(dirname "$BAO_BIN")"
 (
   cd "$work"
+  GOFLAGS=-mod=mod fetch_modules
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
     -ldflags "-s -w -X github.com/openbao/openbao/version.fullVersion=${OPENBAO_VERSION#v}" \
-    -o "$BAO_BIN.tmp" .
+    -o "$BAO_BIN.tmp.$$" .
 )
-mv "$BAO_BIN.tmp" "$BAO_BIN"
+mv "$BAO_BIN.tmp.$$" "$BAO_BIN"
 "$BAO_BIN" version >&2
 echo "$BAO_BIN"

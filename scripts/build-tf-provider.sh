@@ -4,12 +4,15 @@
 # filesystem mirror (Terraform's and OpenTofu's "unpacked" layout) so that
 # `tofu init` installs it with no network. Release 5.9.0 is published on the
 # proxy only as a pseudo-version (the repository's tags carry no /v5 module
-# path). A second run reuses the cached binary. Prints the mirror directory.
+# path). A second run reuses the cached binary; a run that starts while
+# another builds waits for it. Prints the mirror directory.
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 PROVIDER_VERSION="${TF_PROVIDER_VAULT_VERSION:-5.9.0}"
 PROVIDER_MODULE="${TF_PROVIDER_VAULT_MODULE:-github.com/hashicorp/terraform-provider-vault@v1.9.1-0.20260422134934-5e9fcd457a99}"
-CACHE_DIR="${HSMKMS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkms}"
+CACHE_DIR=$(hsmkms_cache)
 GOBIN_DIR="$CACHE_DIR/terraform-provider-vault-$PROVIDER_VERSION"
 BIN="$GOBIN_DIR/terraform-provider-vault"
 MIRROR="$CACHE_DIR/tf-mirror"
@@ -18,12 +21,24 @@ command -v go >/dev/null || { echo "build-tf-provider: Go is required" >&2; exit
 platform="$(go env GOOS)_$(go env GOARCH)"
 
 if [[ ! -x "$BIN" ]]; then
+  cache_lock "$CACHE_DIR/terraform-provider-vault-$PROVIDER_VERSION.lock" build-tf-provider
+fi
+if [[ ! -x "$BIN" ]]; then
   echo "build-tf-provider: building terraform-provider-vault $PROVIDER_VERSION (once)" >&2
   mkdir -p "$GOBIN_DIR"
   # go install writes straight into GOBIN; build elsewhere and move, so an
   # interrupted build never leaves a binary that looks cached.
   tmpbin=$(mktemp -d "${TMPDIR:-/tmp}/tf-provider-build.XXXXXX")
   trap 'rm -rf "$tmpbin"' EXIT
+  # go install fetches the module's requirements two at a time; its go.mod
+  # and go.sum alone are enough to fetch them all at once beforehand.
+  src_json=$(cd "$tmpbin" && GOFLAGS=-mod=mod go mod download -json "$PROVIDER_MODULE")
+  src_dir=$(printf '%s' "$src_json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d "$src_dir" ]] || { echo "build-tf-provider: download failed: $src_json" >&2; exit 1; }
+  mkdir "$tmpbin/mod"
+  cp "$src_dir/go.mod" "$src_dir/go.sum" "$tmpbin/mod/"
+  chmod u+w "$tmpbin/mod/"*
+  (cd "$tmpbin/mod" && GOFLAGS=-mod=mod fetch_modules)
   (cd "$tmpbin" && CGO_ENABLED=0 GOBIN="$tmpbin" GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" "$PROVIDER_MODULE")
   mv "$tmpbin/terraform-provider-vault" "$BIN"
 fi
@@ -35,8 +50,8 @@ for host in registry.terraform.io registry.opentofu.org; do
   mkdir -p "$dir"
   dst="$dir/terraform-provider-vault_v$PROVIDER_VERSION"
   if [[ ! -e "$dst" ]] || ! cmp -s "$BIN" "$dst"; then
-    ln -f "$BIN" "$dst.tmp" 2>/dev/null || cp "$BIN" "$dst.tmp"
-    mv -f "$dst.tmp" "$dst"
+    ln -f "$BIN" "$dst.tmp.$$" 2>/dev/null || cp "$BIN" "$dst.tmp.$$"
+    mv -f "$dst.tmp.$$" "$dst"
   fi
 done
 echo "$MIRROR"

@@ -2,17 +2,20 @@
 # Builds OpenTofu at a pinned version from source through the Go module
 # proxy, into the same cache as Vault: download the module, build ./cmd/tofu
 # with -mod=mod (the module zip has no vendor directory). A second run reuses
-# the cached binary. Prints the binary's path.
+# the cached binary; a run that starts while another builds waits for it.
+# Prints the binary's path.
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 TOFU_VERSION="${TOFU_VERSION:-v1.12.6}"
-CACHE_DIR="${HSMKMS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkms}"
+CACHE_DIR=$(hsmkms_cache)
 TOFU_BIN="$CACHE_DIR/opentofu-$TOFU_VERSION/tofu"
 
-if [[ -x "$TOFU_BIN" ]] && TF_CLI_CONFIG_FILE=/dev/null "$TOFU_BIN" version 2>/dev/null | grep -qx "OpenTofu ${TOFU_VERSION}"; then
-  echo "$TOFU_BIN"
-  exit 0
-fi
+cached() { [[ -x "$TOFU_BIN" ]] && TF_CLI_CONFIG_FILE=/dev/null "$TOFU_BIN" version 2>/dev/null | grep -qx "OpenTofu ${TOFU_VERSION}"; }
+cached && { echo "$TOFU_BIN"; exit 0; }
+cache_lock "$CACHE_DIR/opentofu-$TOFU_VERSION.lock" build-tofu
+cached && { echo "$TOFU_BIN"; exit 0; }
 
 command -v go >/dev/null || { echo "build-tofu: Go is required" >&2; exit 1; }
 
@@ -28,10 +31,10 @@ chmod -R u+w "$work"
 
 mkdir -p "$(dirname "$TOFU_BIN")"
 # version.dev=no is what OpenTofu's release builds set: without it the
-# binary calls itself v1.12.6-dev. The temporary name is per run, so that
-# two builds at once cannot move each other's file.
+# binary calls itself v1.12.6-dev.
 (
   cd "$work"
+  GOFLAGS=-mod=mod fetch_modules
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
     -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
     -o "$TOFU_BIN.tmp.$$" ./cmd/tofu

@@ -4,17 +4,20 @@
 # package, and `go install` refuses Vault's module because of its `replace`
 # directives, so we download the module, drop the replaces that point at the
 # nested ./api and ./sdk modules (the proxy's zip does not contain them), and
-# build with -mod=mod. A second run reuses the cached binary.
+# build with -mod=mod. A second run reuses the cached binary; a run that
+# starts while another builds waits for it (see cache_lock).
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 VAULT_VERSION="${VAULT_VERSION:-v1.21.0}"
-CACHE_DIR="${HSMKMS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkms}"
+CACHE_DIR=$(hsmkms_cache)
 VAULT_BIN="$CACHE_DIR/vault-$VAULT_VERSION/vault"
 
-if [[ -x "$VAULT_BIN" ]] && "$VAULT_BIN" version 2>/dev/null | grep -q "Vault ${VAULT_VERSION}"; then
-  echo "$VAULT_BIN"
-  exit 0
-fi
+cached() { [[ -x "$VAULT_BIN" ]] && "$VAULT_BIN" version 2>/dev/null | grep -q "Vault ${VAULT_VERSION}"; }
+cached && { echo "$VAULT_BIN"; exit 0; }
+cache_lock "$CACHE_DIR/vault-$VAULT_VERSION.lock" build-vault
+cached && { echo "$VAULT_BIN"; exit 0; }
 
 command -v go >/dev/null || { echo "build-vault: Go is required" >&2; exit 1; }
 
@@ -34,10 +37,12 @@ sed -i -E '/^[[:space:]]*(replace[[:space:]]+)?github.com\/hashicorp\/vault\/[^[
 mkdir -p "$(dirname "$VAULT_BIN")"
 (
   cd "$work"
+  GOFLAGS=-mod=mod fetch_modules
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
     -ldflags "-s -w -X github.com/hashicorp/vault/version.Version=${VAULT_VERSION#v} -X github.com/hashicorp/vault/version.VersionPrerelease=" \
-    -o "$VAULT_BIN.tmp" .
+    -o "$VAULT_BIN.tmp.$$" .
 )
-mv "$VAULT_BIN.tmp" "$VAULT_BIN"
+# The rename is atomic: a reader sees no binary or the whole one.
+mv "$VAULT_BIN.tmp.$$" "$VAULT_BIN"
 "$VAULT_BIN" version >&2
 echo "$VAULT_BIN"

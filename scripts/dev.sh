@@ -11,8 +11,15 @@ cd "$root"
 source scripts/lib.sh
 
 bash scripts/deps.sh
-vault_bin=$(bash scripts/build-vault.sh)
+# Vault builds (once: minutes on a fresh machine) while the plugin compiles.
+vault_path=$(mktemp)
+bash scripts/build-vault.sh >"$vault_path" &
+vault_build=$!
+fetch_modules
 build_plugin
+wait "$vault_build" || { echo "dev: building Vault failed (see above)" >&2; exit 1; }
+vault_bin=$(cat "$vault_path")
+rm -f "$vault_path"
 state="$root/.dev"
 mkdir -p "$state"
 conf=$(bash scripts/make-token.sh "$state/softhsm" hsmkms)

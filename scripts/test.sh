@@ -1,32 +1,208 @@
 #!/usr/bin/env bash
-# `make test`: formatting and vet, unit tests of hsm/ and the backend on
-# SoftHSM2, then end-to-end tests against a real Vault built by
-# scripts/build-vault.sh (the crypto suite also against OpenBao, built by
-# scripts/build-openbao.sh; the Terraform scenarios with OpenTofu and the
-# Vault provider, built by scripts/build-tofu.sh and build-tf-provider.sh). Run after scripts/deps.sh.
+# `make test`: every test, in parts that run side by side, each started as
+# soon as what it needs is ready. On a fresh 2-core machine most of the time
+# is building the servers and clients from the module proxy, so the unit
+# tests run meanwhile:
+#
+#   vault, openbao, tofu, tf-provider   scripts/build-*.sh (cached: once per machine)
+#   modules        this module's requirements, fetched many at a time
+#   compile        go build and go vet ./...: every package and what the tests
+#                  import, once, into the build cache all the parts share
+#   then at once:  lint (gofmt, staticcheck), unit-root, unit-hsm,
+#                  unit-other (every other package but e2e), race (the
+#                  race detector on the races the code guards against)
+#   e2e-1, e2e-2   once Vault and OpenBao are built: every e2e test but
+#                  Terraform's (the release test among them), in
+#                  HSMKMS_E2E_SHARDS (2) processes side by side
+#   e2e-terraform  once OpenTofu and the provider are built too
+#
+# Each part's output is in test-logs/PART.log (HSMKMS_TEST_LOGS moves it).
+# The run fails if any part fails; a part whose inputs failed to build is
+# not run, and fails. The end prints each part's result and times.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=lib.sh
+source scripts/lib.sh
 
-unformatted=$(gofmt -l . | grep -v '^vendor/' || true)
-if [[ -n $unformatted ]]; then
-  echo "gofmt wants to change: $unformatted" >&2
-  exit 1
-fi
-go vet ./...
-# staticcheck at a pinned version, through the module proxy.
-go run honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2} ./...
-HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh)
-export HSMKMS_VAULT_BIN
-HSMKMS_OPENBAO_BIN=$(bash scripts/build-openbao.sh)
-export HSMKMS_OPENBAO_BIN
-# The real Transit clients: OpenTofu and terraform-provider-vault 5.9.0,
-# served to it from a filesystem mirror (no network at test time).
-HSMKMS_TOFU_BIN=$(bash scripts/build-tofu.sh)
-HSMKMS_TF_MIRROR=$(bash scripts/build-tf-provider.sh)
-export HSMKMS_TOFU_BIN HSMKMS_TF_MIRROR
-go test -count=1 -timeout 30m ./...
+bash scripts/deps.sh release
+
+logs=${HSMKMS_TEST_LOGS:-$root/test-logs}
+mkdir -p "$logs"
+rm -f "$logs"/*.log "$logs"/*.result
+t0=$(date +%s)
+module=$(go list -m)
+
+declare -A pid=()
+declare -a parts=()
+failed=()
+
+# start NAME FUNC [ARGS...] runs FUNC in the background, its output in
+# NAME.log; NAME.result gets its exit status and times.
+start() {
+  local name=$1
+  shift
+  parts+=("$name")
+  (
+    begin=$(($(date +%s) - t0))
+    rc=0
+    # In the background, so that set -e holds inside FUNC (it is ignored in
+    # a function called on the left of ||).
+    "$@" >"$logs/$name.log" 2>&1 &
+    wait $! || rc=$?
+    end=$(($(date +%s) - t0))
+    echo "$rc $begin $end" >"$logs/$name.result"
+    if ((rc)); then
+      echo "test: $name FAILED (exit $rc, $((end - begin)) s): $logs/$name.log" >&2
+    else
+      echo "test: $name ok ($((end - begin)) s)" >&2
+    fi
+  ) &
+  pid[$name]=$!
+  echo "test: $name started at $(($(date +%s) - t0)) s" >&2
+}
+
+# ready PART... waits for the parts and succeeds if all of them did.
+ready() {
+  local p rc ok=0
+  for p in "$@"; do
+    [[ -n ${pid[$p]:-} ]] && { wait "${pid[$p]}" || true; }
+    read -r rc _ <"$logs/$p.result" || rc=missing
+    [[ $rc == 0 ]] || ok=1
+  done
+  return $ok
+}
+
+# after "PARTS" NAME FUNC...: starts NAME once PARTS succeeded, or records
+# it as not run (and failed) if one of them failed.
+after() {
+  local needs=$1
+  shift
+  # shellcheck disable=SC2086 # PARTS is a list of words
+  if ready $needs; then
+    start "$@"
+  else
+    parts+=("$1")
+    echo "not-run 0 0" >"$logs/$1.result"
+    echo "needs $needs, which failed" >"$logs/$1.log"
+    echo "test: $1 NOT RUN: it needs $needs, and one of them failed" >&2
+  fi
+}
+
+# The packages of each unit part: listed, not spelled out, so that a new
+# package is tested without anyone adding it here.
+packages() {
+  case $1 in
+    root) echo "$module" ;;
+    hsm) go list ./hsm/... ;;
+    other) go list ./... | grep -v -x -e "$module" -e "$module/e2e" -e "$module/hsm" -e "$module/hsm/.*" ;;
+  esac
+}
+
+# compile fills the build cache that every later part reads: go build
+# compiles every package, go vet every package its tests import (and vets
+# them, the lint part's vet).
+compile() {
+  go build ./...
+  go vet ./...
+}
+
+lint() {
+  local unformatted
+  unformatted=$(gofmt -l . | grep -v '^vendor/' || true)
+  if [[ -n $unformatted ]]; then
+    echo "gofmt wants to change: $unformatted"
+    return 1
+  fi
+  # staticcheck at a pinned version, through the module proxy.
+  go run "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2}" ./...
+}
+
+unit() {
+  local pkgs
+  pkgs=$(packages "$1")
+  # go test with no package would test the current directory's.
+  [[ -n $pkgs ]] || { echo "no packages"; return 0; }
+  # shellcheck disable=SC2086 # one word per package
+  go test -count=1 -v -timeout 30m $pkgs
+}
+
 # The races the code guards against, under the race detector: the key
 # cache's fill against writers, Close against calls, the pool's bound.
-go test -count=1 -race -timeout 10m -run 'TestKeyCacheNeverGoesBack|TestConcurrentMixedOperations' .
-go test -count=1 -race -timeout 10m -run 'TestCloseRacingCallsNeverCrashes|TestNoSessionLeakedByCloseUnderLoad|TestPoolNeverExceedsItsSize' ./hsm
+race() {
+  go test -count=1 -v -race -timeout 10m -run 'TestKeyCacheNeverGoesBack|TestConcurrentMixedOperations' .
+  go test -count=1 -v -race -timeout 10m -run 'TestCloseRacingCallsNeverCrashes|TestNoSessionLeakedByCloseUnderLoad|TestPoolNeverExceedsItsSize' ./hsm
+}
+
+# e2e ARGS: the e2e package against the servers built above (the scripts
+# print the cached paths at once), with go test's ARGS.
+e2e() {
+  HSMKMS_E2E=1 HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh) HSMKMS_OPENBAO_BIN=$(bash scripts/build-openbao.sh) \
+    go test -count=1 -v -timeout 30m ./e2e "$@"
+}
+
+# e2e_shard I N: every Nth e2e test from the Ith (Terraform's aside). The
+# tests run one after another within a go test process, and much of each is
+# waiting for a server, so shards in parallel shorten the longest part.
+# Listed, not named, so that a new test lands in a shard by itself.
+e2e_shard() {
+  local names
+  names=$(HSMKMS_E2E='' go test -list '.' ./e2e | grep '^Test' | grep -v '^TestTerraform' |
+    awk -v i="$1" -v n="$2" 'NR % n == i % n')
+  [[ -n $names ]] || { echo "no tests in this shard"; return 0; }
+  e2e -run "^($(paste -sd'|' <<<"$names"))\$"
+}
+
+# The real Transit clients: OpenTofu and terraform-provider-vault 5.9.0,
+# served to it from a filesystem mirror (no network at test time).
+e2e_terraform() {
+  HSMKMS_TOFU_BIN=$(bash scripts/build-tofu.sh) HSMKMS_TF_MIRROR=$(bash scripts/build-tf-provider.sh) \
+    e2e -run '^TestTerraform'
+}
+
+start vault bash scripts/build-vault.sh
+start openbao bash scripts/build-openbao.sh
+start tofu bash scripts/build-tofu.sh
+start tf-provider bash scripts/build-tf-provider.sh
+start modules fetch_modules
+after modules compile compile
+after compile lint lint
+after compile unit-root unit root
+after compile unit-hsm unit hsm
+after compile unit-other unit other
+after compile race race
+# The servers are waited for after compile, so that e2e never compiles what
+# compile is compiling; on a fresh machine they take far longer anyway.
+shards=${HSMKMS_E2E_SHARDS:-2}
+for ((i = 1; i <= shards; i++)); do
+  after "compile vault openbao" "e2e-$i" e2e_shard "$i" "$shards"
+done
+after "compile vault openbao tofu tf-provider" e2e-terraform e2e_terraform
+
+ready "${parts[@]}" || true
+
+total=$(($(date +%s) - t0))
+echo
+printf '%-14s %-8s %7s %7s %7s %6s\n' part result start end seconds skips
+for p in "${parts[@]}"; do
+  read -r rc begin end <"$logs/$p.result"
+  case $rc in
+    0) result=ok ;;
+    not-run) result="not run" ;;
+    *) result=FAILED ;;
+  esac
+  [[ $rc == 0 ]] || failed+=("$p")
+  skips=$(grep -c -e '--- SKIP' "$logs/$p.log" || true)
+  printf '%-14s %-8s %7s %7s %7s %6s\n' "$p" "$result" "$begin" "$end" "$((end - begin))" "$skips"
+done
+echo "total: $total s; logs in $logs"
+if ((${#failed[@]})); then
+  for p in "${failed[@]}"; do
+    echo
+    echo "===== $p: the end of $logs/$p.log"
+    grep -e '--- FAIL' "$logs/$p.log" || true
+    tail -n 60 "$logs/$p.log"
+  done
+  echo "test: FAILED: ${failed[*]}" >&2
+  exit 1
+fi

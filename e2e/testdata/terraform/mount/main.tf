@@ -13,6 +13,7 @@ terraform {
 provider "vault" {}
 
 variable "plugin_name" { type = string }
+variable "plugin_version" { type = string }
 variable "plugin_sha256" { type = string }
 variable "plugin_command" { type = string }
 variable "plugin_env" { type = list(string) }
@@ -33,6 +34,7 @@ variable "max_keys" { type = number }
 resource "vault_plugin" "hsmkms" {
   type    = "secret"
   name    = var.plugin_name
+  version = var.plugin_version
   sha256  = var.plugin_sha256
   command = var.plugin_command
   env     = var.plugin_env
