@@ -45,6 +45,10 @@ type mountConfig struct {
 	// default.
 	UnwrappedCacheSize int           `json:"unwrapped_cache_size,omitempty"`
 	LoginBackoff       time.Duration `json:"login_backoff"`
+	// BatchConcurrency bounds the sessions one batch request uses at once;
+	// 0 (configs stored before it existed, or never set) means half the
+	// pool.
+	BatchConcurrency int `json:"batch_concurrency,omitempty"`
 
 	// resolvedLibrary is the allow-listed path actually loaded.
 	resolvedLibrary string
@@ -68,6 +72,16 @@ func (c *mountConfig) unwrappedCacheSize() int {
 		return defaultUnwrappedCacheSize
 	}
 	return c.UnwrappedCacheSize
+}
+
+// batchConcurrency is how many items of one batch run at once: at most
+// the pool, so that one batch never holds every session other requests
+// need; by default half of it.
+func (c *mountConfig) batchConcurrency() int {
+	if c.BatchConcurrency > 0 {
+		return min(c.BatchConcurrency, c.PoolSize)
+	}
+	return max(1, c.PoolSize/2)
 }
 
 func (c *mountConfig) hsmConfig() hsm.Config {

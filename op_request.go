@@ -2,6 +2,8 @@ package hsmkms
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -46,17 +48,35 @@ func (b *backend) newOpRequest(ctx context.Context, req *logical.Request, d *fra
 	return &opRequest{client: client, conf: conf, key: k, items: items, batch: batch}, nil
 }
 
-// each runs one item after the other through do and returns their results
-// in input order; an item's error becomes its result's. stat names the
-// operation in status.
+// each runs the items through do, up to batch_concurrency at a time, each
+// on a session of its own (a network HSM answers them in parallel), and
+// returns their results in input order; an item's error becomes its
+// result's. stat names the operation in status.
 func (b *backend) each(r *opRequest, stat string, do func(item cryptoItem) (batchResult, error)) []batchResult {
 	results := make([]batchResult, len(r.items))
-	for i, item := range r.items {
-		res, err := do(item)
+	run := func(i int) {
+		res, err := do(r.items[i])
 		if err != nil {
 			res = itemFailure(err)
 		}
 		results[i] = res
+	}
+	workers := min(r.conf.batchConcurrency(), len(r.items))
+	if workers <= 1 {
+		for i := range r.items {
+			run(i)
+		}
+	} else {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for i := int(next.Add(1) - 1); i < len(r.items); i = int(next.Add(1) - 1) {
+					run(i)
+				}
+			})
+		}
+		wg.Wait()
 	}
 	b.stats.add(stat, int64(len(r.items)))
 	return results

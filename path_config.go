@@ -49,6 +49,11 @@ func (b *backend) pathConfig() *framework.Path {
 					Sensitive: true,
 				},
 			},
+			"batch_concurrency": {
+				Type: framework.TypeInt,
+				Description: "Most items of one batch request processed at once, each on its own session (a network HSM answers " +
+					"them in parallel). At most pool_size; 0 (default) means half of pool_size, so one batch never holds every session.",
+			},
 			"pool_size": {
 				Type:        framework.TypeInt,
 				Description: fmt.Sprintf("Most PKCS#11 sessions this mount keeps open at once, 1 to %d.", maxPoolSize),
@@ -133,6 +138,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"token_label":          conf.TokenLabel,
 		"pin_set":              conf.PIN != "",
 		"pool_size":            conf.PoolSize,
+		"batch_concurrency":    conf.batchConcurrency(),
 		"max_keys":             conf.MaxKeys,
 		"max_plaintext_bytes":  conf.MaxPlaintextBytes,
 		"default_key":          conf.DefaultKey,
@@ -295,6 +301,12 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) error {
 	}
 	if conf.PoolSize < 1 || conf.PoolSize > maxPoolSize {
 		return keyring.Userf("pool_size must be between 1 and %d", maxPoolSize)
+	}
+	if v, ok := d.GetOk("batch_concurrency"); ok {
+		conf.BatchConcurrency = v.(int)
+	}
+	if conf.BatchConcurrency < 0 || conf.BatchConcurrency > conf.PoolSize {
+		return keyring.Userf("batch_concurrency must be between 0 (half of pool_size) and pool_size, %d", conf.PoolSize)
 	}
 	if v, ok := d.GetOk("max_keys"); ok {
 		conf.MaxKeys = v.(int)
