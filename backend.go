@@ -72,8 +72,11 @@ type backend struct {
 	// stats counts operations for the status path.
 	stats *opStats
 
-	// publicKeys caches parsed public keys by their DER bytes.
-	publicKeys sync.Map
+	// publicKeys caches parsed public keys by their DER bytes;
+	// checkedPublicKeys notes the versions whose stored public key was
+	// compared with the token's once (public_keys.go).
+	publicKeys        sync.Map
+	checkedPublicKeys sync.Map
 }
 
 func newBackend(allowedLibraryDirs []string) *backend {

@@ -175,7 +175,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyItem(r.key, opts, item)
+		valid, err := b.verifyItem(ctx, r.client, r.key, opts, item)
 		return batchResult{Valid: &valid}, err
 	})
 	return answer(req, d, r, "verify", batchVerify, false, results, func(res batchResult) map[string]interface{} {
@@ -295,7 +295,7 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.E
 	return formatSignature(version, sig, opts.jws), version, nil
 }
 
-func (b *backend) verifyItem(k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
+func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
 	version, sig, msg := parseSignature(item.Signature, opts.jws)
 	if msg != "" {
 		return false, keyring.Userf("%s", msg)
@@ -308,7 +308,7 @@ func (b *backend) verifyItem(k *keyring.Entry, opts signOptions, item cryptoItem
 	if err != nil {
 		return false, err
 	}
-	pub, err := b.parsedPublicKey(kv)
+	pub, err := b.verifiedPublicKey(ctx, client, k, version, kv)
 	if err != nil {
 		return false, err
 	}

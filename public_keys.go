@@ -1,6 +1,7 @@
 package hsmkms
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -9,11 +10,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
@@ -79,6 +82,36 @@ func (b *backend) parsedPublicKey(kv *keyring.Version) (crypto.PublicKey, error)
 		return nil, fmt.Errorf("stored public key is a %T", pub)
 	}
 	b.publicKeys.Store(string(kv.PublicKey), pub)
+	return pub, nil
+}
+
+// verifiedPublicKey is a version's public key for verification in the
+// plugin, as Transit verifies: no HSM call per request. The stored key is
+// checked once per process against the key pair's public object on the
+// token, so a stored key that does not belong to the object is never used
+// to call a signature valid. Versions with no object of their own (public
+// only, wrapped: their key was checked where it entered) and adopted pairs
+// with no public object are not compared.
+func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *keyring.Entry, version int, kv *keyring.Version) (crypto.PublicKey, error) {
+	pub, err := b.parsedPublicKey(kv)
+	if err != nil || kv.PublicOnly() || kv.Wrapped() {
+		return pub, err
+	}
+	checked := string(kv.ObjectID) + string(kv.PublicKey)
+	if _, ok := b.checkedPublicKeys.Load(checked); ok {
+		return pub, nil
+	}
+	onToken, err := client.PublicKey(ctx, kv.ObjectID)
+	switch {
+	case errors.Is(err, hsm.ErrKeyNotFound) && kv.Origin == keyring.OriginAdopted:
+		// An adopted pair without a public object: its key was recovered
+		// from the private key's signatures when it was adopted.
+	case err != nil:
+		return nil, err
+	case !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(onToken):
+		return nil, fmt.Errorf("the stored public key of version %d of key %q is not the one of its object on the token; verification refused", version, k.Name)
+	}
+	b.checkedPublicKeys.Store(checked, true)
 	return pub, nil
 }
 

@@ -42,8 +42,10 @@ func (c *Client) PublicKey(ctx context.Context, id []byte) (crypto.PublicKey, er
 			pub, err = readRSAPublic(p11, sh, h)
 		case pkcs11.CKK_EC:
 			pub, err = readECPublic(p11, sh, h)
+		case ckkECEdwards:
+			pub, err = readEd25519Public(p11, sh, h)
 		default:
-			err = fmt.Errorf("object %x has key type %#x, not RSA or EC", id, keyType)
+			err = fmt.Errorf("object %x has key type %#x, not RSA, EC or Ed25519", id, keyType)
 		}
 		return err
 	})
