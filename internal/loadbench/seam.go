@@ -1,0 +1,89 @@
+package loadbench
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/netsim"
+)
+
+// ParseRTTs reads a list of simulated round trips (Go durations, 0 or
+// more, separated by spaces or commas), e.g. "0 2ms" or "0,500us,2ms".
+func ParseRTTs(s string) ([]time.Duration, error) {
+	var rtts []time.Duration
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' }) {
+		d, err := time.ParseDuration(f)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("round trip %q: want a Go duration of 0 or more, e.g. 0, 500us, 2ms", f)
+		}
+		if slices.Contains(rtts, d) {
+			return nil, fmt.Errorf("round trip %v is in the list twice", d)
+		}
+		rtts = append(rtts, d)
+	}
+	if len(rtts) == 0 {
+		return nil, fmt.Errorf("no round trip in %q", s)
+	}
+	return rtts, nil
+}
+
+// CountCalls makes op once (a warm-up, not counted: keys and handles
+// cached), then n times one after another, and sets r's calls per
+// operation from what src saw. Nothing else may use src's token meanwhile.
+func CountCalls(ctx context.Context, src netsim.Source, n int, op Worker, r *Result) error {
+	if err := op(ctx, 0); err != nil {
+		return fmt.Errorf("counting calls of %s: %w", r.Name, err)
+	}
+	before, err := src.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	for range n {
+		if err := op(ctx, 0); err != nil {
+			return fmt.Errorf("counting calls of %s: %w", r.Name, err)
+		}
+	}
+	after, err := src.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	d := after.Sub(before)
+	r.CallsCounted = true
+	r.CallsPerOp = float64(d.Total()) / float64(n)
+	r.Calls = map[string]float64{}
+	for name, c := range d.Calls {
+		r.Calls[name] = float64(c) / float64(n)
+	}
+	return nil
+}
+
+// RunObserved is Run with src's counters read before and after: the most
+// calls in flight at once, the mean, and the delay a call paid.
+func RunObserved(ctx context.Context, src netsim.Source, name string, concurrency int, duration time.Duration, itemsPerOp int, op Worker) (Result, error) {
+	before, err := src.Snapshot(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Run(ctx, name, concurrency, duration, itemsPerOp, op)
+	after, err := src.Snapshot(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	observe(&r, after.Sub(before))
+	return r, nil
+}
+
+// observe sets r's figures from what the network saw during its run.
+func observe(r *Result, d netsim.Snapshot) {
+	r.RTT = d.RTT
+	r.MaxInFlight = d.MaxInFlight
+	if secs := r.Elapsed.Seconds(); secs > 0 {
+		r.MeanInFlight = d.Busy.Seconds() / secs
+	}
+	if calls := d.Total(); calls > 0 {
+		r.MeanDelay = d.Delayed / time.Duration(calls)
+	}
+}
