@@ -16,9 +16,9 @@ import (
 
 func TestParseRTTs(t *testing.T) {
 	for in, want := range map[string][]time.Duration{
-		"0 2ms":            {0, 2 * time.Millisecond},
+		"0 2ms":           {0, 2 * time.Millisecond},
 		" 0,500us,\t2ms ": {0, 500 * time.Microsecond, 2 * time.Millisecond},
-		"1.5ms":            {1500 * time.Microsecond},
+		"1.5ms":           {1500 * time.Microsecond},
 	} {
 		got, err := ParseRTTs(in)
 		if err != nil || !slices.Equal(got, want) {
