@@ -30,10 +30,49 @@ func ParseRTTs(s string) ([]time.Duration, error) {
 	return rtts, nil
 }
 
-// CountCalls makes op once (a warm-up, not counted: keys and handles
-// cached), then n times one after another, and sets r's calls per
-// operation from what src saw. Nothing else may use src's token meanwhile.
+// quietFor is how long a network must make no call to count as quiet, and
+// quietMax how long WaitQuiet waits for that at most.
+const (
+	quietFor = 100 * time.Millisecond
+	quietMax = 30 * time.Second
+)
+
+// WaitQuiet returns once src has seen no call for quietFor (or after
+// quietMax): Vault goes on serving the requests a timed run left in flight
+// when it ended, and their calls must not be counted against the next
+// scenario, nor their load weigh on it.
+func WaitQuiet(ctx context.Context, src netsim.Source) error {
+	last, err := src.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(quietMax)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(quietFor):
+		}
+		s, err := src.Snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		if s.Total() == last.Total() && s.MaxInFlight == 0 {
+			return nil
+		}
+		last = s
+	}
+	return fmt.Errorf("the simulated network was still busy after %v", quietMax)
+}
+
+// CountCalls waits for src to be quiet, makes op once (a warm-up, not
+// counted: keys and handles cached), then n times one after another, and
+// sets r's calls per operation from what src saw. Nothing else may use
+// src's token meanwhile.
 func CountCalls(ctx context.Context, src netsim.Source, n int, op Worker, r *Result) error {
+	if err := WaitQuiet(ctx, src); err != nil {
+		return err
+	}
 	if err := op(ctx, 0); err != nil {
 		return fmt.Errorf("counting calls of %s: %w", r.Name, err)
 	}

@@ -168,3 +168,41 @@ func TestTableSections(t *testing.T) {
 		t.Fatalf("rows %+v", rows)
 	}
 }
+
+// A network with a call in flight is not quiet; one with none is.
+func TestWaitQuiet(t *testing.T) {
+	net := netsim.New(0)
+	if err := WaitQuiet(context.Background(), net); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	done := make(chan error)
+	p := net.Wrap(blocker{entered: entered, release: release})
+	go func() { done <- p.EncryptInit(1, nil, 1) }()
+	<-entered
+	// Long enough for several polls: it must not call this quiet.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*quietFor)
+	defer cancel()
+	if err := WaitQuiet(ctx, net); err == nil {
+		t.Fatal("a network with a call in flight was quiet")
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitQuiet(context.Background(), net); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type blocker struct {
+	hsm.PKCS11
+	entered, release chan struct{}
+}
+
+func (b blocker) EncryptInit(pkcs11.SessionHandle, []*pkcs11.Mechanism, pkcs11.ObjectHandle) error {
+	close(b.entered)
+	<-b.release
+	return nil
+}
