@@ -103,6 +103,7 @@ type report struct {
 	// every token's figures.
 	SideBySide []loadbench.Row       `json:"side_by_side"`
 	Ratios     []loadbench.Ratio     `json:"ratios"`
+	Phases     []phaseRecord         `json:"phases"`
 	Soak       *loadbench.SoakReport `json:"soak,omitempty"`
 	Scale      *scaleReport          `json:"scale,omitempty"`
 }
@@ -195,6 +196,9 @@ func run(ctx context.Context, o options) error {
 
 	rep.SideBySide, _ = loadbench.SideBySide(rep.Results)
 	fmt.Println(loadbench.Table(rep.Results, rep.Ratios))
+	for _, p := range rep.Phases {
+		fmt.Printf("phase %v: %s, load average %.1f at its start, %.1f at its end\n", p.RTT, p.Elapsed.Round(time.Second), p.LoadStart, p.LoadEnd)
+	}
 	if rep.Soak != nil {
 		fmt.Println(rep.Soak.Summary())
 	}

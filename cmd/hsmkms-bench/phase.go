@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,4 +69,31 @@ func parsePhase(v string) (phase, error) {
 		return phase{}, fmt.Errorf("phase %q: needs rtt= and at least one mount (kms=, nss-kms=)", v)
 	}
 	return p, nil
+}
+
+// phaseRecord is what the report keeps of a phase: how long it took and
+// the machine's load average (1 minute) around it, since the machine is
+// shared and its other work weighs on every figure.
+type phaseRecord struct {
+	RTT       time.Duration `json:"hsm_rtt_ns"`
+	Elapsed   time.Duration `json:"elapsed_ns"`
+	LoadStart float64       `json:"load_average_start"`
+	LoadEnd   float64       `json:"load_average_end"`
+}
+
+// loadAverage is the 1-minute load average; -1 if unreadable.
+func loadAverage() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }

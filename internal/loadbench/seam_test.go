@@ -206,3 +206,27 @@ func (b blocker) EncryptInit(pkcs11.SessionHandle, []*pkcs11.Mechanism, pkcs11.O
 	<-b.release
 	return nil
 }
+
+// Alternating contenders behind simulated networks get the figures each
+// one's own slices showed; one without a network gets none; items scale.
+func TestRunAlternatingObserved(t *testing.T) {
+	slow, fast := netsim.New(2*time.Millisecond), netsim.New(0)
+	sign := func(p hsm.PKCS11) Worker {
+		return func(context.Context, int) error { _, err := p.SignOnce(1, nil, 1); return err }
+	}
+	res := RunAlternating(context.Background(), 2, 50*time.Millisecond, 2, []Contender{
+		{Name: "slow", Op: sign(slow.Wrap(signer{})), Src: slow, Items: 10},
+		{Name: "fast", Op: sign(fast.Wrap(signer{})), Src: fast},
+		{Name: "plain", Op: func(context.Context, int) error { return nil }},
+	})
+	s, f, p := res[0], res[1], res[2]
+	if s.RTT != 2*time.Millisecond || s.MeanDelay < 2*time.Millisecond || s.MaxInFlight < 1 || s.MaxInFlight > 2 || s.MeanInFlight <= 0 || s.Items != 10*s.Ops {
+		t.Errorf("slow: %+v", s)
+	}
+	if f.RTT != 0 || f.MeanDelay != 0 || f.MaxInFlight < 1 || f.MaxInFlight > 2 || f.Items != f.Ops {
+		t.Errorf("fast: %+v", f)
+	}
+	if p.MaxInFlight != 0 || p.MeanInFlight != 0 || p.Ops == 0 {
+		t.Errorf("plain: %+v", p)
+	}
+}
