@@ -17,9 +17,11 @@ import (
 // The plugin `make bench` builds, with the hsmkms_benchrtt tag and never
 // for a release, puts a simulated network HSM (internal/netsim) between
 // every mount and its token: each PKCS#11 call takes HSMKMS_BENCH_HSM_RTT
-// longer (a Go duration; unset or 0: no delay) and is counted, and the
-// counters are served on the Unix socket HSMKMS_BENCH_SEAM_SOCKET names,
-// if set. This file is the only place either variable is read.
+// longer (a Go duration; unset or 0: no delay) and is counted, as is every
+// operation of a request on Vault's storage (for an external plugin, a
+// round trip to Vault), and the counters are served on the Unix socket
+// HSMKMS_BENCH_SEAM_SOCKET names, if set. This file is the only place
+// either variable is read.
 const (
 	benchRTTEnv    = "HSMKMS_BENCH_HSM_RTT"
 	benchSocketEnv = "HSMKMS_BENCH_SEAM_SOCKET"
@@ -37,6 +39,7 @@ var benchNetwork = sync.OnceValues(func() (*netsim.Network, error) {
 		rtt = d
 	}
 	n := netsim.New(rtt)
+	n.TrackStorage()
 	if path := os.Getenv(benchSocketEnv); path != "" {
 		if err := n.Serve(path); err != nil {
 			return nil, fmt.Errorf("serving the simulated network's counters on %s: %w", path, err)
@@ -46,7 +49,7 @@ var benchNetwork = sync.OnceValues(func() (*netsim.Network, error) {
 })
 
 // BenchFactory is Factory with the simulated network between each mount
-// and its token.
+// and its token, and its requests' storage operations counted.
 func BenchFactory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	n, err := benchNetwork()
 	if err != nil {
@@ -62,5 +65,53 @@ func BenchFactory(ctx context.Context, conf *logical.BackendConfig) (logical.Bac
 	}
 	// Before Vault sees the backend, so before any request opens the HSM.
 	b.intercept = n.Wrap
-	return b, nil
+	return benchBackend{backend: b, net: n}, nil
+}
+
+// benchBackend is the backend with each request's storage counted.
+type benchBackend struct {
+	*backend
+	net *netsim.Network
+}
+
+func (b benchBackend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	b.count(req)
+	return b.backend.HandleRequest(ctx, req)
+}
+
+func (b benchBackend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	b.count(req)
+	return b.backend.HandleExistenceCheck(ctx, req)
+}
+
+func (b benchBackend) count(req *logical.Request) {
+	if req != nil && req.Storage != nil {
+		req.Storage = countedStorage{Storage: req.Storage, net: b.net}
+	}
+}
+
+// countedStorage counts each operation on the storage it wraps.
+type countedStorage struct {
+	logical.Storage
+	net *netsim.Network
+}
+
+func (s countedStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	s.net.CountStorage("List")
+	return s.Storage.List(ctx, prefix)
+}
+
+func (s countedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	s.net.CountStorage("Get")
+	return s.Storage.Get(ctx, key)
+}
+
+func (s countedStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	s.net.CountStorage("Put")
+	return s.Storage.Put(ctx, e)
+}
+
+func (s countedStorage) Delete(ctx context.Context, key string) error {
+	s.net.CountStorage("Delete")
+	return s.Storage.Delete(ctx, key)
 }

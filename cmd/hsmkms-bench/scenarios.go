@@ -64,11 +64,15 @@ func (b *bench) count(ctx context.Context, src netsim.Source, name string, op lo
 func (b *bench) record(r loadbench.Result, tok string, rtt time.Duration, counted loadbench.Result) {
 	r.Token, r.RTT = tok, rtt
 	r.CallsCounted, r.CallsPerOp, r.Calls = counted.CallsCounted, counted.CallsPerOp, counted.Calls
+	r.StorageCounted, r.StoragePerOp, r.Storage = counted.StorageCounted, counted.StoragePerOp, counted.Storage
 	b.results[r.Key()] = r
 	b.rep.Results = append(b.rep.Results, r)
 	calls := ""
 	if r.CallsCounted {
 		calls = fmt.Sprintf("  %.1f calls", r.CallsPerOp)
+	}
+	if r.StorageCounted {
+		calls += fmt.Sprintf("  %.1f storage ops", r.StoragePerOp)
 	}
 	fmt.Fprintf(os.Stderr, "%-80s %10.0f items/s  p50 %-9s%s  errors %d %s\n", r.Key(), r.ItemsPerSec, r.P50.Round(time.Microsecond), calls, r.Errors, r.FirstError)
 }

@@ -39,6 +39,11 @@ type Result struct {
 	CallsCounted bool               `json:"pkcs11_calls_counted"`
 	CallsPerOp   float64            `json:"pkcs11_calls_per_op,omitempty"`
 	Calls        map[string]float64 `json:"pkcs11_calls_per_op_by_name,omitempty"`
+	// StorageCounted: the plugin also counted its requests' operations on
+	// Vault's storage (each a round trip to Vault), per operation here.
+	StorageCounted bool               `json:"storage_counted"`
+	StoragePerOp   float64            `json:"storage_ops_per_op,omitempty"`
+	Storage        map[string]float64 `json:"storage_ops_per_op_by_name,omitempty"`
 	// MaxInFlight and MeanInFlight are the PKCS#11 calls in flight at once
 	// during the timed run, at most and on average: the sessions at work.
 	MaxInFlight  int     `json:"max_calls_in_flight,omitempty"`
@@ -251,11 +256,12 @@ func groupTitle(title string, seam bool) string {
 }
 
 // cellHeader heads one token's columns; with seam, also the PKCS#11 calls
-// per operation and the most calls in flight at once (sessions at work).
+// and the storage operations per operation, and the most calls in flight
+// at once (sessions at work).
 func cellHeader(seam bool) string {
 	h := fmt.Sprintf(" %11s %9s %9s %6s", "items/s", "p50", "p99", "errors")
 	if seam {
-		h += fmt.Sprintf(" %6s %5s", "calls", "sess")
+		h += fmt.Sprintf(" %6s %5s %5s", "calls", "stor", "sess")
 	}
 	return h
 }
@@ -264,20 +270,23 @@ func cell(r Result, ok, seam bool) string {
 	if !ok {
 		c := fmt.Sprintf(" %11s %9s %9s %6s", "-", "", "", "")
 		if seam {
-			c += fmt.Sprintf(" %6s %5s", "", "")
+			c += fmt.Sprintf(" %6s %5s %5s", "", "", "")
 		}
 		return c
 	}
 	c := fmt.Sprintf(" %11.0f %9s %9s %6d", r.ItemsPerSec, round(r.P50), round(r.P99), r.Errors)
 	if seam {
-		calls, sess := "-", "-"
+		calls, stor, sess := "-", "-", "-"
 		if r.CallsCounted {
 			calls = fmt.Sprintf("%.1f", r.CallsPerOp)
+		}
+		if r.StorageCounted {
+			stor = fmt.Sprintf("%.1f", r.StoragePerOp)
 		}
 		if r.MaxInFlight > 0 {
 			sess = fmt.Sprint(r.MaxInFlight)
 		}
-		c += fmt.Sprintf(" %6s %5s", calls, sess)
+		c += fmt.Sprintf(" %6s %5s %5s", calls, stor, sess)
 	}
 	return c
 }
@@ -287,8 +296,9 @@ func cell(r Result, ok, seam bool) string {
 // tokens come first, one row each with every token's figures side by
 // side; then the scenarios without a token; then the targets. items/s is
 // operations per second times the items of an operation (a batch's).
-// Results with figures from the simulated network add two columns: PKCS#11
-// calls per operation (counted) and the most calls in flight at once.
+// Results with figures from the simulated network add three columns:
+// PKCS#11 calls and storage operations per operation (counted) and the
+// most calls in flight at once.
 func Table(results []Result, ratios []Ratio) string {
 	width := len("scenario (no token)")
 	var rtts []time.Duration

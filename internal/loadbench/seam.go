@@ -67,7 +67,8 @@ func WaitQuiet(ctx context.Context, src netsim.Source) error {
 
 // CountCalls waits for src to be quiet, makes op once (a warm-up, not
 // counted: keys and handles cached), then n times one after another, and
-// sets r's calls per operation from what src saw. Nothing else may use
+// sets r's calls (and, if src counts them, storage operations) per
+// operation from what src saw. Nothing else may use
 // src's token meanwhile.
 func CountCalls(ctx context.Context, src netsim.Source, n int, op Worker, r *Result) error {
 	if err := WaitQuiet(ctx, src); err != nil {
@@ -92,11 +93,21 @@ func CountCalls(ctx context.Context, src netsim.Source, n int, op Worker, r *Res
 	d := after.Sub(before)
 	r.CallsCounted = true
 	r.CallsPerOp = float64(d.Total()) / float64(n)
-	r.Calls = map[string]float64{}
-	for name, c := range d.Calls {
-		r.Calls[name] = float64(c) / float64(n)
+	r.Calls = perOp(d.Calls, n)
+	if d.StorageCounted {
+		r.StorageCounted = true
+		r.StoragePerOp = float64(d.StorageTotal()) / float64(n)
+		r.Storage = perOp(d.Storage, n)
 	}
 	return nil
+}
+
+func perOp(counts map[string]int64, n int) map[string]float64 {
+	out := map[string]float64{}
+	for name, c := range counts {
+		out[name] = float64(c) / float64(n)
+	}
+	return out
 }
 
 // RunObserved is Run with src's counters read before and after: the most

@@ -66,8 +66,24 @@ func TestCountCallsAndRunObserved(t *testing.T) {
 	if err := CountCalls(context.Background(), net, 4, op, &r); err != nil {
 		t.Fatal(err)
 	}
-	if ops != 5 || !r.CallsCounted || r.CallsPerOp != 2 || !maps.Equal(r.Calls, map[string]float64{"C_SignInit": 1, "C_Sign": 1}) {
+	if ops != 5 || !r.CallsCounted || r.CallsPerOp != 2 || !maps.Equal(r.Calls, map[string]float64{"C_SignInit": 1, "C_Sign": 1}) || r.StorageCounted {
 		t.Fatalf("%d ops, %+v", ops, r)
+	}
+	// A plugin's network also counts its requests' storage operations.
+	net.TrackStorage()
+	withStorage := func(ctx context.Context, w int) error {
+		net.CountStorage("Get")
+		if w%2 == 0 && ops%2 == 0 {
+			net.CountStorage("Put")
+		}
+		return op(ctx, w)
+	}
+	r = Result{Name: "sign"}
+	if err := CountCalls(context.Background(), net, 4, withStorage, &r); err != nil {
+		t.Fatal(err)
+	}
+	if !r.StorageCounted || r.StoragePerOp != 1.5 || !maps.Equal(r.Storage, map[string]float64{"Get": 1, "Put": 0.5}) || r.CallsPerOp != 2 {
+		t.Fatalf("with storage: %+v", r)
 	}
 	res, err := RunObserved(context.Background(), net, "sign", 2, 50*time.Millisecond, 1, func(context.Context, int) error {
 		_, err := p.SignOnce(1, nil, 1)
@@ -139,9 +155,9 @@ func TestLatencyAndIdealRatios(t *testing.T) {
 func TestTableSections(t *testing.T) {
 	ms := time.Millisecond
 	results := []Result{
-		{Name: "hsmkms encrypt", Token: "softhsm2", Concurrency: 8, ItemsPerSec: 2000, CallsCounted: true, CallsPerOp: 2, MaxInFlight: 8},
+		{Name: "hsmkms encrypt", Token: "softhsm2", Concurrency: 8, ItemsPerSec: 2000, CallsCounted: true, CallsPerOp: 2, MaxInFlight: 8, StorageCounted: true},
 		{Name: "Transit encrypt", Concurrency: 8, ItemsPerSec: 5000},
-		{Name: "hsmkms encrypt", Token: "softhsm2", Concurrency: 8, ItemsPerSec: 900, RTT: 2 * ms, CallsCounted: true, CallsPerOp: 2, MaxInFlight: 8},
+		{Name: "hsmkms encrypt", Token: "softhsm2", Concurrency: 8, ItemsPerSec: 900, RTT: 2 * ms, CallsCounted: true, CallsPerOp: 2, MaxInFlight: 8, StorageCounted: true, StoragePerOp: 1},
 		{Name: "Transit encrypt", Concurrency: 8, ItemsPerSec: 4900, RTT: 2 * ms},
 	}
 	table := Table(results, nil)
@@ -149,15 +165,15 @@ func TestTableSections(t *testing.T) {
 	if len(sections) != 3 || !strings.HasPrefix(sections[1], "0s per PKCS#11 call") || !strings.HasPrefix(sections[2], "2ms per PKCS#11 call") {
 		t.Fatalf("table:\n%s", table)
 	}
-	for i, want := range []string{"2000", "900"} {
+	for i, want := range []struct{ items, storage string }{{"2000", "0.0"}, {"900", "1.0"}} {
 		var row []string
 		for _, l := range strings.Split(sections[i+1], "\n") {
 			if strings.HasPrefix(l, "hsmkms encrypt ") {
 				row = strings.Fields(strings.TrimPrefix(l, "hsmkms encrypt"))
 			}
 		}
-		// conc, items/s p50 p99 errors calls sess
-		if len(row) != 7 || row[1] != want || row[5] != "2.0" || row[6] != "8" {
+		// conc, items/s p50 p99 errors calls stor sess
+		if len(row) != 8 || row[1] != want.items || row[5] != "2.0" || row[6] != want.storage || row[7] != "8" {
 			t.Fatalf("section %d row %q in\n%s", i, row, table)
 		}
 		if !strings.Contains(sections[i+1], "Transit encrypt") || !strings.Contains(sections[i+1], "calls") {

@@ -3,8 +3,10 @@
 // the module, as every call to a network HSM (Luna, CloudHSM, nShield
 // Connect: 0.3-3 ms) pays a round trip, and is counted by name, with how
 // many calls are in flight at once. The cryptography stays the real
-// module's. Only the bench uses it: its raw-token baseline, and the plugin
-// built with the hsmkms_benchrtt tag, never a release build.
+// module's. It also counts, for the plugin, the other round trips a
+// request makes: its operations on Vault's storage (CountStorage). Only
+// the bench uses it: its raw-token baseline, and the plugin built with the
+// hsmkms_benchrtt tag, never a release build.
 package netsim
 
 import (
@@ -26,6 +28,7 @@ type Network struct {
 	maxInFlight int
 	busy        time.Duration
 	delayed     time.Duration
+	storage     map[string]int64 // nil until TrackStorage
 }
 
 // New returns a network whose every call takes rtt longer.
@@ -50,6 +53,10 @@ type Snapshot struct {
 	// MaxInFlight is the most calls in flight at once since the previous
 	// Take.
 	MaxInFlight int `json:"max_in_flight"`
+	// Storage counts requests' operations on Vault's storage, by name
+	// (Get, Put, List, Delete), when StorageCounted.
+	StorageCounted bool             `json:"storage_counted"`
+	Storage        map[string]int64 `json:"storage,omitempty"`
 }
 
 // Total counts every call.
@@ -61,13 +68,32 @@ func (s Snapshot) Total() int64 {
 	return t
 }
 
+// StorageTotal counts every storage operation.
+func (s Snapshot) StorageTotal() int64 {
+	var t int64
+	for _, c := range s.Storage {
+		t += c
+	}
+	return t
+}
+
 // Sub is what happened between before and s (taken after it): the calls,
-// busy time and delay in between, and s's MaxInFlight.
+// busy time, delay and storage operations in between, and s's
+// MaxInFlight.
 func (s Snapshot) Sub(before Snapshot) Snapshot {
-	d := Snapshot{RTT: s.RTT, Calls: map[string]int64{}, Busy: s.Busy - before.Busy, Delayed: s.Delayed - before.Delayed, MaxInFlight: s.MaxInFlight}
-	for name, c := range s.Calls {
-		if c -= before.Calls[name]; c != 0 {
-			d.Calls[name] = c
+	d := Snapshot{RTT: s.RTT, Calls: sub(s.Calls, before.Calls), Busy: s.Busy - before.Busy, Delayed: s.Delayed - before.Delayed,
+		MaxInFlight: s.MaxInFlight, StorageCounted: s.StorageCounted && before.StorageCounted}
+	if d.StorageCounted {
+		d.Storage = sub(s.Storage, before.Storage)
+	}
+	return d
+}
+
+func sub(after, before map[string]int64) map[string]int64 {
+	d := map[string]int64{}
+	for name, c := range after {
+		if c -= before[name]; c != 0 {
+			d[name] = c
 		}
 	}
 	return d
@@ -77,9 +103,31 @@ func (s Snapshot) Sub(before Snapshot) Snapshot {
 func (n *Network) Take() Snapshot {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	s := Snapshot{RTT: n.rtt, Calls: maps.Clone(n.calls), Busy: n.busy, Delayed: n.delayed, MaxInFlight: n.maxInFlight}
+	s := Snapshot{RTT: n.rtt, Calls: maps.Clone(n.calls), Busy: n.busy, Delayed: n.delayed, MaxInFlight: n.maxInFlight,
+		StorageCounted: n.storage != nil, Storage: maps.Clone(n.storage)}
 	n.maxInFlight = n.inFlight
 	return s
+}
+
+// TrackStorage makes snapshots report storage operations, from now on
+// counted by CountStorage (zero until then).
+func (n *Network) TrackStorage() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.storage == nil {
+		n.storage = map[string]int64{}
+	}
+}
+
+// CountStorage counts one operation of a request on Vault's storage: for
+// an external plugin, a round trip to Vault.
+func (n *Network) CountStorage(op string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.storage == nil {
+		n.storage = map[string]int64{}
+	}
+	n.storage[op]++
 }
 
 // Wrap is an hsm.Config.Intercept (and a wrapper for hsm.OpenBinding's

@@ -124,3 +124,25 @@ func TestServeRemote(t *testing.T) {
 		t.Error("read counters from a socket nobody serves")
 	}
 }
+
+// Storage operations are counted only once tracked, and Sub gives those
+// of an interval.
+func TestStorageCounts(t *testing.T) {
+	n := New(0)
+	if s := n.Take(); s.StorageCounted || s.StorageTotal() != 0 {
+		t.Fatalf("untracked: %+v", s)
+	}
+	n.TrackStorage()
+	before := n.Take()
+	n.CountStorage("Get")
+	n.CountStorage("Get")
+	n.CountStorage("Put")
+	d := n.Take().Sub(before)
+	if !d.StorageCounted || !maps.Equal(d.Storage, map[string]int64{"Get": 2, "Put": 1}) || d.StorageTotal() != 3 {
+		t.Fatalf("%+v", d)
+	}
+	// A snapshot of a network that did not track storage has none to give.
+	if d := n.Take().Sub(Snapshot{}); d.StorageCounted {
+		t.Fatalf("%+v", d)
+	}
+}
