@@ -313,8 +313,8 @@ func (b *bench) phaseTargets(ctx context.Context, p phase, t *token) ([]loadbenc
 		rtt = d
 	}
 	rttNote := func(num loadbench.Result, ratio func(add time.Duration) float64) string {
-		return fmt.Sprintf("(RTT %v as the raw token paid it; with the nominal %v: %.3f; with the %v the plugin's calls paid: %.3f)",
-			rtt.Round(time.Microsecond), p.rtt, ratio(p.rtt), num.MeanDelay.Round(time.Microsecond), ratio(num.MeanDelay))
+		return fmt.Sprintf("(RTT %v, the raw token's; nominal %v: %.3f; %v, the plugin's calls': %.3f; a request's mean time outside its calls: %v)",
+			rtt.Round(time.Microsecond), p.rtt, ratio(p.rtt), num.MeanDelay.Round(time.Microsecond), ratio(num.MeanDelay), num.OutsideCalls().Round(10*time.Microsecond))
 	}
 	for _, c := range []struct {
 		clients                        string

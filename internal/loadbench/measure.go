@@ -50,7 +50,16 @@ type Result struct {
 	MeanInFlight float64 `json:"mean_calls_in_flight,omitempty"`
 	// MeanDelay is the delay a call actually paid during the timed run.
 	MeanDelay time.Duration `json:"mean_delay_per_call_ns,omitempty"`
+	// CallTimePerOp is the time an operation's PKCS#11 calls took in all,
+	// delay included; MeanLatency less it is the time spent elsewhere
+	// (Vault, the plugin, the client).
+	CallTimePerOp time.Duration `json:"pkcs11_time_per_op_ns,omitempty"`
+	MeanLatency   time.Duration `json:"mean_latency_ns"`
 }
+
+// OutsideCalls is the mean time an operation spent outside its PKCS#11
+// calls, when they were observed.
+func (r Result) OutsideCalls() time.Duration { return r.MeanLatency - r.CallTimePerOp }
 
 // Key names the result uniquely: its name, its token if it has one, and
 // the simulated round trip if not 0.
@@ -147,6 +156,13 @@ func summarise(name string, concurrency, itemsPerOp int, elapsed time.Duration, 
 		Elapsed:     elapsed,
 		P50:         Percentile(latencies, 50),
 		P99:         Percentile(latencies, 99),
+	}
+	if len(latencies) > 0 {
+		var sum time.Duration
+		for _, l := range latencies {
+			sum += l
+		}
+		r.MeanLatency = sum / time.Duration(len(latencies))
 	}
 	if secs := elapsed.Seconds(); secs > 0 {
 		r.OpsPerSec = float64(r.Ops) / secs

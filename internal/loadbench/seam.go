@@ -136,4 +136,7 @@ func observe(r *Result, d netsim.Snapshot) {
 	if calls := d.Total(); calls > 0 {
 		r.MeanDelay = d.Delayed / time.Duration(calls)
 	}
+	if r.Ops > 0 {
+		r.CallTimePerOp = d.Busy / time.Duration(r.Ops)
+	}
 }

@@ -92,7 +92,8 @@ func TestCountCallsAndRunObserved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Ops == 0 || res.RTT != rtt || res.MaxInFlight < 1 || res.MaxInFlight > 2 || res.MeanInFlight <= 0 || res.MeanDelay < rtt {
+	if res.Ops == 0 || res.RTT != rtt || res.MaxInFlight < 1 || res.MaxInFlight > 2 || res.MeanInFlight <= 0 || res.MeanDelay < rtt ||
+		res.CallTimePerOp < rtt || res.MeanLatency < rtt {
 		t.Fatalf("%+v", res)
 	}
 	if !strings.HasSuffix(res.Key(), " @200µs") {
