@@ -18,6 +18,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const operationPrefix = "hsmkms"
@@ -235,9 +236,12 @@ func (b *backend) clean(context.Context) {
 // rest is internal.
 func respondError(op string, err error) (*logical.Response, error) {
 	var ue userError
+	var ie *wire.InputError
 	switch {
 	case errors.As(err, &ue):
 		return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
+	case errors.As(err, &ie):
+		return logical.ErrorResponse(ie.Error()), logical.ErrInvalidRequest
 	case errors.Is(err, errNotConfigured):
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	case errors.Is(err, hsm.ErrDecrypt):

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // contextFields are the three ways to bind data to a context; all of them
@@ -200,11 +201,11 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 }
 
 // itemAAD decodes an item's context fields into the AAD of its domain
-// (aadDomain unless the item says otherwise).
+// (wire.DomainAEAD unless the item says otherwise).
 func itemAAD(item cryptoItem) ([]byte, error) {
 	domain := item.domain
 	if domain == "" {
-		domain = aadDomain
+		domain = wire.DomainAEAD
 	}
 	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
 	if err != nil {
@@ -214,7 +215,7 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	if err != nil {
 		return nil, userErrorf("associated_data is not valid base64")
 	}
-	return buildDomainAAD(domain, ctxBytes, ad, item.EncryptionContext), nil
+	return wire.AAD(domain, ctxBytes, ad, item.EncryptionContext), nil
 }
 
 func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
@@ -254,16 +255,16 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	if err != nil {
 		return "", 0, err
 	}
-	return formatCiphertext(version, blob), version, nil
+	return wire.Format(version, blob), version, nil
 }
 
 // decryptItem opens a ciphertext of the item's domain; an item with none
 // opens ordinary ciphertexts and, failing that, data keys (decrypt opens
 // what datakey made, as in Transit). It returns the domain that opened it.
 func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, string, error) {
-	version, blob, msg := parseCiphertext(item.Ciphertext)
-	if msg != "" {
-		return nil, "", userError{msg: msg}
+	version, blob, err := wire.Parse(wire.NounCiphertext, item.Ciphertext)
+	if err != nil {
+		return nil, "", err
 	}
 	kv, msg := k.decryptionVersion(version)
 	if msg != "" {
@@ -285,9 +286,9 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 	domains := []string{item.domain}
 	switch {
 	case item.domain == "":
-		domains = []string{aadDomain, dataKeyAADDomain}
-	case item.domain == dataKeyAADDomain && kv.sealedDataKeysAsOrdinary():
-		domains = []string{dataKeyAADDomain, aadDomain}
+		domains = []string{wire.DomainAEAD, wire.DomainDataKey}
+	case item.domain == wire.DomainDataKey && kv.sealedDataKeysAsOrdinary():
+		domains = []string{wire.DomainDataKey, wire.DomainAEAD}
 	}
 	for _, domain := range domains {
 		item.domain = domain
@@ -310,7 +311,7 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 		}
 		plaintext, terr := client.DecryptGCMForeign(ctx, kv.ObjectID, blob, ad)
 		if !errors.Is(terr, hsm.ErrDecrypt) {
-			return plaintext, aadDomain, terr
+			return plaintext, wire.DomainAEAD, terr
 		}
 	}
 	return nil, "", err
@@ -326,9 +327,12 @@ func opensTransitLayout(kv *keyVersion, item cryptoItem) bool {
 // itemFailure turns an item's error into its batch result.
 func itemFailure(err error) batchResult {
 	var ue userError
+	var ie *wire.InputError
 	switch {
 	case errors.As(err, &ue):
 		return batchResult{Error: ue.msg}
+	case errors.As(err, &ie):
+		return batchResult{Error: ie.Error()}
 	case errors.Is(err, hsm.ErrDecrypt):
 		return batchResult{Error: decryptFailedMsg}
 	case errors.Is(err, hsm.ErrInvalidInput):

@@ -6,6 +6,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const (
@@ -94,7 +96,7 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
 	}
 	item := items[0]
-	item.domain = dataKeyAADDomain
+	item.domain = wire.DomainDataKey
 	aad, err := itemAAD(item)
 	if err != nil {
 		return singleFailure("datakey", itemFailure(err))
@@ -118,7 +120,7 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return respondError("datakey", err)
 	}
 	b.stats.count("datakey")
-	data := map[string]interface{}{"ciphertext": formatCiphertext(version, blob), "key_version": version}
+	data := map[string]interface{}{"ciphertext": wire.Format(version, blob), "key_version": version}
 	if d.Get("plaintext").(string) == "plaintext" {
 		data["plaintext"] = base64.StdEncoding.EncodeToString(dataKey)
 	}
@@ -134,7 +136,7 @@ func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Requ
 		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
 	}
 	item := items[0]
-	item.domain = dataKeyAADDomain // never what encrypt made
+	item.domain = wire.DomainDataKey // never what encrypt made
 	plaintext, _, err := b.decryptItem(ctx, client, k, item)
 	if err != nil {
 		return singleFailure("datakey decrypt", itemFailure(err))

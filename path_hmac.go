@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func (b *backend) pathHMAC() *framework.Path {
@@ -95,7 +96,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 			results[i] = itemFailure(err)
 			continue
 		}
-		results[i] = batchResult{HMAC: formatCiphertext(version, mac), KeyVersion: version}
+		results[i] = batchResult{HMAC: wire.Format(version, mac), KeyVersion: version}
 	}
 	b.stats.add("hmac", int64(len(items)))
 	if batch {
@@ -150,9 +151,9 @@ func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *ke
 	}
 	results := make([]batchResult, len(items))
 	for i, item := range items {
-		version, want, msg := parseCiphertext(item.HMAC)
-		if msg != "" {
-			results[i] = batchResult{Error: strings.Replace(msg, "ciphertext", "hmac", -1)}
+		version, want, err := wire.Parse(wire.NounHMAC, item.HMAC)
+		if err != nil {
+			results[i] = itemFailure(err)
 			continue
 		}
 		kv, msg := k.decryptionVersion(version)

@@ -9,13 +9,13 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"math/big"
-	"strconv"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func signFields(verify bool) map[string]*framework.FieldSchema {
@@ -312,13 +312,13 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry,
 	if err != nil {
 		return "", 0, err
 	}
-	return formatSignature(version, sig, opts.jws), version, nil
+	return wire.FormatSignature(version, sig, opts.jws), version, nil
 }
 
 func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bool, error) {
-	version, sig, msg := parseSignature(item.Signature, opts.jws)
-	if msg != "" {
-		return false, userError{msg: msg}
+	version, sig, err := wire.ParseSignature(item.Signature, opts.jws)
+	if err != nil {
+		return false, err
 	}
 	kv, msg := k.decryptionVersion(version)
 	if msg != "" {
@@ -357,42 +357,6 @@ func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bo
 func rawToASN1(sig []byte) ([]byte, error) {
 	half := len(sig) / 2
 	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:half]), new(big.Int).SetBytes(sig[half:])})
-}
-
-func formatSignature(version int, sig []byte, jws bool) string {
-	enc := base64.StdEncoding
-	if jws {
-		enc = base64.RawURLEncoding
-	}
-	return "vault:v" + strconv.Itoa(version) + ":" + enc.EncodeToString(sig)
-}
-
-// parseSignature reads vault:v<N>:<base64>, base64url without padding for
-// jws as Transit writes it.
-func parseSignature(s string, jws bool) (int, []byte, string) {
-	if s == "" {
-		return 0, nil, "signature is missing"
-	}
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 || parts[0] != ciphertextPrefix {
-		return 0, nil, "signature must have the form vault:v<version>:<base64>"
-	}
-	version, msg := parseVersionPart(parts[1])
-	if msg != "" {
-		return 0, nil, strings.Replace(msg, "ciphertext", "signature", 1)
-	}
-	enc := base64.StdEncoding.Strict()
-	if jws {
-		enc = base64.RawURLEncoding.Strict()
-	}
-	sig, err := enc.DecodeString(parts[2])
-	if err != nil || len(sig) == 0 {
-		if jws {
-			return 0, nil, "signature payload is not url-safe base64 without padding (marshaling_algorithm=jws)"
-		}
-		return 0, nil, "signature payload is not valid base64"
-	}
-	return version, sig, ""
 }
 
 const pathSignHelpDesc = `

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const (
@@ -81,7 +82,7 @@ func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) 
 	if err != nil {
 		return "", 0, fmt.Errorf("RSA encryption: %w", err)
 	}
-	return formatCiphertext(version, ct), version, nil
+	return wire.Format(version, ct), version, nil
 }
 
 // decryptRSA decrypts in the HSM with the version's private key.
