@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"crypto"
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
@@ -57,22 +58,22 @@ hmac field. Keys of type hmac only.
 // hmacHash reads the algorithm from the URL, body, or Transit's older field.
 // Imported keys skip the size check: a JWK's short key is padded on the
 // token (the same HMAC), and a BYOK key's size is the token's to judge.
-func hmacHash(d *framework.FieldData, bits int, imported bool) (hashName string, msg string) {
-	hashName = "sha2-256"
+func hmacHash(d *framework.FieldData, bits int, imported bool) (crypto.Hash, string) {
+	hashName := "sha2-256"
 	for _, f := range []string{"urlalgorithm", "algorithm", "hash_algorithm"} {
 		if v, ok := d.GetOk(f); ok && v.(string) != "" {
 			hashName = strings.ToLower(v.(string))
 			break
 		}
 	}
-	hash, ok := hashAlgorithms[hashName]
+	hash, ok := wire.LookupHash(hashName, wire.UseHMAC)
 	if !ok {
-		return "", "algorithm " + hashName + " is not one of: sha2-256, sha2-384, sha2-512"
+		return 0, "algorithm " + hashName + " is not one of: " + strings.Join(wire.HashNames(wire.UseHMAC), ", ")
 	}
 	if !imported && bits < hash.Size()*8 {
-		return "", fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
+		return 0, fmt.Sprintf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
 	}
-	return hashName, ""
+	return hash, ""
 }
 
 func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -80,7 +81,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	if resp != nil || err != nil {
 		return resp, err
 	}
-	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
+	hash, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
 	if msg != "" {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
@@ -91,7 +92,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 			results[i] = batchResult{Error: msg}
 			continue
 		}
-		mac, err := b.hmacOf(ctx, client, k, kv, hashName, item)
+		mac, err := b.hmacOf(ctx, client, k, kv, hash, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue
@@ -108,7 +109,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	return &logical.Response{Data: map[string]interface{}{"hmac": results[0].HMAC, "key_version": results[0].KeyVersion}}, nil
 }
 
-func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, kv *keyVersion, hashName string, item cryptoItem) ([]byte, error) {
+func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, kv *keyVersion, hash crypto.Hash, item cryptoItem) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(item.Input)
 	if err != nil {
 		return nil, userErrorf("input is not valid base64")
@@ -117,14 +118,14 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyEntry, k
 		if kv.HMACObjectID == nil {
 			return nil, userErrorf("this version of AES key %q has no HMAC key: it was made before AES keys got one, or is wrapped or adopted; rotate the key (a new version gets one), or use a key of type hmac", k.Name)
 		}
-		return client.HMAC(ctx, kv.HMACObjectID, hashAlgorithms[hashName], data)
+		return client.HMAC(ctx, kv.HMACObjectID, hash, data)
 	}
 	release, err := b.pinVersion(ctx, client, k, kv)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	return client.HMAC(ctx, kv.ObjectID, hashAlgorithms[hashName], data)
+	return client.HMAC(ctx, kv.ObjectID, hash, data)
 }
 
 // hmacCompanionBits is the size of an AES version's HMAC key: enough for
@@ -145,7 +146,7 @@ func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *ke
 	if f := k.keyType().family; f != familyHMAC && f != familyAES {
 		return nil, "key " + k.Name + " is of type " + k.Type + "; hmac verification needs a key of type hmac or an AES key"
 	}
-	hashName, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
+	hash, msg := hmacHash(d, hmacKeyBits(k), k.Imported)
 	if msg != "" {
 		return nil, msg
 	}
@@ -161,7 +162,7 @@ func (b *backend) verifyHMACItems(ctx context.Context, client *hsm.Client, k *ke
 			results[i] = batchResult{Error: strings.Replace(msg, "ciphertext", "hmac", 1)}
 			continue
 		}
-		got, err := b.hmacOf(ctx, client, k, kv, hashName, item)
+		got, err := b.hmacOf(ctx, client, k, kv, hash, item)
 		if err != nil {
 			results[i] = itemFailure(err)
 			continue

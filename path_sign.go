@@ -2,7 +2,6 @@ package hsmkms
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -145,8 +144,8 @@ func (b *backend) signingRequest(ctx context.Context, req *logical.Request, d *f
 	if msg != "" {
 		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	}
-	if opts.hash == crypto.SHA1 && op == opSign {
-		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("hash_algorithm sha1 verifies old signatures only; sign with sha2-256 or stronger"), logical.ErrInvalidRequest
+	if op == opSign && !wire.HashAllows(opts.hash, wire.UseSign) {
+		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash)), logical.ErrInvalidRequest
 	}
 	return client, k, opts, items, batch, nil, nil
 }
@@ -254,22 +253,13 @@ func digestOf(opts signOptions, input string, kt keyType) ([]byte, error) {
 	}
 	if opts.prehashed {
 		if len(data) != opts.hash.Size() {
-			return nil, userErrorf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), hashName(opts), opts.hash.Size())
+			return nil, userErrorf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), wire.HashName(opts.hash), opts.hash.Size())
 		}
 		return data, nil
 	}
 	h := opts.hash.New()
 	h.Write(data)
 	return h.Sum(nil), nil
-}
-
-func hashName(opts signOptions) string {
-	for name, h := range hashAlgorithms {
-		if h == opts.hash {
-			return name
-		}
-	}
-	return opts.hash.String()
 }
 
 func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry, opts signOptions, item cryptoItem) (string, int, error) {
