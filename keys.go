@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const keyStoragePrefix = "keys/"
@@ -414,7 +416,7 @@ func (k *keyEntry) keyResponse() map[string]interface{} {
 			"certificate_chain": "",
 			"hybrid_public_key": "",
 		}
-		if jwk, err := publicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
+		if jwk, err := wire.PublicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
 			jwks[strconv.Itoa(v)] = jwk
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const wrappingKeyStorageKey = "wrapping_key"
@@ -69,7 +70,7 @@ func (b *backend) pathWrappingKeyRead(ctx context.Context, req *logical.Request,
 	if err != nil {
 		return respondError("wrapping key", err)
 	}
-	return &logical.Response{Data: map[string]interface{}{"public_key": publicKeyPEM(w.PublicKey)}}, nil
+	return &logical.Response{Data: map[string]interface{}{"public_key": wire.PublicKeyPEM(w.PublicKey)}}, nil
 }
 
 // wrappingKey returns the mount's wrapping key, making it on first use.
