@@ -21,6 +21,10 @@ func (e *InputError) Error() string {
 	return e.Field + " " + e.Reason
 }
 
+// UserMessage is what the caller is told: the root's responders answer
+// any error that has one with a 400.
+func (e *InputError) UserMessage() string { return e.Error() }
+
 // fieldError is a reason about the field as a whole: "<field> <reason>".
 func fieldError(field, reason string) *InputError {
 	return &InputError{Field: field, Reason: reason}

@@ -110,7 +110,7 @@ func TestInputErrorShapes(t *testing.T) {
 		{&InputError{Reason: "give exactly one"}, "give exactly one"},
 		{&InputError{Field: "hmac", Reason: "is empty"}, "hmac is empty"},
 	} {
-		if got := tc.err.Error(); got != tc.want {
+		if got := tc.err.Error(); got != tc.want || tc.err.UserMessage() != got {
 			t.Errorf("%#v: %q, want %q", tc.err, got, tc.want)
 		}
 	}
