@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/go-uuid"
 
@@ -18,7 +17,6 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
-	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const operationPrefix = "hsmkms"
@@ -51,9 +49,6 @@ type backend struct {
 	client   *hsm.Client // nil until a config is loaded
 	conf     *mountConfig
 
-	// now is the clock; tests move it to see automatic rotation happen.
-	now func() time.Time
-
 	// nextRotateCheck (a time.Time) is when the periodic function next
 	// looks for keys due for rotation.
 	nextRotateCheck atomic.Value
@@ -68,43 +63,27 @@ type backend struct {
 	// mount and the PKCS#11 module (hsm.Config.Intercept).
 	intercept func(hsm.PKCS11) hsm.PKCS11
 
-	// kekCache holds the KEK state under kekStorageKey; rewrapRunning is
-	// set while the rewrap job runs; stopping is closed when the mount
-	// goes away.
-	kekCache      keyring.Cache[kekState]
-	rewrapRunning atomic.Bool
-	rewrapDone    atomic.Pointer[chan struct{}]
+	// ring is the mount's keys and KEKs (internal/keyring), made at Setup.
+	ring *keyring.Keyring
+
 	// markerDone: this mount's marker is on the token (mount_marker.go).
 	markerDone atomic.Bool
-	stopping   chan struct{}
-	// storage is the mount's storage view, for work outside a request's
-	// own (the rewrap job, unwrapping a key deep in a handler).
-	storage  logical.Storage
-	stopOnce sync.Once
 
 	// stats counts operations for the status path.
 	stats *opStats
 
-	// keys caches key entries by name; see key_cache.go.
-	keys keyring.Cache[keyEntry]
-
 	// publicKeys caches parsed public keys by their DER bytes.
 	publicKeys sync.Map
-
-	// keysMu serialises changes to key entries (create, delete, state,
-	// quota, rotation). Readers take no lock: they read published entries
-	// (key_cache.go).
-	keysMu sync.Mutex
 }
 
 func newBackend(allowedLibraryDirs []string) *backend {
-	b := &backend{allowedLibraryDirs: allowedLibraryDirs, now: time.Now, stats: newOpStats(), stopping: make(chan struct{})}
+	b := &backend{allowedLibraryDirs: allowedLibraryDirs, stats: newOpStats()}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
 			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy"},
-			SealWrapStorage: []string{configStoragePath, keyStoragePrefix},
+			SealWrapStorage: []string{configStoragePath, keyring.KeyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathKEKTrim(), b.pathConfigKeys()},
@@ -118,11 +97,13 @@ func newBackend(allowedLibraryDirs []string) *backend {
 				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),
 			},
 		),
-		Secrets:           []*framework.Secret{},
-		Invalidate:        b.invalidate,
-		Clean:             b.clean,
-		WALRollback:       b.walRollback,
-		WALRollbackMinAge: walRollbackMinAge,
+		Secrets:    []*framework.Secret{},
+		Invalidate: b.invalidate,
+		Clean:      b.clean,
+		WALRollback: func(ctx context.Context, req *logical.Request, kind string, data interface{}) error {
+			return b.ring.Rollback(ctx, req.Storage, kind, data)
+		},
+		WALRollbackMinAge: keyring.RollbackMinAge(),
 		PeriodicFunc:      b.rotateDueKeys,
 	}
 	return b
@@ -192,7 +173,13 @@ func (b *backend) Setup(ctx context.Context, conf *logical.BackendConfig) error 
 		b.owner = id
 	}
 	b.unregisterOwner = hsm.RegisterOwner(b.owner)
-	b.storage = conf.StorageView
+	b.ring = keyring.New(b.owner, conf.Logger, conf.StorageView, func(ctx context.Context, s logical.Storage) (keyring.HSM, error) {
+		client, _, err := b.hsmClient(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		return client, nil
+	})
 	return b.Backend.Setup(ctx, conf)
 }
 
@@ -210,58 +197,30 @@ func (b *backend) openHSM(ctx context.Context, conf *mountConfig) (*hsm.Client, 
 func (b *backend) resetClient() { b.swapClient(nil, nil) }
 
 func (b *backend) invalidate(_ context.Context, key string) {
-	if key == kekStorageKey {
-		b.kekCache.Publish(kekStorageKey, nil)
-		return
-	}
 	if key == configStoragePath {
 		b.resetClient()
 		return
 	}
-	b.invalidateKey(key)
+	b.clientMu.RLock()
+	client := b.client
+	b.clientMu.RUnlock()
+	// Another node changed the key: its unwrapped copies here go too, and
+	// come back from storage when used.
+	var forget func(id []byte)
+	if client != nil {
+		forget = client.ForgetUnwrapped
+	}
+	b.ring.Invalidate(key, forget)
 }
 
 // clean runs when the mount is unmounted or Vault shuts down (Vault does
 // not say which): the mount is no longer alive in this process.
 func (b *backend) clean(context.Context) {
-	b.stopOnce.Do(func() { close(b.stopping) })
+	b.ring.Stop()
 	b.resetClient()
 	if b.unregisterOwner != nil {
 		b.unregisterOwner()
 	}
-}
-
-// respondError turns an error from the HSM layer into Vault's conventions:
-// the caller's mistakes are 400s, an HSM that failed twice is a 503, the
-// rest is internal.
-func respondError(op string, err error) (*logical.Response, error) {
-	var ue userError
-	var ie *wire.InputError
-	switch {
-	case errors.As(err, &ue):
-		return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
-	case errors.As(err, &ie):
-		return logical.ErrorResponse(ie.Error()), logical.ErrInvalidRequest
-	case errors.Is(err, errNotConfigured):
-		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
-	case errors.Is(err, hsm.ErrDecrypt):
-		return logical.ErrorResponse("%s: ciphertext could not be decrypted: it was altered, made by another key or version, or the context, associated_data or encryption_context differ", op), logical.ErrInvalidRequest
-	case errors.Is(err, hsm.ErrInvalidInput):
-		return logical.ErrorResponse("%s: %s", op, err.Error()), logical.ErrInvalidRequest
-	case hsmUnavailable(err):
-		return nil, logical.CodedError(503, fmt.Sprintf("%s: %v", op, err))
-	}
-	return nil, fmt.Errorf("%s: %w", op, err)
-}
-
-// hsmUnavailable reports the errors that mean the HSM (not the caller, not
-// the plugin) failed: answered 503, so clients retry.
-func hsmUnavailable(err error) bool {
-	// A key object or token not found is the HSM's state, not the caller's
-	// fault: a request racing an outage can see it before the module is
-	// re-initialised (the key's metadata says the object exists).
-	return errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrPoolTimeout) || errors.Is(err, hsm.ErrClosed) ||
-		errors.Is(err, errHSMOpen) || errors.Is(err, hsm.ErrKeyNotFound) || errors.Is(err, hsm.ErrTokenNotFound)
 }
 
 const backendHelp = `

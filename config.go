@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 const configStoragePath = "config"
@@ -23,8 +24,6 @@ const (
 	defaultKEKLabel           = "hsmkms-kek"
 	defaultUnwrappedCacheTTL  = 15 * time.Minute
 	defaultUnwrappedCacheSize = 1000
-	residencyHSM              = "hsm"
-	residencyWrapped          = "wrapped"
 )
 
 // mountConfig is the stored config of one mount. The PIN is stored only in
@@ -57,7 +56,7 @@ func defaultConfig() *mountConfig {
 		MaxKeys:           defaultMaxKeys,
 		MaxPlaintextBytes: defaultMaxPlaintextBytes,
 		DefaultKey:        defaultDefaultKey,
-		DefaultResidency:  residencyHSM,
+		DefaultResidency:  keyring.ResidencyHSM,
 		KEKLabel:          defaultKEKLabel,
 		UnwrappedCacheTTL: defaultUnwrappedCacheTTL,
 		LoginBackoff:      hsm.DefaultLoginBackoff,

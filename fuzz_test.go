@@ -3,32 +3,15 @@ package hsmkms
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/hashicorp/vault/sdk/framework"
 )
 
-// Native fuzz targets for the request readers of the root package; the
-// wire formats' own are in internal/wire. Their seeds run in every
-// `go test`; fuzz one with: go test -run '^$' -fuzz FuzzBatchInput -fuzztime 5m .
-
-func FuzzKeyName(f *testing.F) {
-	for _, s := range []string{"app1", "a", "a..b", "../x", "a/b", "-lead", ".hidden", "ünïcödé", strings.Repeat("k", 129), "a b", "a\x00b"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, name string) {
-		if checkKeyName(name) != "" {
-			return
-		}
-		// An accepted name is safe as a storage path and a label part.
-		if name == "" || len(name) > maxKeyNameLen || strings.Contains(name, "..") || strings.ContainsAny(name, "/\\ \x00:") ||
-			!utf8.ValidString(name) || name[0] == '.' || name[0] == '-' {
-			t.Fatalf("accepted key name %q", name)
-		}
-	})
-}
+// Native fuzz target for the batch reader of the root package; the wire
+// formats' own are in internal/wire, the key name's in internal/keyring.
+// Its seeds run in every `go test`; fuzz it with:
+// go test -run '^$' -fuzz FuzzBatchInput -fuzztime 5m .
 
 // FuzzBatchInput feeds arbitrary JSON as a request body to the batch
 // reader: it must never panic, and what it accepts is within bounds.

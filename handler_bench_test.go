@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
-
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -63,7 +63,7 @@ func BenchmarkHandlerEncryptAES64(b *testing.B) {
 func BenchmarkHSMEncryptAES64(b *testing.B) {
 	m := benchMount(b)
 	m.benchDo(b, logical.UpdateOperation, "keys/bench-aes", nil)
-	k, _ := loadKey(context.Background(), m.storage, "bench-aes")
+	k, _ := keyring.Load(context.Background(), m.storage, "bench-aes")
 	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
 	pt, aad := make([]byte, 64), wire.AAD(wire.DomainAEAD, nil, nil, nil)
 	b.ResetTimer()
@@ -112,7 +112,7 @@ func BenchmarkHandlerSignRSA2048(b *testing.B) {
 func BenchmarkHSMSignRSA2048(b *testing.B) {
 	m := benchMount(b)
 	m.benchDo(b, logical.UpdateOperation, "keys/bench-rsa", map[string]interface{}{"type": "rsa-2048"})
-	k, _ := loadKey(context.Background(), m.storage, "bench-rsa")
+	k, _ := keyring.Load(context.Background(), m.storage, "bench-rsa")
 	pub, _ := x509.ParsePKIXPublicKey(k.Versions[1].PublicKey)
 	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
 	input := make([]byte, 64)

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -19,7 +20,7 @@ const hmacPadBytes = 64
 // keyMaterial is a key the caller sent in the clear (a JWK or a public
 // key), checked and ready for the token.
 type keyMaterial struct {
-	keyType keyType
+	keyType keyring.KeyType
 	// material is what the token unwraps: raw bytes for AES and HMAC,
 	// PKCS#8 DER for RSA and EC; nil for a public key alone.
 	material []byte
@@ -30,7 +31,8 @@ type keyMaterial struct {
 func (m keyMaterial) publicOnly() bool { return m.material == nil }
 
 // importKeyRules are the JWKs and PEM public keys import takes: the RSA
-// sizes of keyTypes, and no kty OKP (Ed25519 keys are generated in the HSM).
+// sizes of the key types, and no kty OKP (Ed25519 keys are generated in
+// the HSM).
 var importKeyRules = wire.KeyRules{
 	Kinds:   []wire.Kind{wire.KindOct, wire.KindRSA, wire.KindEC},
 	RSABits: []int{2048, 3072, 4096},
@@ -54,8 +56,8 @@ func parseJWK(raw interface{}, typ string) (keyMaterial, string) {
 	if msg != "" {
 		return keyMaterial{}, msg
 	}
-	if typ != "" && typ != m.keyType.name && !(key.Kind == wire.KindOct && typ == "hmac") {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match the jwk, which is a %s key", typ, m.keyType.name)
+	if typ != "" && typ != m.keyType.Name && !(key.Kind == wire.KindOct && typ == "hmac") {
+		return keyMaterial{}, fmt.Sprintf("type %s does not match the jwk, which is a %s key", typ, m.keyType.Name)
 	}
 	return m, ""
 }
@@ -71,12 +73,12 @@ func importedMaterial(key wire.Key, typ string) (keyMaterial, string) {
 			return keyMaterial{}, msg
 		}
 	case wire.KindRSA:
-		m = keyMaterial{keyType: keyTypes[fmt.Sprintf("rsa-%d", key.Bits)], material: key.Private, public: key.Public}
+		m = keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("rsa-%d", key.Bits)), material: key.Private, public: key.Public}
 	case wire.KindEC:
-		m = keyMaterial{keyType: keyTypes["ecdsa-p"+strings.TrimPrefix(key.Curve, "P-")], material: key.Private, public: key.Public}
+		m = keyMaterial{keyType: keyTypeNamed("ecdsa-p" + strings.TrimPrefix(key.Curve, "P-")), material: key.Private, public: key.Public}
 	}
-	if m.keyType.name == "" {
-		// importKeyRules and keyTypes disagree: a bug, said plainly.
+	if m.keyType.Name == "" {
+		// importKeyRules and the key types disagree: a bug, said plainly.
 		return keyMaterial{}, fmt.Sprintf("%s: a %s key is not supported", key.Field, key.Kind)
 	}
 	m.field = key.Field
@@ -88,8 +90,8 @@ func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
 		if len(key) < hsm.MinHMACImportBytes || len(key) > hsm.MaxHMACImportBytes {
 			return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an HMAC key is %d to %d bytes", len(key), hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
 		}
-		kt := keyTypes["hmac"]
-		kt.bits = len(key) * 8
+		kt := keyTypeNamed("hmac")
+		kt.Bits = len(key) * 8
 		material := append([]byte(nil), key...)
 		if len(material) < hmacPadBytes {
 			material = append(material, make([]byte, hmacPadBytes-len(material))...)
@@ -101,13 +103,13 @@ func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
 	default:
 		return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an AES key is 16, 24 or 32 bytes (give type=hmac for an HMAC key)", len(key))
 	}
-	return keyMaterial{keyType: keyTypes[fmt.Sprintf("aes%d-gcm96", len(key)*8)], material: append([]byte(nil), key...)}, ""
+	return keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("aes%d-gcm96", len(key)*8)), material: append([]byte(nil), key...)}, ""
 }
 
-func rsaKeyType(bits int, field string) (keyType, string) {
-	kt, ok := keyTypes[fmt.Sprintf("rsa-%d", bits)]
-	if !ok {
-		return keyType{}, fmt.Sprintf("%s: an RSA key of %d bits; 2048, 3072 or 4096 supported", field, bits)
+func rsaKeyType(bits int, field string) (keyring.KeyType, string) {
+	kt, err := keyring.RSAType(bits, field)
+	if err != nil {
+		return keyring.KeyType{}, err.Error()
 	}
 	return kt, ""
 }
@@ -122,24 +124,8 @@ func parsePublicKeyPEM(s, typ string) (keyMaterial, string) {
 	if msg != "" {
 		return keyMaterial{}, msg
 	}
-	if typ != "" && !strings.EqualFold(typ, m.keyType.name) {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match public_key, which is a %s key", typ, m.keyType.name)
+	if typ != "" && !strings.EqualFold(typ, m.keyType.Name) {
+		return keyMaterial{}, fmt.Sprintf("type %s does not match public_key, which is a %s key", typ, m.keyType.Name)
 	}
 	return m, ""
-}
-
-// importSpec is the token object a version of k is imported as.
-func importSpec(kt keyType, ops []string, id []byte, label string, public crypto.PublicKey) hsm.ImportSpec {
-	spec := hsm.ImportSpec{ID: id, Label: label, Use: usageOf(ops), Public: public}
-	switch kt.family {
-	case familyAES:
-		spec.Kind, spec.Bits = hsm.ImportAES, kt.bits
-	case familyHMAC:
-		spec.Kind = hsm.ImportHMAC
-	case familyRSA:
-		spec.Kind, spec.Bits = hsm.ImportRSA, kt.bits
-	case familyEC:
-		spec.Kind, spec.Curve = hsm.ImportEC, kt.curve
-	}
-	return spec
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // slowStorage makes reads take a little while, as a plugin's storage round
@@ -47,11 +48,11 @@ func TestKeyCacheNeverGoesBack(t *testing.T) {
 					continue
 				}
 				after := cur.deactivated.Load()
-				k, err := m.b.cachedKey(context.Background(), slow, cur.name)
+				k, err := m.b.ring.Get(context.Background(), slow, cur.name)
 				if err != nil || k == nil {
 					continue
 				}
-				if after && k.State == stateActive {
+				if after && k.State == keyring.StateActive {
 					wentBack.Add(1)
 				}
 			}
@@ -60,7 +61,7 @@ func TestKeyCacheNeverGoesBack(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		name := fmt.Sprintf("race-%d", i)
 		m.mustOK(logical.UpdateOperation, "keys/"+name, nil)
-		m.b.invalidate(context.Background(), keyStoragePrefix+name) // as a standby, or a plugin reload, would
+		m.b.invalidate(context.Background(), keyring.KeyStoragePrefix+name) // as a standby, or a plugin reload, would
 		r := &round{name: name}
 		current.Store(r)
 		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func (b *backend) pathAdopt() *framework.Path {
@@ -95,39 +96,39 @@ func adoptSelector(d *framework.FieldData, slot uint) (hsm.ObjectSelector, strin
 }
 
 // adoptedKeyType is the key type of an existing object.
-func adoptedKeyType(ek hsm.ExistingKey) (keyType, string) {
+func adoptedKeyType(ek hsm.ExistingKey) (keyring.KeyType, string) {
 	switch ek.Kind {
 	case hsm.ImportAES:
-		return keyTypes[fmt.Sprintf("aes%d-gcm96", ek.Bits)], ""
+		return keyTypeNamed(fmt.Sprintf("aes%d-gcm96", ek.Bits)), ""
 	case hsm.ImportHMAC:
 		if ek.Bits < hsm.MinHMACImportBytes*8 || ek.Bits > hsm.MaxHMACImportBytes*8 {
-			return keyType{}, fmt.Sprintf("the object is a generic secret of %d bits; an HMAC key is %d to %d bytes", ek.Bits, hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
+			return keyring.KeyType{}, fmt.Sprintf("the object is a generic secret of %d bits; an HMAC key is %d to %d bytes", ek.Bits, hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
 		}
-		kt := keyTypes["hmac"]
-		kt.bits = ek.Bits
+		kt := keyTypeNamed("hmac")
+		kt.Bits = ek.Bits
 		return kt, ""
 	case hsm.ImportRSA:
 		return rsaKeyType(ek.Bits, "the object")
 	case hsm.ImportEC:
-		return keyTypes["ecdsa-p"+strings.TrimPrefix(ek.Curve, "P-")], ""
+		return keyTypeNamed("ecdsa-p" + strings.TrimPrefix(ek.Curve, "P-")), ""
 	}
-	return keyType{}, "the object is not a key type the plugin uses"
+	return keyring.KeyType{}, "the object is not a key type the plugin uses"
 }
 
 // adoptableOps are the operations of kt the object's own attributes permit:
 // RSA and EC verification and RSA encryption happen in the plugin with the
 // public key; everything else is done by the object.
-func adoptableOps(kt keyType, ek hsm.ExistingKey) map[string]bool {
+func adoptableOps(kt keyring.KeyType, ek hsm.ExistingKey) map[string]bool {
 	ok := map[string]bool{}
-	for _, op := range kt.allowedOps {
+	for _, op := range kt.AllowedOps {
 		switch {
-		case op == opVerify && kt.asymmetric(), op == opEncrypt && kt.family == familyRSA:
+		case op == keyring.OpVerify && kt.Asymmetric(), op == keyring.OpEncrypt && kt.Family == keyring.FamilyRSA:
 			ok[op] = true
-		case op == opEncrypt || op == opWrapKey:
+		case op == keyring.OpEncrypt || op == keyring.OpWrapKey:
 			ok[op] = ek.Encrypt
-		case op == opDecrypt || op == opUnwrapKey:
+		case op == keyring.OpDecrypt || op == keyring.OpUnwrapKey:
 			ok[op] = ek.Decrypt
-		case op == opSign || op == opVerify:
+		case op == keyring.OpSign || op == keyring.OpVerify:
 			ok[op] = ek.Sign
 		}
 	}
@@ -136,8 +137,8 @@ func adoptableOps(kt keyType, ek hsm.ExistingKey) map[string]bool {
 
 func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := keyring.CheckName(name); err != nil {
+		return respondError("adopt key", err)
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
@@ -145,63 +146,60 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	}
 	sel, field, msg := adoptSelector(d, client.Slot())
 	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		return respondError("adopt key", keyring.Userf("%s", msg))
 	}
-	if strings.HasPrefix(sel.Label, objectLabelPrefix) {
-		return logical.ErrorResponse("%s: objects this plugin made (labelled %s...) belong to their keys and cannot be adopted", field, objectLabelPrefix), logical.ErrInvalidRequest
+	if strings.HasPrefix(sel.Label, keyring.ObjectLabelPrefix) {
+		return respondError("adopt key", keyring.FieldErrorf(field, "objects this plugin made (labelled %s...) belong to their keys and cannot be adopted", keyring.ObjectLabelPrefix))
 	}
 	ek, err := client.FindExistingKey(ctx, sel)
 	if err != nil {
-		if errors.Is(err, hsm.ErrInvalidInput) {
-			return logical.ErrorResponse("%s: %s", field, strings.TrimPrefix(err.Error(), hsm.ErrAdopt.Error()+": ")), logical.ErrInvalidRequest
-		}
-		return respondError("adopt key", err)
+		return respondError("adopt key", fieldOfInput(field, err))
 	}
-	if _, _, isKEK := kekLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, objectLabelPrefix) {
-		return logical.ErrorResponse("%s: the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", field, ek.Label), logical.ErrInvalidRequest
+	if _, _, isKEK := keyring.KEKLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, keyring.ObjectLabelPrefix) {
+		return respondError("adopt key", keyring.FieldErrorf(field, "the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", ek.Label))
 	}
-	if msg, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
+	if why, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
 		return respondError("adopt key", err)
-	} else if msg != "" {
-		return logical.ErrorResponse("%s: %s; a KEK never becomes a data key", field, msg), logical.ErrInvalidRequest
+	} else if why != "" {
+		return respondError("adopt key", keyring.FieldErrorf(field, "%s; a KEK never becomes a data key", why))
 	}
 	kt, msg := adoptedKeyType(ek)
 	if msg != "" {
-		return logical.ErrorResponse("%s: %s", field, msg), logical.ErrInvalidRequest
+		return respondError("adopt key", keyring.FieldErrorf(field, "%s", msg))
 	}
-	if typ := d.Get("type").(string); typ != "" && !strings.EqualFold(typ, kt.name) {
-		return logical.ErrorResponse("type %s does not match the object, which is a %s key", typ, kt.name), logical.ErrInvalidRequest
+	if typ := d.Get("type").(string); typ != "" && !strings.EqualFold(typ, kt.Name) {
+		return respondError("adopt key", keyring.Userf("type %s does not match the object, which is a %s key", typ, kt.Name))
 	}
 	extractable := ek.Extractable || !ek.Sensitive
 	if extractable && !d.Get("allow_extractable").(bool) {
-		return logical.ErrorResponse("%s: the object is extractable or not sensitive, so its key can leave the HSM; give allow_extractable=true to adopt it anyway", field), logical.ErrInvalidRequest
+		return respondError("adopt key", keyring.FieldErrorf(field, "the object is extractable or not sensitive, so its key can leave the HSM; give allow_extractable=true to adopt it anyway"))
 	}
 	permitted := adoptableOps(kt, ek)
 	var ops []string
 	if raw, ok := d.GetOk("operations"); ok && len(raw.([]string)) > 0 {
-		if ops, msg = normaliseOperations(raw.([]string), kt); msg != "" {
-			return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		if ops, err = keyring.NormaliseOperations(raw.([]string), kt); err != nil {
+			return respondError("adopt key", err)
 		}
 		for _, op := range ops {
 			if !permitted[op] {
-				return logical.ErrorResponse("operations: the object's attributes do not permit %s (see its CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN)", op), logical.ErrInvalidRequest
+				return respondError("adopt key", keyring.FieldErrorf("operations", "the object's attributes do not permit %s (see its CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN)", op))
 			}
 		}
 	} else {
-		for _, op := range kt.defaultOps {
+		for _, op := range kt.DefaultOps {
 			if permitted[op] {
 				ops = append(ops, op)
 			}
 		}
 		if len(ops) == 0 {
-			return logical.ErrorResponse("%s: the object permits none of the operations of a %s key", field, kt.name), logical.ErrInvalidRequest
+			return respondError("adopt key", keyring.FieldErrorf(field, "the object permits none of the operations of a %s key", kt.Name))
 		}
 	}
-	kv := &keyVersion{
+	kv := &keyring.Version{
 		ObjectID:        ek.ID,
 		Label:           ek.Label,
-		CreationTime:    b.now().UTC(),
-		Origin:          originAdopted,
+		CreationTime:    b.ring.Now().UTC(),
+		Origin:          keyring.OriginAdopted,
 		Extractable:     extractable,
 		DestroyOnDelete: d.Get("destroy_on_delete").(bool),
 	}
@@ -213,55 +211,56 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 		kv.PublicKey = der
 	}
 
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	k, err := loadKey(ctx, req.Storage, name)
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	k, err := keyring.Load(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 	if k == nil {
-		if resp, err := b.checkNewKeyLocked(ctx, req.Storage, conf, name, ""); resp != nil || err != nil {
-			return resp, err
+		if err := b.ring.CheckNew(ctx, req.Storage, name, conf.MaxKeys, ""); err != nil {
+			return respondError("adopt key", err)
 		}
-		k = &keyEntry{
-			Name:                 name,
-			Type:                 kt.name,
-			Bits:                 hmacBits(kt),
-			Operations:           ops,
-			State:                stateActive,
-			Description:          d.Get("description").(string),
-			Residency:            residencyHSM,
-			DeletionAllowed:      d.Get("deletion_allowed").(bool),
-			MinDecryptionVersion: 1,
-			Versions:             map[int]*keyVersion{},
-			Imported:             true,
-		}
+		k = keyring.NewEntry(keyring.Params{
+			Name: name, Type: kt, Operations: ops, Description: d.Get("description").(string), Residency: keyring.ResidencyHSM,
+			DeletionAllowed: d.Get("deletion_allowed").(bool), Imported: true,
+		})
 	} else {
-		if k.Type != kt.name {
-			return logical.ErrorResponse("%s: the object is a %s key; %q is %s", field, kt.name, name, k.Type), logical.ErrInvalidRequest
+		if k.Type != kt.Name {
+			return respondError("adopt key", keyring.FieldErrorf(field, "the object is a %s key; %q is %s", kt.Name, name, k.Type))
 		}
 		for _, op := range k.Operations {
 			if !permitted[op] {
-				return logical.ErrorResponse("%s: the object's attributes do not permit %s, which key %q allows", field, op, name), logical.ErrInvalidRequest
+				return respondError("adopt key", keyring.FieldErrorf(field, "the object's attributes do not permit %s, which key %q allows", op, name))
 			}
 		}
 		for v, existing := range k.Versions {
 			if slices.Equal(existing.ObjectID, ek.ID) {
-				return logical.ErrorResponse("%s: the object is already version %d of %q", field, v, name), logical.ErrInvalidRequest
+				return respondError("adopt key", keyring.FieldErrorf(field, "the object is already version %d of %q", v, name))
 			}
 		}
 	}
-	if err := b.storeNewVersionLocked(ctx, req.Storage, k, k.LatestVersion+1, kv); err != nil {
+	if err := b.ring.StoreNewVersion(ctx, req.Storage, k, k.LatestVersion+1, kv); err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: keyResponse(k)}, nil
+}
+
+// fieldOfInput names the field at fault in the token's refusal of an
+// input.
+func fieldOfInput(field string, err error) error {
+	var ie *hsm.InputError
+	if errors.As(err, &ie) {
+		return keyring.FieldErrorf(field, "%s", ie.Reason)
+	}
+	return err
 }
 
 // kekUse says why an object found for adoption is a KEK, or "": one of
 // this mount's KEK versions, a KEK another mount recorded on the token, or
 // a key that only wraps and unwraps.
 func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey) (string, error) {
-	st, err := b.kek(ctx, s)
+	st, err := b.ring.KEK(ctx, s)
 	if err != nil {
 		return "", err
 	}
@@ -270,12 +269,12 @@ func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Cli
 			return fmt.Sprintf("the object is version %d of this mount's KEK", v), nil
 		}
 	}
-	records, err := client.ListObjects(ctx, objectLabelPrefix)
+	records, err := client.ListObjects(ctx, keyring.ObjectLabelPrefix)
 	if err != nil {
 		return "", err
 	}
 	for _, o := range records {
-		if owner, id, ok := parseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
+		if owner, id, ok := keyring.ParseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
 			return fmt.Sprintf("the object is the KEK of mount %s", owner), nil
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func (b *backend) pathConfig() *framework.Path {
@@ -70,7 +72,7 @@ func (b *backend) pathConfig() *framework.Path {
 			"default_residency": {
 				Type:        framework.TypeString,
 				Description: "Where new keys live by default: 'hsm' (the key is a token object) or 'wrapped' (the key is kept in Vault storage wrapped by the KEK, and unwrapped into the HSM only while in use).",
-				Default:     residencyHSM,
+				Default:     keyring.ResidencyHSM,
 			},
 			"kek_label": {
 				Type:        framework.TypeString,
@@ -195,8 +197,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		copied := *old
 		conf = &copied
 	}
-	if msg := applyConfigFields(conf, d); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := applyConfigFields(conf, d); err != nil {
+		return respondError("config", err)
 	}
 	pin, pinGiven := d.GetOk("pin")
 	switch {
@@ -226,27 +228,24 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		resp.AddWarning("the token changed: keys created on the previous token are not on this one and will fail until the config names it again")
 	}
 
-	b.keysMu.Lock()
-	if err := b.ensureKEKLocked(ctx, req.Storage, client, conf); err != nil {
-		b.keysMu.Unlock()
+	b.ring.Lock()
+	if err := b.ring.EnsureKEK(ctx, req.Storage, client, conf.KEKLabel); err != nil {
+		b.ring.Unlock()
 		client.Close()
-		if errors.Is(err, hsm.ErrInvalidInput) {
-			return logical.ErrorResponse("kek_label: %s", strings.TrimPrefix(err.Error(), hsm.ErrInvalidInput.Error()+": ")), logical.ErrInvalidRequest
-		}
-		return respondError("create the KEK", err)
+		return respondError("create the KEK", fieldOfInput("kek_label", err))
 	}
-	_, created, err := b.createKeyLocked(ctx, req, client, conf, keyParams{
-		name: conf.DefaultKey, keyType: keyTypes[defaultKeyType], operations: keyTypes[defaultKeyType].defaultOps,
-		description: "default key of this mount; cannot be deleted", residency: residencyHSM,
-	})
-	b.keysMu.Unlock()
+	defaultType := keyTypeNamed(keyring.DefaultType)
+	_, created, err := b.ring.Create(ctx, req.Storage, client, keyring.Params{
+		Name: conf.DefaultKey, Type: defaultType, Operations: defaultType.DefaultOps,
+		Description: "default key of this mount; cannot be deleted", Residency: keyring.ResidencyHSM,
+	}, conf.MaxKeys)
+	b.ring.Unlock()
 	if err != nil {
 		client.Close()
-		var ue userError
-		if errors.As(err, &ue) {
-			return logical.ErrorResponse("default_key %q: %s", conf.DefaultKey, ue.msg), logical.ErrInvalidRequest
+		if status, msg := failure(err); status == http.StatusBadRequest {
+			err = keyring.Userf("default_key %q: %s", conf.DefaultKey, msg)
 		}
-		return nil, fmt.Errorf("creating the default key %q: %w", conf.DefaultKey, err)
+		return respondError(fmt.Sprintf("create the default key %q", conf.DefaultKey), err)
 	}
 	if err := storeConfig(ctx, req.Storage, conf); err != nil {
 		client.Close()
@@ -264,7 +263,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 // applyConfigFields copies the given fields into conf and returns a message
 // for the caller when one is invalid.
-func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
+func applyConfigFields(conf *mountConfig, d *framework.FieldData) error {
 	if v, ok := d.GetOk("library"); ok {
 		conf.Library = v.(string)
 	}
@@ -275,80 +274,80 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) string {
 	slot, slotOK := d.GetOk("slot")
 	switch {
 	case labelOK && slotOK && label.(string) != "":
-		return "give token_label or slot, not both"
+		return keyring.Userf("give token_label or slot, not both")
 	case labelOK && label.(string) != "":
 		conf.TokenLabel, conf.Slot = label.(string), nil
 	case slotOK:
 		if slot.(int) < 0 {
-			return "slot must not be negative"
+			return keyring.Userf("slot must not be negative")
 		}
 		s := uint(slot.(int))
 		conf.TokenLabel, conf.Slot = "", &s
 	}
 	if conf.Library == "" {
-		return "library is required: the absolute path of the PKCS#11 module"
+		return keyring.Userf("library is required: the absolute path of the PKCS#11 module")
 	}
 	if conf.TokenLabel == "" && conf.Slot == nil {
-		return "token_label or slot is required"
+		return keyring.Userf("token_label or slot is required")
 	}
 	if v, ok := d.GetOk("pool_size"); ok {
 		conf.PoolSize = v.(int)
 	}
 	if conf.PoolSize < 1 || conf.PoolSize > maxPoolSize {
-		return fmt.Sprintf("pool_size must be between 1 and %d", maxPoolSize)
+		return keyring.Userf("pool_size must be between 1 and %d", maxPoolSize)
 	}
 	if v, ok := d.GetOk("max_keys"); ok {
 		conf.MaxKeys = v.(int)
 	}
 	if conf.MaxKeys < 0 {
-		return "max_keys must be 0 (no quota) or more"
+		return keyring.Userf("max_keys must be 0 (no quota) or more")
 	}
 	if v, ok := d.GetOk("max_plaintext_bytes"); ok {
 		conf.MaxPlaintextBytes = v.(int)
 	}
 	if conf.MaxPlaintextBytes < 1 || conf.MaxPlaintextBytes > maxMaxPlaintextBytes {
-		return fmt.Sprintf("max_plaintext_bytes must be between 1 and %d", maxMaxPlaintextBytes)
+		return keyring.Userf("max_plaintext_bytes must be between 1 and %d", maxMaxPlaintextBytes)
 	}
 	if v, ok := d.GetOk("default_key"); ok {
 		conf.DefaultKey = v.(string)
 	}
-	if msg := checkKeyName(conf.DefaultKey); msg != "" {
-		return "default_key: " + msg
+	if err := keyring.CheckName(conf.DefaultKey); err != nil {
+		return keyring.Userf("default_key: %v", err)
 	}
 	if v, ok := d.GetOk("default_residency"); ok {
 		conf.DefaultResidency = strings.ToLower(v.(string))
 	}
 	switch conf.DefaultResidency {
-	case residencyHSM:
-	case residencyWrapped:
+	case keyring.ResidencyHSM:
+	case keyring.ResidencyWrapped:
 	default:
-		return fmt.Sprintf("default_residency %q is not one of: hsm, wrapped", conf.DefaultResidency)
+		return keyring.Userf("default_residency %q is not one of: hsm, wrapped", conf.DefaultResidency)
 	}
 	if v, ok := d.GetOk("kek_label"); ok {
 		conf.KEKLabel = v.(string)
 	}
-	if msg := checkKEKLabel(conf.KEKLabel); msg != "" {
-		return msg
+	if err := keyring.CheckKEKLabel(conf.KEKLabel); err != nil {
+		return err
 	}
 	if v, ok := d.GetOk("login_backoff"); ok {
 		conf.LoginBackoff = time.Duration(v.(int)) * time.Second
 	}
 	if conf.LoginBackoff < time.Second || conf.LoginBackoff > 24*time.Hour {
-		return "login_backoff must be between 1s and 24h"
+		return keyring.Userf("login_backoff must be between 1s and 24h")
 	}
 	if v, ok := d.GetOk("unwrapped_cache_ttl"); ok {
 		conf.UnwrappedCacheTTL = time.Duration(v.(int)) * time.Second
 	}
 	if conf.UnwrappedCacheTTL < time.Second {
-		return "unwrapped_cache_ttl must be at least 1s"
+		return keyring.Userf("unwrapped_cache_ttl must be at least 1s")
 	}
 	if v, ok := d.GetOk("unwrapped_cache_size"); ok {
 		conf.UnwrappedCacheSize = v.(int)
 	}
 	if conf.unwrappedCacheSize() < 1 || conf.UnwrappedCacheSize > 1_000_000 {
-		return "unwrapped_cache_size must be between 1 and 1000000"
+		return keyring.Userf("unwrapped_cache_size must be between 1 and 1000000")
 	}
-	return ""
+	return nil
 }
 
 // configOpenError explains why the token refused a config; the previous

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 const configKeysStoragePath = "config/keys"
@@ -85,34 +86,33 @@ func (b *backend) pathConfigKeysWrite(ctx context.Context, req *logical.Request,
 // (the key did not exist and the token may create), as Transit does.
 func (b *backend) upsertKey(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := keyring.CheckName(name); err != nil {
+		return respondError("encrypt", err)
 	}
 	kc, err := loadKeysConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
 	if kc.DisableUpsert {
-		return logical.ErrorResponse("no key named %q, and upsert is disabled in config/keys; create the key first", name), logical.ErrInvalidRequest
+		return respondError("encrypt", keyring.Userf("no key named %q, and upsert is disabled in config/keys; create the key first", name))
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		return respondError("encrypt", err)
 	}
-	typ := d.Get("type").(string)
-	kt, msg := resolveKeyType(typ, 0, "")
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	kt, err := keyring.ResolveType(d.Get("type").(string), 0, "")
+	if err != nil {
+		return respondError("encrypt", err)
 	}
-	if kt.family != familyAES && kt.family != familyRSA {
-		return logical.ErrorResponse("type %s cannot encrypt; upsert makes an AES or RSA key", kt.name), logical.ErrInvalidRequest
+	if !kt.Encrypts() {
+		return respondError("encrypt", keyring.Userf("type %s cannot encrypt; upsert makes an AES or RSA key", kt.Name))
 	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	_, _, err = b.createKeyLocked(ctx, req, client, conf, keyParams{
-		name: name, keyType: kt, operations: kt.defaultOps, residency: conf.DefaultResidency,
-		description: "created by encrypt (upsert)",
-	})
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	_, _, err = b.ring.Create(ctx, req.Storage, client, keyring.Params{
+		Name: name, Type: kt, Operations: kt.DefaultOps, Residency: conf.DefaultResidency,
+		Description: "created by encrypt (upsert)",
+	}, conf.MaxKeys)
 	if err != nil {
 		return respondError(fmt.Sprintf("create key %q", name), err)
 	}

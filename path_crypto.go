@@ -4,13 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
-	"net/http"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -59,7 +58,7 @@ func (b *backend) pathEncrypt() *framework.Path {
 	fields["type"] = &framework.FieldSchema{
 		Type:        framework.TypeString,
 		Description: "Type of the key to create when it does not exist (upsert, Transit's): aes128-gcm96, aes256-gcm96 (default) or an rsa type.",
-		Default:     defaultKeyType,
+		Default:     keyring.DefaultType,
 	}
 	return &framework.Path{
 		Pattern:        "encrypt/" + keyNamePattern,
@@ -115,89 +114,37 @@ var (
 	decryptFields = []string{"ciphertext", "context", "associated_data", "encryption_context", "reference", "padding_scheme"}
 )
 
-// cryptoRequest loads what every encrypt or decrypt needs, or says why the
-// request cannot go on.
-func (b *backend) cryptoRequest(ctx context.Context, req *logical.Request, d *framework.FieldData, op string, fields []string) (*hsm.Client, *mountConfig, *keyEntry, []cryptoItem, bool, *logical.Response, error) {
-	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
-	}
-	items, batch, msg := readItems(d, fields)
-	if msg != "" {
-		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
-	}
-	client, conf, err := b.hsmClient(ctx, req.Storage)
-	if err != nil {
-		resp, err := respondError(op, err)
-		return nil, nil, nil, nil, false, resp, err
-	}
-	k, err := b.cachedKey(ctx, req.Storage, name)
-	if err != nil {
-		return nil, nil, nil, nil, false, nil, err
-	}
-	if k == nil {
-		return nil, nil, nil, nil, false, logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
-	}
-	if msg := k.usable(op); msg != "" {
-		return nil, nil, nil, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
-	}
-	return client, conf, k, items, batch, nil, nil
-}
-
 func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if req.Operation == logical.CreateOperation {
 		if resp, err := b.upsertKey(ctx, req, d); resp != nil || err != nil {
 			return resp, err
 		}
 	}
-	client, conf, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opEncrypt, encryptFields)
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpEncrypt, encryptFields)
+	if err != nil {
+		return respondError("encrypt", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		ciphertext, version, err := b.encryptItem(ctx, client, conf, k, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		results[i] = batchResult{Ciphertext: ciphertext, KeyVersion: version}
-	}
-	b.stats.add("encrypt", int64(len(items)))
-	if batch {
-		return batchResponse(req, d, batchEncrypt, results, items)
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("encrypt", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{
-		"ciphertext":  results[0].Ciphertext,
-		"key_version": results[0].KeyVersion,
-	}}, nil
+	results := b.each(r, "encrypt", func(item cryptoItem) (batchResult, error) {
+		ciphertext, version, err := b.encryptItem(ctx, r.client, r.conf, r.key, item)
+		return batchResult{Ciphertext: ciphertext, KeyVersion: version}, err
+	})
+	return answer(req, d, r, "encrypt", batchEncrypt, true, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"ciphertext": res.Ciphertext, "key_version": res.KeyVersion}
+	})
 }
 
 func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opDecrypt, decryptFields)
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpDecrypt, decryptFields)
+	if err != nil {
+		return respondError("decrypt", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		plaintext, _, err := b.decryptItem(ctx, client, k, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		results[i] = batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext)}
-	}
-	b.stats.add("decrypt", int64(len(items)))
-	if batch {
-		return batchResponse(req, d, batchDecrypt, results, items)
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("decrypt", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"plaintext": results[0].Plaintext}}, nil
+	results := b.each(r, "decrypt", func(item cryptoItem) (batchResult, error) {
+		plaintext, _, err := b.decryptItem(ctx, r.client, r.key, item)
+		return batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext)}, err
+	})
+	return answer(req, d, r, "decrypt", batchDecrypt, true, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"plaintext": res.Plaintext}
+	})
 }
 
 // itemAAD decodes an item's context fields into the AAD of its domain
@@ -209,44 +156,44 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	}
 	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
 	if err != nil {
-		return nil, userErrorf("context is not valid base64")
+		return nil, keyring.Userf("context is not valid base64")
 	}
 	ad, err := base64.StdEncoding.DecodeString(item.AssociatedData)
 	if err != nil {
-		return nil, userErrorf("associated_data is not valid base64")
+		return nil, keyring.Userf("associated_data is not valid base64")
 	}
 	return wire.AAD(domain, ctxBytes, ad, item.EncryptionContext), nil
 }
 
-func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyEntry, item cryptoItem) (string, int, error) {
-	if k.keyType().family == familyRSA {
+func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyring.Entry, item cryptoItem) (string, int, error) {
+	if k.KeyType().EncryptsRSA() {
 		return b.encryptRSA(k, item)
 	}
 	if item.PaddingScheme != "" {
-		return "", 0, userErrorf("padding_scheme applies only to RSA keys")
+		return "", 0, keyring.Userf("padding_scheme applies only to RSA keys")
 	}
 	if !item.plaintextGiven {
-		return "", 0, userErrorf("missing plaintext to encrypt")
+		return "", 0, keyring.Userf("missing plaintext to encrypt")
 	}
 	if base64.StdEncoding.DecodedLen(len(item.Plaintext)) > conf.MaxPlaintextBytes+2 {
-		return "", 0, userErrorf("plaintext is larger than max_plaintext_bytes (%d bytes); encrypt a data key instead (envelope encryption)", conf.MaxPlaintextBytes)
+		return "", 0, keyring.Userf("plaintext is larger than max_plaintext_bytes (%d bytes); encrypt a data key instead (envelope encryption)", conf.MaxPlaintextBytes)
 	}
 	plaintext, err := base64.StdEncoding.DecodeString(item.Plaintext)
 	if err != nil {
-		return "", 0, userErrorf("plaintext is not valid base64")
+		return "", 0, keyring.Userf("plaintext is not valid base64")
 	}
 	if len(plaintext) > conf.MaxPlaintextBytes {
-		return "", 0, userErrorf("plaintext is %d bytes, larger than max_plaintext_bytes (%d); encrypt a data key instead (envelope encryption)", len(plaintext), conf.MaxPlaintextBytes)
+		return "", 0, keyring.Userf("plaintext is %d bytes, larger than max_plaintext_bytes (%d); encrypt a data key instead (envelope encryption)", len(plaintext), conf.MaxPlaintextBytes)
 	}
 	aad, err := itemAAD(item)
 	if err != nil {
 		return "", 0, err
 	}
-	version, kv, msg := k.encryptionVersion(item.KeyVersion)
-	if msg != "" {
-		return "", 0, userError{msg: msg}
+	version, kv, err := k.EncryptionVersion(item.KeyVersion)
+	if err != nil {
+		return "", 0, err
 	}
-	release, err := b.pinVersion(ctx, client, k, kv)
+	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return "", 0, err
 	}
@@ -261,33 +208,33 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 // decryptItem opens a ciphertext of the item's domain; an item with none
 // opens ordinary ciphertexts and, failing that, data keys (decrypt opens
 // what datakey made, as in Transit). It returns the domain that opened it.
-func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEntry, item cryptoItem) ([]byte, string, error) {
+func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, item cryptoItem) ([]byte, string, error) {
 	version, blob, err := wire.Parse(wire.NounCiphertext, item.Ciphertext)
 	if err != nil {
 		return nil, "", err
 	}
-	kv, msg := k.decryptionVersion(version)
-	if msg != "" {
-		return nil, "", userError{msg: msg}
+	kv, err := k.DecryptionVersion(version, wire.NounCiphertext)
+	if err != nil {
+		return nil, "", err
 	}
-	release, err := b.pinVersion(ctx, client, k, kv)
+	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return nil, "", err
 	}
 	defer release()
-	if k.keyType().family == familyRSA {
+	if k.KeyType().EncryptsRSA() {
 		plaintext, err := b.decryptRSA(ctx, client, kv, item, blob)
 		return plaintext, "", err
 	}
 	if item.PaddingScheme != "" {
-		return nil, "", userErrorf("padding_scheme applies only to RSA keys")
+		return nil, "", keyring.Userf("padding_scheme applies only to RSA keys")
 	}
 	transit := opensTransitLayout(kv, item)
 	domains := []string{item.domain}
 	switch {
 	case item.domain == "":
 		domains = []string{wire.DomainAEAD, wire.DomainDataKey}
-	case item.domain == wire.DomainDataKey && kv.sealedDataKeysAsOrdinary():
+	case item.domain == wire.DomainDataKey && kv.SealedDataKeysAsOrdinary():
 		domains = []string{wire.DomainDataKey, wire.DomainAEAD}
 	}
 	for _, domain := range domains {
@@ -307,7 +254,7 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 		// associated_data alone. rewrap writes it in the plugin's layout.
 		ad, aerr := base64.StdEncoding.DecodeString(item.AssociatedData)
 		if aerr != nil {
-			return nil, "", userErrorf("associated_data is not valid base64")
+			return nil, "", keyring.Userf("associated_data is not valid base64")
 		}
 		plaintext, terr := client.DecryptGCMForeign(ctx, kv.ObjectID, blob, ad)
 		if !errors.Is(terr, hsm.ErrDecrypt) {
@@ -320,39 +267,8 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyEnt
 // opensTransitLayout: an ordinary decrypt (not a data key's) on a version
 // imported from Transit, with no context Transit would have derived a key
 // from.
-func opensTransitLayout(kv *keyVersion, item cryptoItem) bool {
+func opensTransitLayout(kv *keyring.Version, item cryptoItem) bool {
 	return kv.TransitLayout && item.domain == "" && item.Context == "" && len(item.EncryptionContext) == 0
-}
-
-// itemFailure turns an item's error into its batch result.
-func itemFailure(err error) batchResult {
-	var ue userError
-	var ie *wire.InputError
-	switch {
-	case errors.As(err, &ue):
-		return batchResult{Error: ue.msg}
-	case errors.As(err, &ie):
-		return batchResult{Error: ie.Error()}
-	case errors.Is(err, hsm.ErrDecrypt):
-		return batchResult{Error: decryptFailedMsg}
-	case errors.Is(err, hsm.ErrInvalidInput):
-		return batchResult{Error: err.Error()}
-	case hsmUnavailable(err):
-		return batchResult{Error: err.Error(), internal: true, unavailable: true}
-	}
-	return batchResult{Error: fmt.Sprintf("internal error: %v", err), internal: true}
-}
-
-const decryptFailedMsg = "ciphertext could not be decrypted: it was altered, made by another key, or the context, associated_data or encryption_context differ"
-
-func singleFailure(op string, r batchResult) (*logical.Response, error) {
-	if r.unavailable {
-		return nil, logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf("%s: %s", op, r.Error))
-	}
-	if r.internal {
-		return nil, fmt.Errorf("%s: %s", op, r.Error)
-	}
-	return logical.ErrorResponse(r.Error), logical.ErrInvalidRequest
 }
 
 const pathEncryptHelpDesc = `

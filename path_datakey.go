@@ -6,7 +6,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -86,26 +86,27 @@ the decrypt operation, opens both.)
 func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	bits := d.Get("bits").(int)
 	if bits < minDatakeyBits || bits > maxDatakeyBits || bits%8 != 0 {
-		return logical.ErrorResponse("bits must be between %d and %d and a multiple of 8, not %d", minDatakeyBits, maxDatakeyBits, bits), logical.ErrInvalidRequest
+		return respondError("datakey", keyring.Userf("bits must be between %d and %d and a multiple of 8, not %d", minDatakeyBits, maxDatakeyBits, bits))
 	}
-	client, _, k, items, _, resp, err := b.cryptoRequest(ctx, req, d, opWrapKey, []string{"context", "associated_data", "encryption_context", "key_version"})
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpWrapKey, []string{"context", "associated_data", "encryption_context", "key_version"})
+	if err != nil {
+		return respondError("datakey", err)
 	}
-	if k.keyType().family != familyAES {
-		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
+	client, k := r.client, r.key
+	if !k.KeyType().EncryptsGCM() {
+		return respondError("datakey", keyring.Userf("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type))
 	}
-	item := items[0]
+	item := r.items[0]
 	item.domain = wire.DomainDataKey
 	aad, err := itemAAD(item)
 	if err != nil {
-		return singleFailure("datakey", itemFailure(err))
+		return respondError("datakey", err)
 	}
-	version, kv, msg := k.encryptionVersion(item.KeyVersion)
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	version, kv, err := k.EncryptionVersion(item.KeyVersion)
+	if err != nil {
+		return respondError("datakey", err)
 	}
-	release, err := b.pinVersion(ctx, client, k, kv)
+	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return respondError("datakey", err)
 	}
@@ -128,18 +129,18 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 }
 
 func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, _, resp, err := b.cryptoRequest(ctx, req, d, opUnwrapKey, []string{"ciphertext", "context", "associated_data", "encryption_context"})
-	if resp != nil || err != nil {
-		return resp, err
-	}
-	if k.keyType().family != familyAES {
-		return logical.ErrorResponse("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type), logical.ErrInvalidRequest
-	}
-	item := items[0]
-	item.domain = wire.DomainDataKey // never what encrypt made
-	plaintext, _, err := b.decryptItem(ctx, client, k, item)
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpUnwrapKey, []string{"ciphertext", "context", "associated_data", "encryption_context"})
 	if err != nil {
-		return singleFailure("datakey decrypt", itemFailure(err))
+		return respondError("datakey decrypt", err)
+	}
+	if !r.key.KeyType().EncryptsGCM() {
+		return respondError("datakey decrypt", keyring.Userf("key %q is of type %s; data keys are wrapped by AES keys", r.key.Name, r.key.Type))
+	}
+	item := r.items[0]
+	item.domain = wire.DomainDataKey // never what encrypt made
+	plaintext, _, err := b.decryptItem(ctx, r.client, r.key, item)
+	if err != nil {
+		return respondError("datakey decrypt", err)
 	}
 	defer clear(plaintext)
 	b.stats.count("datakey_decrypt")

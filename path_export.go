@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 const exportTypePublicKey = "public-key"
@@ -39,21 +40,18 @@ key, for openssl or any other verifier or encryptor:
 
 func (b *backend) pathExportRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := keyring.CheckName(name); err != nil {
+		return respondError("export", err)
 	}
 	if typ := d.Get("type").(string); typ != exportTypePublicKey {
-		return logical.ErrorResponse("export type %q is not available: only public-key; key material never leaves the HSM", typ), logical.ErrInvalidRequest
+		return respondError("export", keyring.Userf("export type %q is not available: only public-key; key material never leaves the HSM", typ))
 	}
-	k, err := b.cachedKey(ctx, req.Storage, name)
+	k, err := b.ring.Resolve(ctx, req.Storage, name)
 	if err != nil {
-		return nil, err
+		return respondError("export", err)
 	}
-	if k == nil {
-		return logical.ErrorResponse("no key named %q in this mount", name), logical.ErrInvalidRequest
-	}
-	if !k.keyType().asymmetric() {
-		return logical.ErrorResponse("key %q is of type %s and has no public key", name, k.Type), logical.ErrInvalidRequest
+	if !k.KeyType().Asymmetric() {
+		return respondError("export", keyring.Userf("key %q is of type %s and has no public key", name, k.Type))
 	}
 	keys, msg := exportPublicKeys(k, d.Get("version").(string))
 	if msg != "" {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -93,29 +93,29 @@ func (b *backend) pathKeyTrimWrite(ctx context.Context, req *logical.Request, d 
 	if err != nil {
 		return respondError("trim", err)
 	}
-	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
-	if k == nil {
-		return resp, err
+	k, unlock, err := b.ring.ForChange(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return respondError("trim", err)
 	}
 	defer unlock()
 	minAvailable := d.Get("min_available_version").(int)
 	current := max(k.MinAvailableVersion, 1)
 	switch {
 	case minAvailable <= 0:
-		return logical.ErrorResponse("min_available_version must be 1 or more"), logical.ErrInvalidRequest
+		return respondError("trim", keyring.Userf("min_available_version must be 1 or more"))
 	case minAvailable < current:
-		return logical.ErrorResponse("min_available_version %d is below the current one, %d; trimmed versions are gone", minAvailable, current), logical.ErrInvalidRequest
+		return respondError("trim", keyring.Userf("min_available_version %d is below the current one, %d; trimmed versions are gone", minAvailable, current))
 	case minAvailable > k.MinDecryptionVersion:
-		return logical.ErrorResponse("min_available_version %d must not exceed min_decryption_version %d", minAvailable, k.MinDecryptionVersion), logical.ErrInvalidRequest
+		return respondError("trim", keyring.Userf("min_available_version %d must not exceed min_decryption_version %d", minAvailable, k.MinDecryptionVersion))
 	case k.MinEncryptionVersion != 0 && minAvailable > k.MinEncryptionVersion:
-		return logical.ErrorResponse("min_available_version %d must not exceed min_encryption_version %d", minAvailable, k.MinEncryptionVersion), logical.ErrInvalidRequest
+		return respondError("trim", keyring.Userf("min_available_version %d must not exceed min_encryption_version %d", minAvailable, k.MinEncryptionVersion))
 	}
 	var warnings []string
 	for v, kv := range k.Versions {
 		if v >= minAvailable {
 			continue
 		}
-		w, err := destroyVersion(ctx, client, v, kv)
+		w, err := keyring.DestroyVersion(ctx, client, v, kv)
 		warnings = append(warnings, w...)
 		if err != nil {
 			return respondError(fmt.Sprintf("trim key %q", k.Name), err)
@@ -123,10 +123,10 @@ func (b *backend) pathKeyTrimWrite(ctx context.Context, req *logical.Request, d 
 		delete(k.Versions, v)
 	}
 	k.MinAvailableVersion = minAvailable
-	if err := b.saveKey(ctx, req.Storage, k); err != nil {
+	if err := b.ring.Save(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: k.keyResponse(), Warnings: warnings}, nil
+	return &logical.Response{Data: keyResponse(k), Warnings: warnings}, nil
 }
 
 const cacheConfigStoragePath = "cache-config"

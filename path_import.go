@@ -3,10 +3,10 @@ package hsmkms
 import (
 	"context"
 	"crypto"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -125,7 +126,7 @@ type importRequest struct {
 	material   keyMaterial // jwk or public_key
 	ciphertext []byte      // BYOK
 	hash       crypto.Hash
-	keyType    keyType
+	keyType    keyring.KeyType
 }
 
 func (r importRequest) field() string {
@@ -187,14 +188,14 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 		return importRequest{}, "ciphertext must be base64 of Transit's BYOK form"
 	}
 	if typ == "" {
-		typ = defaultKeyType
+		typ = keyring.DefaultType
 	}
-	kt, msg := resolveKeyType(typ, 0, "")
-	if msg != "" {
-		return importRequest{}, msg
+	kt, err := keyring.ResolveType(typ, 0, "")
+	if err != nil {
+		return importRequest{}, err.Error()
 	}
-	if kt.family == familyEd25519 {
-		return importRequest{}, "type ed25519 cannot be imported: Ed25519 keys are generated in the HSM (keys/:name type=ed25519)"
+	if !kt.Importable() {
+		return importRequest{}, fmt.Sprintf("type %s cannot be imported: such keys are generated in the HSM (keys/:name type=%s)", kt.Name, kt.Name)
 	}
 	return importRequest{ciphertext: blob, hash: hash, keyType: kt}, ""
 }
@@ -202,24 +203,24 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 // importOperations decides a new imported key's operations.
 func importOperations(d *framework.FieldData, r importRequest) ([]string, string) {
 	kt := r.keyType
-	ops := kt.defaultOps
+	ops := kt.DefaultOps
 	// A JWK without its private part is most likely a mistake: it becomes
 	// a public key only when operations say so. public_key is explicit.
 	if r.publicOnly() && r.material.field == "public_key" {
-		ops = []string{opVerify}
-		if kt.family == familyRSA {
-			ops = []string{opVerify, opEncrypt}
+		ops = []string{keyring.OpVerify}
+		if kt.EncryptsRSA() {
+			ops = []string{keyring.OpVerify, keyring.OpEncrypt}
 		}
 	}
 	if raw, ok := d.GetOk("operations"); ok && len(raw.([]string)) > 0 {
-		var msg string
-		if ops, msg = normaliseOperations(raw.([]string), kt); msg != "" {
-			return nil, msg
+		var err error
+		if ops, err = keyring.NormaliseOperations(raw.([]string), kt); err != nil {
+			return nil, err.Error()
 		}
 	}
 	if r.publicOnly() {
 		for _, op := range ops {
-			if op == opSign || op == opDecrypt || op == opUnwrapKey {
+			if op == keyring.OpSign || op == keyring.OpDecrypt || op == keyring.OpUnwrapKey {
 				field := r.material.field
 				part := "d is missing"
 				if field == "public_key" {
@@ -234,79 +235,48 @@ func importOperations(d *framework.FieldData, r importRequest) ([]string, string
 
 func (b *backend) pathImportWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	if msg := checkKeyName(name); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := keyring.CheckName(name); err != nil {
+		return respondError("import key", err)
 	}
 	for _, field := range []string{"exportable", "derived", "allow_plaintext_backup", "convergent_encryption"} {
 		if v, ok := d.GetOk(field); ok && v.(bool) {
-			return logical.ErrorResponse("%s=true is not supported: keys here live in the HSM and never leave it, and are not derived", field), logical.ErrInvalidRequest
+			return respondError("import key", keyring.Userf("%s=true is not supported: keys here live in the HSM and never leave it, and are not derived", field))
 		}
 	}
 	r, msg := readImportRequest(d, "")
 	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		return respondError("import key", keyring.Userf("%s", msg))
 	}
 	ops, msg := importOperations(d, r)
 	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		return respondError("import key", keyring.Userf("%s", msg))
 	}
 	allowRotation := d.Get("allow_rotation").(bool)
 	autoRotate := time.Duration(d.Get("auto_rotate_period").(int)) * time.Second
 	if autoRotate != 0 && !allowRotation {
-		return logical.ErrorResponse("auto_rotate_period needs allow_rotation=true on an imported key"), logical.ErrInvalidRequest
+		return respondError("import key", keyring.Userf("auto_rotate_period needs allow_rotation=true on an imported key"))
 	}
-	if autoRotate != 0 && autoRotate < minAutoRotatePeriod {
-		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
+	p := keyring.Params{
+		Name: name, Type: r.keyType, Operations: ops, Description: d.Get("description").(string), Residency: keyring.ResidencyHSM,
+		DeletionAllowed: d.Get("deletion_allowed").(bool), AutoRotatePeriod: autoRotate, Imported: true, AllowRotation: allowRotation,
+	}
+	if err := p.Check(); err != nil {
+		return respondError("import key", err)
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		return respondError("import key", err)
 	}
-	k := &keyEntry{
-		Name:                 name,
-		Type:                 r.keyType.name,
-		Bits:                 hmacBits(r.keyType),
-		Operations:           ops,
-		State:                stateActive,
-		Description:          d.Get("description").(string),
-		Residency:            residencyHSM,
-		DeletionAllowed:      d.Get("deletion_allowed").(bool),
-		AutoRotatePeriod:     autoRotate,
-		MinDecryptionVersion: 1,
-		Versions:             map[int]*keyVersion{},
-		Imported:             true,
-		AllowRotation:        allowRotation,
+	k := keyring.NewEntry(p)
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	if err := b.ring.CheckNew(ctx, req.Storage, name, conf.MaxKeys, "use import_version to add a version"); err != nil {
+		return respondError("import key", err)
 	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	if resp, err := b.checkNewKeyLocked(ctx, req.Storage, conf, name, "use import_version to add a version"); resp != nil || err != nil {
-		return resp, err
+	if err := b.ring.ImportVersion(ctx, req.Storage, client, k, r.keyType, r.source()); err != nil {
+		return respondError(fmt.Sprintf("import key %q", name), importError(r.field(), err))
 	}
-	if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
-		return importFailure(name, r.field(), err)
-	}
-	return &logical.Response{Data: k.keyResponse()}, nil
-}
-
-// checkNewKeyLocked refuses a name in use and a full quota.
-func (b *backend) checkNewKeyLocked(ctx context.Context, s logical.Storage, conf *mountConfig, name, hint string) (*logical.Response, error) {
-	existing, err := loadKey(ctx, s, name)
-	if err != nil {
-		return nil, err
-	}
-	if existing != nil {
-		return logical.ErrorResponse("key %q already exists; %s", name, hint), logical.ErrInvalidRequest
-	}
-	if conf.MaxKeys > 0 {
-		names, err := s.List(ctx, keyStoragePrefix)
-		if err != nil {
-			return nil, fmt.Errorf("counting keys: %w", err)
-		}
-		if len(names) >= conf.MaxKeys {
-			return logical.ErrorResponse("the quota of %d keys (max_keys) is reached; delete a key or raise max_keys in config", conf.MaxKeys), logical.ErrInvalidRequest
-		}
-	}
-	return nil, nil
+	return &logical.Response{Data: keyResponse(k)}, nil
 }
 
 func (b *backend) pathImportVersionWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -314,133 +284,48 @@ func (b *backend) pathImportVersionWrite(ctx context.Context, req *logical.Reque
 	if err != nil {
 		return respondError("import key version", err)
 	}
-	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
-	if k == nil {
-		return resp, err
+	k, unlock, err := b.ring.ForChange(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return respondError("import key version", err)
 	}
 	defer unlock()
 	if !k.Imported {
-		return logical.ErrorResponse("key %q was generated in the HSM, not imported; import_version adds versions only to imported or adopted keys (rotate makes a new version)", k.Name), logical.ErrInvalidRequest
+		return respondError("import key version", keyring.Userf("key %q was generated in the HSM, not imported; import_version adds versions only to imported or adopted keys (rotate makes a new version)", k.Name))
 	}
 	r, msg := readImportRequest(d, k.Type)
 	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		return respondError("import key version", keyring.Userf("%s", msg))
 	}
-	if r.keyType.name != k.Type {
-		return logical.ErrorResponse("the key given is a %s key; %q is %s", r.keyType.name, k.Name, k.Type), logical.ErrInvalidRequest
+	if r.keyType.Name != k.Type {
+		return respondError("import key version", keyring.Userf("the key given is a %s key; %q is %s", r.keyType.Name, k.Name, k.Type))
 	}
-	if r.publicOnly() && slices.ContainsFunc(k.Operations, func(op string) bool { return op == opSign || op == opDecrypt }) {
-		return logical.ErrorResponse("%s: a public key alone cannot be a version of %q, which signs or decrypts", r.material.field, k.Name), logical.ErrInvalidRequest
+	if r.publicOnly() && slices.ContainsFunc(k.Operations, func(op string) bool { return op == keyring.OpSign || op == keyring.OpDecrypt }) {
+		return respondError("import key version", keyring.FieldErrorf(r.material.field, "a public key alone cannot be a version of %q, which signs or decrypts", k.Name))
 	}
-	if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
-		return importFailure(k.Name, r.field(), err)
+	if err := b.ring.ImportVersion(ctx, req.Storage, client, k, r.keyType, r.source()); err != nil {
+		return respondError(fmt.Sprintf("import key %q", k.Name), importError(r.field(), err))
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: keyResponse(k)}, nil
 }
 
-// importFailure answers an import's error: the caller's input is a 400
-// naming the field, the HSM's failure a 503.
-func importFailure(name, field string, err error) (*logical.Response, error) {
-	var ue userError
+// importError names the field at fault in an import's input errors: the
+// token's refusal of what the caller sent is about that field.
+func importError(field string, err error) error {
+	var ie *hsm.InputError
 	switch {
-	case errors.As(err, &ue):
-		return logical.ErrorResponse(ue.msg), logical.ErrInvalidRequest
 	case errors.Is(err, hsm.ErrNotUnwrapped):
-		return logical.ErrorResponse("ciphertext %s", hsm.ErrNotUnwrapped.Error()), logical.ErrInvalidRequest
+		return keyring.Userf("ciphertext %s", hsm.ErrNotUnwrapped.Error())
 	case errors.Is(err, hsm.ErrNoKeyWrap):
-		return logical.ErrorResponse("%s", err.Error()), logical.ErrInvalidRequest
-	case errors.Is(err, hsm.ErrInvalidInput):
-		return logical.ErrorResponse("%s: %s", field, strings.TrimPrefix(err.Error(), hsm.ErrInvalidInput.Error()+": ")), logical.ErrInvalidRequest
+		return keyring.Userf("%s", err.Error())
+	case errors.As(err, &ie):
+		return keyring.FieldErrorf(field, "%s", ie.Reason)
 	}
-	return respondError(fmt.Sprintf("import key %q", name), err)
+	return err
 }
 
-// importVersionLocked puts the key of r on the token as k's next version
-// and stores k. Callers hold keysMu. As with generated keys, a WAL entry
-// written before the object exists lets a crash be rolled back.
-func (b *backend) importVersionLocked(ctx context.Context, s logical.Storage, client *hsm.Client, k *keyEntry, r importRequest) error {
-	version := k.LatestVersion + 1
-	kv := &keyVersion{CreationTime: b.now().UTC(), Origin: originImported}
-	if r.publicOnly() {
-		der, err := x509.MarshalPKIXPublicKey(r.material.public)
-		if err != nil {
-			return fmt.Errorf("encoding the public key: %w", err)
-		}
-		kv.PublicKey = der
-		return b.storeNewVersionLocked(ctx, s, k, version, kv)
-	}
-	obj, err := b.beginObject(ctx, s, client, k.Name, objectLabel(b.owner, k.Name, version))
-	if err != nil {
-		return err
-	}
-	spec := importSpec(r.keyType, k.Operations, obj.ID, obj.Label, r.material.public)
-	var got hsm.Imported
-	if r.ciphertext != nil {
-		var w *wrappingKeyEntry
-		var wk hsm.WrappingKey
-		if w, err = loadWrappingKey(ctx, s); err == nil {
-			if w == nil {
-				err = userErrorf("ciphertext: this mount has no wrapping key yet; read wrapping_key and wrap the key for it")
-			} else {
-				wk, err = w.hsmKey()
-			}
-		}
-		if err == nil {
-			got, err = client.ImportWrapped(ctx, wk, r.ciphertext, r.hash, spec)
-		}
-	} else {
-		if spec.Kind == hsm.ImportHMAC {
-			spec.Bits = len(r.material.material) * 8
-		}
-		got, err = client.ImportMaterial(ctx, r.material.material, spec)
-	}
-	if err != nil {
-		obj.abandon(ctx)
-		return err
-	}
-	kv.ObjectID, kv.Label = obj.ID, obj.Label
-	kv.TransitLayout = r.keyType.family == familyAES
-	if got.Public != nil {
-		der, err := x509.MarshalPKIXPublicKey(got.Public)
-		if err != nil {
-			obj.abandon(ctx)
-			return fmt.Errorf("encoding the public key: %w", err)
-		}
-		kv.PublicKey = der
-	}
-	if r.keyType.family == familyHMAC && r.ciphertext != nil && got.ValueLen > 0 && version == 1 {
-		k.Bits = got.ValueLen * 8
-	}
-	var companion *pendingObject
-	if r.keyType.family == familyAES {
-		if companion, err = b.makeHMACCompanion(ctx, s, client, k.Name, obj.Label); err != nil {
-			obj.abandon(ctx)
-			return err
-		}
-		kv.HMACObjectID = companion.ID
-	}
-	return b.storeNewVersionLocked(ctx, s, k, version, kv, obj, companion)
-}
-
-// storeNewVersionLocked adds kv as version and stores k, then settles the
-// WAL entries of the objects it names. On a failed write the objects are
-// left to the WAL rollback: the write may have landed (an error from
-// storage is ambiguous), and the rollback looks in storage first.
-func (b *backend) storeNewVersionLocked(ctx context.Context, s logical.Storage, k *keyEntry, version int, kv *keyVersion, objects ...*pendingObject) error {
-	k.Versions[version] = kv
-	k.LatestVersion = version
-	if err := b.saveKey(ctx, s, k); err != nil {
-		delete(k.Versions, version)
-		k.LatestVersion = version - 1
-		if len(objects) > 0 {
-			b.Logger().Warn("storing a new key version failed; its HSM objects are left to the WAL rollback", "key", k.Name, "version", version, "error", err)
-		}
-		return err
-	}
-	for _, obj := range objects {
-		obj.stored(ctx)
-	}
-	return nil
+// source is what the ring imports.
+func (r importRequest) source() keyring.ImportSource {
+	return keyring.ImportSource{Material: r.material.material, Public: r.material.public, Ciphertext: r.ciphertext, Hash: r.hash}
 }
 
 // importJWKList is the seeds' form of create: POST keys/:name with keys, a
@@ -449,10 +334,10 @@ func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *fr
 	name := d.Get("name").(string)
 	list, ok := raw.([]interface{})
 	if !ok || len(list) == 0 {
-		return logical.ErrorResponse("keys must be a non-empty list of JSON Web Keys"), logical.ErrInvalidRequest
+		return respondError("import key", keyring.Userf("keys must be a non-empty list of JSON Web Keys"))
 	}
-	if r, ok := d.GetOk("residency"); ok && r.(string) != "" && !strings.EqualFold(r.(string), residencyHSM) {
-		return logical.ErrorResponse("residency %q: imported keys are HSM objects (residency hsm); leave residency out, or generate the key with residency=wrapped", r), logical.ErrInvalidRequest
+	if r, ok := d.GetOk("residency"); ok && r.(string) != "" && !strings.EqualFold(r.(string), keyring.ResidencyHSM) {
+		return respondError("import key", keyring.Userf("residency %q: imported keys are HSM objects (residency hsm); leave residency out, or generate the key with residency=wrapped", r))
 	}
 	typ, _ := d.Raw["type"].(string)
 	var requests []importRequest
@@ -461,8 +346,8 @@ func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *fr
 		if msg != "" {
 			return logical.ErrorResponse("keys[%d]: %s", i, msg), logical.ErrInvalidRequest
 		}
-		if i > 0 && m.keyType.name != requests[0].keyType.name {
-			return logical.ErrorResponse("keys[%d] is a %s key; keys[0] is %s: all versions have one type", i, m.keyType.name, requests[0].keyType.name), logical.ErrInvalidRequest
+		if i > 0 && m.keyType.Name != requests[0].keyType.Name {
+			return logical.ErrorResponse("keys[%d] is a %s key; keys[0] is %s: all versions have one type", i, m.keyType.Name, requests[0].keyType.Name), logical.ErrInvalidRequest
 		}
 		requests = append(requests, importRequest{material: m, keyType: m.keyType})
 	}
@@ -475,36 +360,28 @@ func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *fr
 			return logical.ErrorResponse("keys[%d] has no private part, unlike keys[0]", i), logical.ErrInvalidRequest
 		}
 	}
+	p := keyring.Params{
+		Name: name, Type: requests[0].keyType, Operations: ops, Description: d.Get("description").(string),
+		Residency: keyring.ResidencyHSM, DeletionAllowed: d.Get("deletion_allowed").(bool), Imported: true,
+	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		return respondError("import key", err)
 	}
-	k := &keyEntry{
-		Name:                 name,
-		Type:                 requests[0].keyType.name,
-		Bits:                 hmacBits(requests[0].keyType),
-		Operations:           ops,
-		State:                stateActive,
-		Description:          d.Get("description").(string),
-		Residency:            residencyHSM,
-		DeletionAllowed:      d.Get("deletion_allowed").(bool),
-		MinDecryptionVersion: 1,
-		Versions:             map[int]*keyVersion{},
-		Imported:             true,
-	}
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	if resp, err := b.checkNewKeyLocked(ctx, req.Storage, conf, name, "use keys/"+name+"/import_version to add a version"); resp != nil || err != nil {
-		return resp, err
+	k := keyring.NewEntry(p)
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	if err := b.ring.CheckNew(ctx, req.Storage, name, conf.MaxKeys, "use keys/"+name+"/import_version to add a version"); err != nil {
+		return respondError("import key", err)
 	}
 	for i, r := range requests {
-		if err := b.importVersionLocked(ctx, req.Storage, client, k, r); err != nil {
-			resp, rerr := importFailure(name, fmt.Sprintf("keys[%d]", i), err)
-			if i > 0 && resp != nil && resp.Data != nil {
-				resp.Data["error"] = fmt.Sprintf("%v (versions 1 to %d were imported)", resp.Data["error"], i)
+		if err := b.ring.ImportVersion(ctx, req.Storage, client, k, r.keyType, r.source()); err != nil {
+			err = importError(fmt.Sprintf("keys[%d]", i), err)
+			if status, msg := failure(err); i > 0 && status == http.StatusBadRequest {
+				err = keyring.Userf("%s (versions 1 to %d were imported)", msg, i)
 			}
-			return resp, rerr
+			return respondError(fmt.Sprintf("import key %q", name), err)
 		}
 	}
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: keyResponse(k)}, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/tink-crypto/tink-go/v2/kwp/subtle"
 )
 
@@ -49,7 +50,7 @@ func TestImportedAESKeyOpensTransitCiphertexts(t *testing.T) {
 	_, _ = rand.Read(key)
 	resp := m.mustOK(logical.UpdateOperation, "keys/moved/import", map[string]interface{}{"jwk": jwkOf(t, key)})
 	objects := resp.Data["hsm_objects"].(map[string]map[string]interface{})
-	if resp.Data["imported_key"] != true || objects["1"]["origin"] != originImported || objects["1"]["transit_layout"] != true {
+	if resp.Data["imported_key"] != true || objects["1"]["origin"] != keyring.OriginImported || objects["1"]["transit_layout"] != true {
 		t.Fatalf("import response: %v", resp.Data)
 	}
 	ad := []byte("tenant-7")

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func TestCreateEveryAESSizeBothForms(t *testing.T) {
@@ -30,7 +31,7 @@ func TestCreateEveryAESSizeBothForms(t *testing.T) {
 		{"jwk256", map[string]interface{}{"type": "oct", "size": 256}, "aes256-gcm96"},
 	} {
 		resp := m.mustOK(logical.UpdateOperation, "keys/"+tc.name, tc.data)
-		if resp.Data["type"] != tc.typ || resp.Data["state"] != stateActive || resp.Data["latest_version"] != 1 {
+		if resp.Data["type"] != tc.typ || resp.Data["state"] != keyring.StateActive || resp.Data["latest_version"] != 1 {
 			t.Fatalf("%s: %v", tc.name, resp.Data)
 		}
 		if got := decrypt(t, m, tc.name, encrypt(t, m, tc.name, "hello "+tc.name, nil), nil); got != "hello "+tc.name {
@@ -151,7 +152,7 @@ func TestDeactivatedKeyRefusesCrypto(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": "ZGF0YQ=="}, "is deactivated")
 	m.mustFail(logical.UpdateOperation, "decrypt/k", map[string]interface{}{"ciphertext": ct}, "is deactivated")
 	resp := m.mustOK(logical.ReadOperation, "keys/k", nil)
-	if resp.Data["state"] != stateDeactivated {
+	if resp.Data["state"] != keyring.StateDeactivated {
 		t.Fatalf("state %v", resp.Data["state"])
 	}
 	m.mustOK(logical.UpdateOperation, "keys/k/activate", nil)
@@ -185,6 +186,14 @@ func TestKeyReadHasTransitFields(t *testing.T) {
 	}
 }
 
+// walEntry is the stored form of the keyring's WAL entries, which the
+// rollback must keep reading.
+type walEntry struct {
+	Name     string `json:"name"`
+	ObjectID string `json:"object_id"`
+	Label    string `json:"label,omitempty"`
+}
+
 // A crash between creating the HSM object and storing the key leaves a WAL
 // entry; the rollback destroys the orphan and leaves complete keys alone.
 func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
@@ -203,11 +212,11 @@ func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		entry := &walObject{Name: owner, ObjectID: hex.EncodeToString(id)}
+		entry := &walEntry{Name: owner, ObjectID: hex.EncodeToString(id)}
 		if withLabel {
 			entry.Label = label
 		}
-		if _, err := framework.PutWAL(ctx, m.storage, walKindObject, entry); err != nil {
+		if _, err := framework.PutWAL(ctx, m.storage, keyring.WALKindObject, entry); err != nil {
 			t.Fatal(err)
 		}
 		if err := client.GenerateAESKey(ctx, id, label, 256, hsm.Usage{Encrypt: true}); err != nil {
@@ -215,14 +224,14 @@ func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
 		}
 		return id
 	}
-	orphan := made("crashed", objectLabel(m.b.owner, "crashed", 1), true)
-	legacyOrphan := made("crashed-earlier", objectLabel(m.b.owner, "crashed-earlier", 1), false)
+	orphan := made("crashed", keyring.ObjectLabel(m.b.owner, "crashed", 1), true)
+	legacyOrphan := made("crashed-earlier", keyring.ObjectLabel(m.b.owner, "crashed-earlier", 1), false)
 	foreign := made("crashed-foreign", "another application's key", false)
 	t.Cleanup(func() { _ = client.DestroyObjects(ctx, foreign, anyLabel) })
 	// A finished key whose WAL entry was not deleted.
 	m.mustOK(logical.UpdateOperation, "keys/finished", nil)
 	finished := m.objectID("finished", 1)
-	if _, err := framework.PutWAL(ctx, m.storage, walKindObject, &walObject{Name: "finished", ObjectID: hex.EncodeToString(finished)}); err != nil {
+	if _, err := framework.PutWAL(ctx, m.storage, keyring.WALKindObject, &walEntry{Name: "finished", ObjectID: hex.EncodeToString(finished)}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -248,7 +257,7 @@ func TestWALRollbackDestroysOrphanObjects(t *testing.T) {
 
 func (m *testMount) objectID(name string, version int) []byte {
 	m.t.Helper()
-	k, err := loadKey(context.Background(), m.storage, name)
+	k, err := keyring.Load(context.Background(), m.storage, name)
 	if err != nil || k == nil {
 		m.t.Fatalf("load %s: %v", name, err)
 	}
@@ -260,13 +269,17 @@ func TestInvalidateDropsCachedKeys(t *testing.T) {
 	m := configuredMount(t, nil)
 	m.mustOK(logical.UpdateOperation, "keys/k", nil)
 	encrypt(t, m, "k", "x", nil) // cached now
-	k, _ := loadKey(context.Background(), m.storage, "k")
-	k.State = stateDeactivated
-	if err := storeKey(context.Background(), m.storage, k); err != nil {
+	k, _ := keyring.Load(context.Background(), m.storage, "k")
+	k.State = keyring.StateDeactivated
+	entry, err := logical.StorageEntryJSON(keyring.KeyStoragePrefix+"k", k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.storage.Put(context.Background(), entry); err != nil { // another node's write
 		t.Fatal(err)
 	}
 	encrypt(t, m, "k", "still cached", nil)
-	m.b.invalidate(context.Background(), keyStoragePrefix+"k")
+	m.b.invalidate(context.Background(), keyring.KeyStoragePrefix+"k")
 	m.mustFail(logical.UpdateOperation, "encrypt/k", map[string]interface{}{"plaintext": b64("x")}, "deactivated")
 }
 
@@ -281,7 +294,7 @@ func (s *ambiguousStorage) Put(ctx context.Context, e *logical.StorageEntry) err
 	if err := s.Storage.Put(ctx, e); err != nil {
 		return err
 	}
-	if strings.HasPrefix(e.Key, keyStoragePrefix) && s.failed.CompareAndSwap(false, true) {
+	if strings.HasPrefix(e.Key, keyring.KeyStoragePrefix) && s.failed.CompareAndSwap(false, true) {
 		return errors.New("storage timed out (the write may have landed)")
 	}
 	return nil
@@ -297,7 +310,7 @@ func TestAmbiguousStorageErrorKeepsTheHSMObject(t *testing.T) {
 	if _, err := m.do(logical.UpdateOperation, "keys/ambiguous", nil); err == nil {
 		t.Fatal("the storage error was not reported")
 	}
-	k, err := loadKey(ctx, m.storage, "ambiguous")
+	k, err := keyring.Load(ctx, m.storage, "ambiguous")
 	if err != nil || k == nil {
 		t.Fatalf("the write landed, yet the key is not in storage: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func (b *backend) pathRewrap() *framework.Path {
@@ -41,38 +42,27 @@ operations. batch_input rewraps many at once.
 
 func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	fields := []string{"ciphertext", "context", "associated_data", "encryption_context", "key_version", "reference", "padding_scheme"}
-	client, conf, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opDecrypt, fields)
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpDecrypt, fields)
+	if err != nil {
+		return respondError("rewrap", err)
 	}
-	if msg := k.usable(opEncrypt); msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	if err := r.key.Usable(keyring.OpEncrypt); err != nil {
+		return respondError("rewrap", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		plaintext, domain, err := b.decryptItem(ctx, client, k, item)
+	results := b.each(r, "rewrap", func(item cryptoItem) (batchResult, error) {
+		plaintext, domain, err := b.decryptItem(ctx, r.client, r.key, item)
 		if err != nil {
-			results[i] = itemFailure(err)
-			continue
+			return batchResult{}, err
 		}
 		item.domain = domain // a data key stays a data key
 		item.Plaintext, item.plaintextGiven = base64.StdEncoding.EncodeToString(plaintext), true
 		clear(plaintext)
-		ciphertext, version, err := b.encryptItem(ctx, client, conf, k, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		results[i] = batchResult{Ciphertext: ciphertext, KeyVersion: version}
-	}
-	b.stats.add("rewrap", int64(len(items)))
-	if batch {
-		// Transit answers a rewrap batch 200 whatever failed, each
-		// failure in its item.
-		return okBatchResponse(batchEncrypt, results, items), nil
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("rewrap", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"ciphertext": results[0].Ciphertext, "key_version": results[0].KeyVersion}}, nil
+		ciphertext, version, err := b.encryptItem(ctx, r.client, r.conf, r.key, item)
+		return batchResult{Ciphertext: ciphertext, KeyVersion: version}, err
+	})
+	// Transit answers a rewrap batch 200 whatever failed, each failure in
+	// its item.
+	return answer(req, d, r, "rewrap", batchEncrypt, false, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"ciphertext": res.Ciphertext, "key_version": res.KeyVersion}
+	})
 }

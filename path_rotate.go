@@ -9,10 +9,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
-
-// minAutoRotatePeriod is Transit's floor for automatic rotation.
-const minAutoRotatePeriod = time.Hour
 
 func (b *backend) pathKeyRotate() *framework.Path {
 	return &framework.Path{
@@ -78,32 +76,32 @@ func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, 
 	if err != nil {
 		return respondError("rotate", err)
 	}
-	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
-	if k == nil {
-		return resp, err
+	k, unlock, err := b.ring.ForChange(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return respondError("rotate", err)
 	}
 	defer unlock()
-	if k.State != stateActive {
-		return logical.ErrorResponse("key %q is deactivated; activate it before rotating", k.Name), logical.ErrInvalidRequest
+	if k.State != keyring.StateActive {
+		return respondError("rotate", keyring.Userf("key %q is deactivated; activate it before rotating", k.Name))
 	}
 	if k.Imported && !k.AllowRotation {
-		return logical.ErrorResponse("key %q was imported with allow_rotation=false, as Transit does by default; add versions with import_version, or import it with allow_rotation=true", k.Name), logical.ErrInvalidRequest
+		return respondError("rotate", keyring.Userf("key %q was imported with allow_rotation=false, as Transit does by default; add versions with import_version, or import it with allow_rotation=true", k.Name))
 	}
-	if err := b.addVersionLocked(ctx, req.Storage, client, k); err != nil {
+	if err := b.ring.AddVersion(ctx, req.Storage, client, k); err != nil {
 		return respondError(fmt.Sprintf("rotate key %q", k.Name), err)
 	}
 	b.stats.count("rotate")
-	return &logical.Response{Data: k.keyResponse()}, nil
+	return &logical.Response{Data: keyResponse(k)}, nil
 }
 
 func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	k, unlock, resp, err := b.lockKeyForChange(ctx, req, d)
-	if k == nil {
-		return resp, err
+	k, unlock, err := b.ring.ForChange(ctx, req.Storage, d.Get("name").(string))
+	if err != nil {
+		return respondError("configure key", err)
 	}
 	defer unlock()
-	if resp := refuseTransitFlags(d, "exportable", "allow_plaintext_backup"); resp != nil {
-		return resp, logical.ErrInvalidRequest
+	if err := refuseTransitFlags(d, "exportable", "allow_plaintext_backup"); err != nil {
+		return respondError("configure key", err)
 	}
 	var warnings []string
 	if v, ok := d.GetOk("min_decryption_version"); ok {
@@ -126,26 +124,23 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 	}
 	switch {
 	case k.MinDecryptionVersion < 1 || k.MinDecryptionVersion > k.LatestVersion:
-		return logical.ErrorResponse("min_decryption_version must be between 1 and the latest version, %d", k.LatestVersion), logical.ErrInvalidRequest
+		return respondError("configure key", keyring.Userf("min_decryption_version must be between 1 and the latest version, %d", k.LatestVersion))
 	case k.MinEncryptionVersion < 0 || k.MinEncryptionVersion > k.LatestVersion:
-		return logical.ErrorResponse("min_encryption_version must be 0 or a version up to the latest, %d", k.LatestVersion), logical.ErrInvalidRequest
+		return respondError("configure key", keyring.Userf("min_encryption_version must be 0 or a version up to the latest, %d", k.LatestVersion))
 	case k.MinEncryptionVersion != 0 && k.MinEncryptionVersion < k.MinDecryptionVersion:
-		return logical.ErrorResponse("min_encryption_version (%d) must be 0 or at least min_decryption_version (%d)", k.MinEncryptionVersion, k.MinDecryptionVersion), logical.ErrInvalidRequest
-	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < minAutoRotatePeriod:
-		return logical.ErrorResponse("auto_rotate_period must be 0 (off) or at least %s", minAutoRotatePeriod), logical.ErrInvalidRequest
+		return respondError("configure key", keyring.Userf("min_encryption_version (%d) must be 0 or at least min_decryption_version (%d)", k.MinEncryptionVersion, k.MinDecryptionVersion))
+	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < keyring.MinAutoRotatePeriod:
+		return respondError("configure key", keyring.Userf("auto_rotate_period must be 0 (off) or at least %s", keyring.MinAutoRotatePeriod))
 	}
 	if k.AutoRotatePeriod > 0 && k.Imported && !k.AllowRotation {
-		return logical.ErrorResponse("auto_rotate_period needs allow_rotation, which key %q was imported without", k.Name), logical.ErrInvalidRequest
+		return respondError("configure key", keyring.Userf("auto_rotate_period needs allow_rotation, which key %q was imported without", k.Name))
 	}
-	if err := b.saveKey(ctx, req.Storage, k); err != nil {
+	if err := b.ring.Save(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: k.keyResponse(), Warnings: warnings}, nil
+	return &logical.Response{Data: keyResponse(k), Warnings: warnings}, nil
 }
 
-// rotateDueKeys is the backend's periodic function: it rotates every active
-// key whose latest version is older than its auto_rotate_period. The age is
-// read from storage, so the schedule survives restarts.
 // autoRotateCheckInterval is how often the periodic function looks for
 // keys due for rotation (Vault calls it about once a minute), as Transit.
 const autoRotateCheckInterval = time.Hour
@@ -161,8 +156,8 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 		consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary) {
 		return nil
 	}
-	b.resumeRewrap(ctx, req.Storage)
-	now := b.now()
+	b.ring.ResumeRewrap(ctx, req.Storage)
+	now := b.ring.Now()
 	if next, _ := b.nextRotateCheck.Load().(time.Time); now.Before(next) {
 		return nil
 	}
@@ -171,19 +166,19 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 	if err != nil || conf == nil {
 		return err
 	}
-	names, err := b.keysToCheckForRotation(ctx, req.Storage)
+	names, err := keyring.KeysToCheckForRotation(ctx, req.Storage)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, name := range names {
-		k, err := b.cachedKey(ctx, req.Storage, name)
+		k, err := b.ring.Get(ctx, req.Storage, name)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
 			continue
 		}
-		if k == nil || !rotates(k) {
-			if err := req.Storage.Delete(ctx, rotationIndexPrefix+name); err != nil {
+		if k == nil || !k.Rotates() {
+			if err := keyring.DropFromRotationIndex(ctx, req.Storage, name); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -199,9 +194,9 @@ func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error
 }
 
 func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name string) error {
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	k, err := loadKey(ctx, s, name)
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	k, err := keyring.Load(ctx, s, name)
 	if err != nil || k == nil || !b.rotationDue(k) {
 		return err
 	}
@@ -209,7 +204,7 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name strin
 	if err != nil {
 		return err
 	}
-	if err := b.addVersionLocked(ctx, s, client, k); err != nil {
+	if err := b.ring.AddVersion(ctx, s, client, k); err != nil {
 		return err
 	}
 	b.stats.count("auto_rotate")
@@ -218,10 +213,10 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, name strin
 }
 
 // rotationDue reports whether k's automatic rotation period ran out.
-func (b *backend) rotationDue(k *keyEntry) bool {
-	if k.AutoRotatePeriod <= 0 || k.State != stateActive || (k.Imported && !k.AllowRotation) {
+func (b *backend) rotationDue(k *keyring.Entry) bool {
+	if k.AutoRotatePeriod <= 0 || k.State != keyring.StateActive || (k.Imported && !k.AllowRotation) {
 		return false
 	}
 	latest := k.Versions[k.LatestVersion]
-	return latest != nil && b.now().Sub(latest.CreationTime) >= k.AutoRotatePeriod
+	return latest != nil && b.ring.Now().Sub(latest.CreationTime) >= k.AutoRotatePeriod
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/faulttoken"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func TestRotateMinVersionsAndRewrap(t *testing.T) {
@@ -93,7 +94,7 @@ func TestAutoRotationWithATestClock(t *testing.T) {
 	m.mustOK(logical.UpdateOperation, "keys/auto", map[string]interface{}{"auto_rotate_period": "1h"})
 	m.mustOK(logical.UpdateOperation, "keys/manual", nil)
 	clock := time.Now()
-	m.b.now = func() time.Time { return clock }
+	m.b.ring.Now = func() time.Time { return clock }
 	periodic := func(b *backend) {
 		t.Helper()
 		if err := b.PeriodicFunc(context.Background(), &logical.Request{Storage: m.storage}); err != nil {
@@ -129,7 +130,7 @@ func TestAutoRotationWithATestClock(t *testing.T) {
 	// A restarted backend on the same storage picks up the schedule.
 	restarted := newMount(t)
 	restarted.storage = m.storage
-	restarted.b.now = func() time.Time { return clock.Add(2 * time.Hour) }
+	restarted.b.ring.Now = func() time.Time { return clock.Add(2 * time.Hour) }
 	periodic(restarted.b)
 	reader = restarted // the old backend is gone after a restart, and its cache with it
 	if latest("auto") != 3 {
@@ -163,7 +164,7 @@ func TestNoAutoRotationOnAPerformanceStandby(t *testing.T) {
 		"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN,
 	})
 	m.mustOK(logical.UpdateOperation, "keys/standby-auto", map[string]interface{}{"auto_rotate_period": "1h"})
-	b.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
+	b.ring.Now = func() time.Time { return time.Now().Add(3 * time.Hour) }
 
 	view.ReplicationStateVal = consts.ReplicationPerformanceStandby
 	before := ft.TotalCalls()
@@ -193,14 +194,14 @@ type countingStorage struct {
 }
 
 func (c *countingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	if strings.HasPrefix(key, keyStoragePrefix) {
+	if strings.HasPrefix(key, keyring.KeyStoragePrefix) {
 		c.keyGets++
 	}
 	return c.Storage.Get(ctx, key)
 }
 
 func (c *countingStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	if prefix == keyStoragePrefix {
+	if prefix == keyring.KeyStoragePrefix {
 		c.keyLists++
 	}
 	return c.Storage.List(ctx, prefix)
@@ -215,13 +216,13 @@ func TestAutoRotationReadsOnlyKeysThatRotate(t *testing.T) {
 	}
 	m.mustOK(logical.UpdateOperation, "keys/auto", map[string]interface{}{"auto_rotate_period": "1h"})
 	// As if stored by an earlier version: no index yet.
-	if err := m.storage.Delete(context.Background(), rotationIndexPrefix+"auto"); err != nil {
+	if err := m.storage.Delete(context.Background(), keyring.RotationIndexPrefix+"auto"); err != nil {
 		t.Fatal(err)
 	}
 	clock := time.Now().Add(2 * time.Hour)
 	restarted := newMount(t) // an empty key cache, as after a restart
 	restarted.storage = m.storage
-	restarted.b.now = func() time.Time { return clock }
+	restarted.b.ring.Now = func() time.Time { return clock }
 	counting := &countingStorage{Storage: m.storage}
 	run := func() {
 		t.Helper()
@@ -238,7 +239,7 @@ func TestAutoRotationReadsOnlyKeysThatRotate(t *testing.T) {
 	}
 	clock = clock.Add(2 * time.Hour)
 	counting.keyGets, counting.keyLists = 0, 0
-	restarted.b.keys.Forget() // every read goes to storage
+	restarted.b.ring.ForgetAll() // every read goes to storage
 	run()
 	if counting.keyLists != 0 || counting.keyGets > 2 {
 		t.Fatalf("the check listed keys %d times and read %d key entries; want 0 and at most 2 (the rotating key)", counting.keyLists, counting.keyGets)

@@ -8,12 +8,12 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"math/big"
-	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -130,75 +130,55 @@ func signRequestFrom(d *framework.FieldData) signRequest {
 	return r
 }
 
-// signingRequest loads the key and options of a sign or verify request.
-func (b *backend) signingRequest(ctx context.Context, req *logical.Request, d *framework.FieldData, op string, fields []string) (*hsm.Client, *keyEntry, signOptions, []cryptoItem, bool, *logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, op, fields)
-	if resp != nil || err != nil {
-		return nil, nil, signOptions{}, nil, false, resp, err
+// signRequest is an opRequest for sign or verify, with its options.
+func (b *backend) signRequest(ctx context.Context, req *logical.Request, d *framework.FieldData, op string, fields []string) (*opRequest, signOptions, error) {
+	r, err := b.newOpRequest(ctx, req, d, op, fields)
+	if err != nil {
+		return nil, signOptions{}, err
 	}
-	kt := k.keyType()
-	if !kt.asymmetric() {
-		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("key %q is of type %s, which cannot %s; use an RSA or ECDSA key", k.Name, k.Type, op), logical.ErrInvalidRequest
+	kt := r.key.KeyType()
+	if !kt.Signs() {
+		return nil, signOptions{}, keyring.Userf("key %q is of type %s, which cannot %s; use an RSA, ECDSA or Ed25519 key", r.key.Name, r.key.Type, op)
 	}
 	opts, msg := readSignOptions(signRequestFrom(d), kt)
 	if msg != "" {
-		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		return nil, signOptions{}, keyring.Userf("%s", msg)
 	}
-	if op == opSign && !wire.HashAllows(opts.hash, wire.UseSign) {
-		return nil, nil, signOptions{}, nil, false, logical.ErrorResponse("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash)), logical.ErrInvalidRequest
+	if op == keyring.OpSign && !wire.HashAllows(opts.hash, wire.UseSign) {
+		return nil, signOptions{}, keyring.Userf("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash))
 	}
-	return client, k, opts, items, batch, nil, nil
+	return r, opts, nil
 }
 
 func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, k, opts, items, batch, resp, err := b.signingRequest(ctx, req, d, opSign, []string{"input", "key_version", "reference"})
-	if resp != nil || err != nil {
-		return resp, err
+	r, opts, err := b.signRequest(ctx, req, d, keyring.OpSign, []string{"input", "key_version", "reference"})
+	if err != nil {
+		return respondError("sign", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		sig, version, err := b.signItem(ctx, client, k, opts, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		results[i] = batchResult{Signature: sig, KeyVersion: version}
-	}
-	b.stats.add("sign", int64(len(items)))
-	if batch {
-		return okBatchResponse(batchSign, results, items), nil
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("sign", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"signature": results[0].Signature, "key_version": results[0].KeyVersion}}, nil
+	results := b.each(r, "sign", func(item cryptoItem) (batchResult, error) {
+		sig, version, err := b.signItem(ctx, r.client, r.key, opts, item)
+		return batchResult{Signature: sig, KeyVersion: version}, err
+	})
+	return answer(req, d, r, "sign", batchSign, false, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"signature": res.Signature, "key_version": res.KeyVersion}
+	})
 }
 
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if isHMACVerify(d) {
 		return b.pathVerifyHMAC(ctx, req, d)
 	}
-	_, k, opts, items, batch, resp, err := b.signingRequest(ctx, req, d, opVerify, []string{"input", "signature", "reference"})
-	if resp != nil || err != nil {
-		return resp, err
+	r, opts, err := b.signRequest(ctx, req, d, keyring.OpVerify, []string{"input", "signature", "reference"})
+	if err != nil {
+		return respondError("verify", err)
 	}
-	results := make([]batchResult, len(items))
-	for i, item := range items {
-		valid, err := b.verifyItem(k, opts, item)
-		if err != nil {
-			results[i] = itemFailure(err)
-			continue
-		}
-		results[i] = batchResult{Valid: &valid}
-	}
-	b.stats.add("verify", int64(len(items)))
-	if batch {
-		return okBatchResponse(batchVerify, results, items), nil
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("verify", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"valid": *results[0].Valid}}, nil
+	results := b.each(r, "verify", func(item cryptoItem) (batchResult, error) {
+		valid, err := b.verifyItem(r.key, opts, item)
+		return batchResult{Valid: &valid}, err
+	})
+	return answer(req, d, r, "verify", batchVerify, false, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"valid": *res.Valid}
+	})
 }
 
 // isHMACVerify tells an HMAC check from a signature check: the request, or
@@ -219,41 +199,40 @@ func isHMACVerify(d *framework.FieldData) bool {
 }
 
 func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	client, _, k, items, batch, resp, err := b.cryptoRequest(ctx, req, d, opHMACVerify, []string{"input", "hmac", "reference"})
-	if resp != nil || err != nil {
-		return resp, err
+	r, err := b.newOpRequest(ctx, req, d, keyring.OpHMACVerify, []string{"input", "hmac", "reference"})
+	if err != nil {
+		return respondError("verify", err)
 	}
-	results, msg := b.verifyHMACItems(ctx, client, k, d, items)
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	hash, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
+	if err != nil {
+		return respondError("verify", err)
 	}
-	b.stats.add("verify_hmac", int64(len(items)))
-	if batch {
-		return okBatchResponse(batchHMAC, results, items), nil
-	}
-	if r := results[0]; r.Error != "" {
-		return singleFailure("verify", r)
-	}
-	return &logical.Response{Data: map[string]interface{}{"valid": *results[0].Valid}}, nil
+	results := b.each(r, "verify_hmac", func(item cryptoItem) (batchResult, error) {
+		valid, err := b.verifyHMAC(ctx, r, hash, item)
+		return batchResult{Valid: &valid}, err
+	})
+	return answer(req, d, r, "verify", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
+		return map[string]interface{}{"valid": *res.Valid}
+	})
 }
 
 // digestOf hashes the input, or checks the length of a prehashed one.
 // digestOf hashes the input, or checks a prehashed one; Ed25519 signs the
 // message itself, as in Transit.
-func digestOf(opts signOptions, input string, kt keyType) ([]byte, error) {
+func digestOf(opts signOptions, input string, kt keyring.KeyType) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(input)
 	if err != nil {
-		return nil, userErrorf("input is not valid base64")
+		return nil, keyring.Userf("input is not valid base64")
 	}
-	if kt.family == familyEd25519 {
+	if kt.SignsMessage() {
 		if opts.prehashed {
-			return nil, userErrorf("ed25519 signs the message itself; prehashed input is not supported")
+			return nil, keyring.Userf("ed25519 signs the message itself; prehashed input is not supported")
 		}
 		return data, nil
 	}
 	if opts.prehashed {
 		if len(data) != opts.hash.Size() {
-			return nil, userErrorf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), wire.HashName(opts.hash), opts.hash.Size())
+			return nil, keyring.Userf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), wire.HashName(opts.hash), opts.hash.Size())
 		}
 		return data, nil
 	}
@@ -262,19 +241,19 @@ func digestOf(opts signOptions, input string, kt keyType) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry, opts signOptions, item cryptoItem) (string, int, error) {
-	digest, err := digestOf(opts, item.Input, k.keyType())
+func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (string, int, error) {
+	digest, err := digestOf(opts, item.Input, k.KeyType())
 	if err != nil {
 		return "", 0, err
 	}
-	version, kv, msg := k.encryptionVersion(item.KeyVersion)
-	if msg != "" {
-		return "", 0, userError{msg: msg}
+	version, kv, err := k.EncryptionVersion(item.KeyVersion)
+	if err != nil {
+		return "", 0, err
 	}
-	if msg := kv.privateKeyMissing(k.Name, version); msg != "" {
-		return "", 0, userError{msg: msg}
+	if err := kv.PrivateKeyMissing(k.Name, version); err != nil {
+		return "", 0, err
 	}
-	release, err := b.pinVersion(ctx, client, k, kv)
+	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return "", 0, err
 	}
@@ -305,16 +284,16 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyEntry,
 	return wire.FormatSignature(version, sig, opts.jws), version, nil
 }
 
-func (b *backend) verifyItem(k *keyEntry, opts signOptions, item cryptoItem) (bool, error) {
+func (b *backend) verifyItem(k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
 	version, sig, err := wire.ParseSignature(item.Signature, opts.jws)
 	if err != nil {
 		return false, err
 	}
-	kv, msg := k.decryptionVersion(version)
-	if msg != "" {
-		return false, userError{msg: strings.Replace(msg, "ciphertext", "signature", 1)}
+	kv, err := k.DecryptionVersion(version, wire.NounSignature)
+	if err != nil {
+		return false, err
 	}
-	digest, err := digestOf(opts, item.Input, k.keyType())
+	digest, err := digestOf(opts, item.Input, k.KeyType())
 	if err != nil {
 		return false, err
 	}

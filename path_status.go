@@ -58,7 +58,7 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		"hit_rate": hitRate, "evictions": cache.Evictions, "unwraps": cache.Unwraps,
 		"unwraps_per_second": cache.UnwrapsPerSecond, "ttl": cache.TTL, "size": cache.Size,
 	}
-	if st, err := b.kek(ctx, req.Storage); err == nil {
+	if st, err := b.ring.KEK(ctx, req.Storage); err == nil {
 		data["kek"] = kekStatus(st)
 	}
 	if info, err := client.TokenInfo(); err == nil {

@@ -12,26 +12,8 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
-
-// objectLabelPrefix marks every object the plugin makes: its CKA_LABEL is
-// hsmkms/<mount uuid>/<key>/v<version>, so tidy can tell the plugin's
-// objects from other applications', and one mount's from another's.
-const objectLabelPrefix = "hsmkms/"
-
-func objectLabel(owner, key string, version int) string {
-	return fmt.Sprintf("%s%s/%s/v%d", objectLabelPrefix, owner, key, version)
-}
-
-// labelOwner returns the mount uuid of a plugin object's label.
-func labelOwner(label string) (string, bool) {
-	rest, ok := strings.CutPrefix(label, objectLabelPrefix)
-	if !ok {
-		return "", false
-	}
-	owner, _, ok := strings.Cut(rest, "/")
-	return owner, ok && owner != ""
-}
 
 func (b *backend) pathTidy() *framework.Path {
 	return &framework.Path{
@@ -113,9 +95,9 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 
 	// No key is created while the report is made and acted on: an object
 	// whose key is being stored would look like an orphan.
-	b.keysMu.Lock()
-	defer b.keysMu.Unlock()
-	objects, err := client.ListObjects(ctx, objectLabelPrefix)
+	b.ring.Lock()
+	defer b.ring.Unlock()
+	objects, err := client.ListObjects(ctx, keyring.ObjectLabelPrefix)
 	if err != nil {
 		return respondError("tidy", err)
 	}
@@ -127,19 +109,19 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 	var orphans []tidyObject
 	var orphanObjects []hsm.ObjectInfo
 	others := map[string]map[string]interface{}{}
-	markers := map[string]mountMarker{}
+	markers := map[string]keyring.MountMarker{}
 	for _, o := range objects {
-		owner, ok := labelOwner(o.Label)
+		owner, ok := keyring.LabelOwner(o.Label)
 		if !ok {
 			continue
 		}
-		if markerOwner, marker, isMarker := parseMarker(o.Label); isMarker {
+		if markerOwner, marker, isMarker := keyring.ParseMarker(o.Label); isMarker {
 			markers[markerOwner] = marker
 			if markerOwner == b.owner {
 				continue // this mount's own record
 			}
 		}
-		if recordOwner, _, isRecord := parseKEKRecord(o.Label); isRecord && recordOwner == b.owner {
+		if recordOwner, _, isRecord := keyring.ParseKEKRecord(o.Label); isRecord && recordOwner == b.owner {
 			continue // this mount's record of the KEK it found
 		}
 		switch {
@@ -205,7 +187,7 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 // sys/mounts, read with the caller's token, no longer lists its accessor.
 // Not being alive in this process proves nothing: another catalog entry
 // runs another plugin process.
-func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, markers map[string]mountMarker, d *framework.FieldData) string {
+func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, markers map[string]keyring.MountMarker, d *framework.FieldData) string {
 	clusterID := ""
 	if sys := b.System(); sys != nil {
 		clusterID, _ = sys.ClusterID(ctx)
@@ -241,19 +223,19 @@ type missingObject struct {
 // keyObjectUse returns the object ids this mount's keys use, and the key
 // versions whose objects are not on the token. Callers hold keysMu.
 func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects []hsm.ObjectInfo) (map[string]bool, []missingObject, error) {
-	names, err := s.List(ctx, keyStoragePrefix)
+	names, err := s.List(ctx, keyring.KeyStoragePrefix)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing keys: %w", err)
 	}
 	used := map[string]bool{}
-	if w, err := loadWrappingKey(ctx, s); err != nil {
+	if w, err := keyring.LoadWrappingKey(ctx, s); err != nil {
 		return nil, nil, err
 	} else if w != nil {
 		used[hex.EncodeToString(w.ObjectID)] = true
 	}
 	var missing []missingObject
 	for _, name := range names {
-		k, err := loadKey(ctx, s, name)
+		k, err := keyring.Load(ctx, s, name)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -261,7 +243,7 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 			continue
 		}
 		for v, kv := range k.Versions {
-			if kv == nil || len(kv.ObjectID) == 0 || kv.wrapped() {
+			if kv == nil || len(kv.ObjectID) == 0 || kv.Wrapped() {
 				continue // no token object of its own
 			}
 			id := hex.EncodeToString(kv.ObjectID)
@@ -271,7 +253,7 @@ func (b *backend) keyObjectUse(ctx context.Context, s logical.Storage, objects [
 			}
 			// Adopted objects keep their own labels, so the list by
 			// this plugin's label prefix never holds them.
-			if kv.origin() != originAdopted && !containsObject(objects, kv.ObjectID) {
+			if kv.OriginName() != keyring.OriginAdopted && !containsObject(objects, kv.ObjectID) {
 				missing = append(missing, missingObject{Key: name, Version: v, ObjectID: id})
 			}
 		}

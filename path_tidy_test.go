@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 func tidyObjectIDs(resp *logical.Response, field string) map[string]bool {
@@ -54,7 +55,7 @@ func TestTidyFindsOrphansAndLeavesTheRestAlone(t *testing.T) {
 	// An object of this mount that no key uses (a creation that failed),
 	// one of another application, and a key whose object went away.
 	orphan, _ := client.NewObjectID(ctx)
-	if err := client.GenerateAESKey(ctx, orphan, objectLabel(m.b.owner, "ghost", 1), 256, hsm.Usage{Encrypt: true}); err != nil {
+	if err := client.GenerateAESKey(ctx, orphan, keyring.ObjectLabel(m.b.owner, "ghost", 1), 256, hsm.Usage{Encrypt: true}); err != nil {
 		t.Fatal(err)
 	}
 	foreign, _ := client.NewObjectID(ctx)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -98,7 +99,7 @@ func TestEncryptUpsertsAsTransit(t *testing.T) {
 	if resp.Data["ciphertext"] == nil {
 		t.Fatalf("upsert encrypt: %v", resp.Data)
 	}
-	if typ := m.mustOK(logical.ReadOperation, "keys/fresh", nil).Data["type"]; typ != defaultKeyType {
+	if typ := m.mustOK(logical.ReadOperation, "keys/fresh", nil).Data["type"]; typ != keyring.DefaultType {
 		t.Fatalf("upserted key type %v", typ)
 	}
 	m.mustOK(logical.CreateOperation, "encrypt/fresh128", map[string]interface{}{"plaintext": "aGk=", "type": "aes128-gcm96"})
@@ -124,14 +125,14 @@ func TestTransitFlagsThatCannotBeHonouredAreRefused(t *testing.T) {
 		m.mustOK(logical.UpdateOperation, "keys/k/config", map[string]interface{}{flag: false})
 	}
 	m.mustOK(logical.UpdateOperation, "keys/mac", map[string]interface{}{"type": "hmac", "key_size": 64})
-	if bits := m.b.mustKey(t, m.storage, "mac").keyType().bits; bits != 512 {
+	if bits := m.b.mustKey(t, m.storage, "mac").KeyType().Bits; bits != 512 {
 		t.Fatalf("key_size 64 bytes gave %d bits", bits)
 	}
 }
 
-func (b *backend) mustKey(t *testing.T, s logical.Storage, name string) *keyEntry {
+func (b *backend) mustKey(t *testing.T, s logical.Storage, name string) *keyring.Entry {
 	t.Helper()
-	k, err := loadKey(context.Background(), s, name)
+	k, err := keyring.Load(context.Background(), s, name)
 	if err != nil || k == nil {
 		t.Fatalf("key %q: %v", name, err)
 	}

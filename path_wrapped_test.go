@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // Wrapped keys of every type round-trip, survive a KEK rotation and a
@@ -26,7 +27,7 @@ func TestWrappedKeysThroughTheBackend(t *testing.T) {
 			}
 			for _, typ := range []string{"aes128-gcm96", "aes256-gcm96", "rsa-2048", "ecdsa-p256", "ecdsa-p384", "hmac"} {
 				resp := m.mustOK(logical.UpdateOperation, "keys/w-"+typ, map[string]interface{}{"type": typ})
-				if resp.Data["residency"] != residencyWrapped {
+				if resp.Data["residency"] != keyring.ResidencyWrapped {
 					t.Fatalf("%s: residency %v", typ, resp.Data["residency"])
 				}
 				input := base64.StdEncoding.EncodeToString([]byte("data"))
@@ -52,7 +53,7 @@ func TestWrappedKeysThroughTheBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := client.UnwrappedCacheStats()
-			m.b.invalidate(context.Background(), keyStoragePrefix+"w-aes256-gcm96")
+			m.b.invalidate(context.Background(), keyring.KeyStoragePrefix+"w-aes256-gcm96")
 			if after := client.UnwrappedCacheStats(); after.Entries != before.Entries-1 || after.Evictions != before.Evictions+1 {
 				t.Fatalf("HA invalidation left the unwrapped copy: before %+v, after %+v", before, after)
 			}

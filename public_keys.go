@@ -10,28 +10,29 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // transitKeyName is the `name` Transit gives each asymmetric version.
-func transitKeyName(kt keyType) string {
-	if kt.family == familyEC {
-		return kt.curve
+func transitKeyName(kt keyring.KeyType) string {
+	if kt.Family == keyring.FamilyEC {
+		return kt.Curve
 	}
-	return kt.name // rsa-2048 ..., ed25519
+	return kt.Name // rsa-2048 ..., ed25519
 }
 
 // transitPublicKey is a version's public key as Transit shows it: PEM, or
 // for Ed25519 the base64 of the raw 32-byte key.
-func transitPublicKey(kt keyType, der []byte) string {
-	if kt.family == familyEd25519 {
+func transitPublicKey(kt keyring.KeyType, der []byte) string {
+	if kt.Family == keyring.FamilyEd25519 {
 		return wire.Ed25519PublicKey(der)
 	}
 	return wire.PublicKeyPEM(der)
 }
 
 // parsedPublicKey returns the version's public key, parsing each DER once.
-func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
+func (b *backend) parsedPublicKey(kv *keyring.Version) (crypto.PublicKey, error) {
 	if len(kv.PublicKey) == 0 {
 		return nil, fmt.Errorf("version has no public key")
 	}
@@ -52,12 +53,12 @@ func (b *backend) parsedPublicKey(kv *keyVersion) (crypto.PublicKey, error) {
 }
 
 // exportPublicKeys is Transit's export map: version -> PEM.
-func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
+func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, string) {
 	out := map[string]string{}
 	if version == "" {
 		for v, kv := range k.Versions {
 			if v >= k.MinDecryptionVersion {
-				out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
+				out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 			}
 		}
 		return out, ""
@@ -70,10 +71,10 @@ func exportPublicKeys(k *keyEntry, version string) (map[string]string, string) {
 		}
 		v = n
 	}
-	kv, msg := k.decryptionVersion(v)
-	if msg != "" {
-		return nil, msg
+	kv, err := k.DecryptionVersion(v, "the request")
+	if err != nil {
+		return nil, err.Error()
 	}
-	out[fmt.Sprint(v)] = transitPublicKey(k.keyType(), kv.PublicKey)
+	out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 	return out, ""
 }

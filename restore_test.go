@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // decodeBackup and encodeBackup turn a backup into its JSON document and
@@ -58,7 +59,7 @@ func storageSnapshot(t *testing.T, m *testMount) map[string]string {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if e != nil && !strings.HasPrefix(prefix+k, "wal/") && prefix+k != kekStorageKey {
+			if e != nil && !strings.HasPrefix(prefix+k, "wal/") && prefix+k != keyring.KEKStorageKey {
 				out[prefix+k] = string(e.Value)
 			}
 		}
@@ -84,7 +85,7 @@ func TestRestoreRefusesWhatDoesNotVerify(t *testing.T) {
 			pt, ct := encryptB64(t, m, "good", "must survive every bad restore")
 			backup := m.mustOK(logical.ReadOperation, "backup/good", nil).Data["backup"].(string)
 			signerBackup := m.mustOK(logical.ReadOperation, "backup/signer", nil).Data["backup"].(string)
-			defaultKey, err := loadKey(context.Background(), m.storage, "default")
+			defaultKey, err := keyring.Load(context.Background(), m.storage, "default")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -123,7 +124,7 @@ func TestRestoreRefusesWhatDoesNotVerify(t *testing.T) {
 					pub := versionDoc(d, "1")["public_key"]
 					other := m.mustOK(logical.UpdateOperation, "keys/other-signer", map[string]interface{}{"type": "ecdsa-p256"})
 					_ = other
-					o, _ := loadKey(context.Background(), m.storage, "other-signer")
+					o, _ := keyring.Load(context.Background(), m.storage, "other-signer")
 					versionDoc(d, "1")["public_key"] = b64(o.Versions[1].PublicKey)
 					_ = pub
 				}, "not the ecdsa-p256 key"},
@@ -151,11 +152,11 @@ func TestRestoreRefusesWhatDoesNotVerify(t *testing.T) {
 						t.Errorf("%s (%s): err %v, resp %q; want a 400 containing %q", name, target, err, respError(resp), tc.want)
 					}
 				}
-				delete(before, keyStoragePrefix+"other-signer")
-				delete(before, rotationIndexPrefix+"other-signer")
+				delete(before, keyring.KeyStoragePrefix+"other-signer")
+				delete(before, keyring.RotationIndexPrefix+"other-signer")
 				after := storageSnapshot(t, m)
-				delete(after, keyStoragePrefix+"other-signer")
-				delete(after, rotationIndexPrefix+"other-signer")
+				delete(after, keyring.KeyStoragePrefix+"other-signer")
+				delete(after, keyring.RotationIndexPrefix+"other-signer")
 				if fmt.Sprint(after) != fmt.Sprint(before) {
 					t.Errorf("%s: a refused restore changed storage", name)
 				}
@@ -178,7 +179,7 @@ func TestRestoreNeverUsesAnotherMountsObjects(t *testing.T) {
 	a.mustOK(logical.UpdateOperation, "keys/hsm-aes", map[string]interface{}{"type": "aes256-gcm96", "residency": "hsm"})
 	input := base64.StdEncoding.EncodeToString([]byte("payload"))
 	aHMAC := a.mustOK(logical.UpdateOperation, "hmac/hsm-aes", map[string]interface{}{"input": input}).Data["hmac"].(string)
-	aKey, err := loadKey(context.Background(), a.storage, "hsm-aes")
+	aKey, err := keyring.Load(context.Background(), a.storage, "hsm-aes")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +188,7 @@ func TestRestoreNeverUsesAnotherMountsObjects(t *testing.T) {
 	versionDoc(doc, "1")["hmac_object_id"] = base64.StdEncoding.EncodeToString(aKey.Versions[1].HMACObjectID)
 	versionDoc(doc, "1")["object_id"] = base64.StdEncoding.EncodeToString(aKey.Versions[1].ObjectID)
 	b.mustOK(logical.UpdateOperation, "restore/forged", map[string]interface{}{"backup": encodeBackup(t, doc)})
-	forged, err := loadKey(context.Background(), b.storage, "forged")
+	forged, err := keyring.Load(context.Background(), b.storage, "forged")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,25 +304,25 @@ func mutateBackup(rng *rand.Rand, doc map[string]interface{}) string {
 // checkRestoredKeyWorks uses a restored key as its type allows.
 func checkRestoredKeyWorks(t *testing.T, m *testMount, name, src, ct, pt string) {
 	t.Helper()
-	k, err := loadKey(context.Background(), m.storage, name)
+	k, err := keyring.Load(context.Background(), m.storage, name)
 	if err != nil || k == nil {
 		t.Fatalf("%s restored but not stored: %v", name, err)
 	}
-	if k.State != stateActive {
+	if k.State != keyring.StateActive {
 		m.mustOK(logical.UpdateOperation, "keys/"+name+"/activate", nil)
 	}
 	input := base64.StdEncoding.EncodeToString([]byte("restored"))
 	switch {
-	case src == "aes" && k.allows(opDecrypt) && k.MinDecryptionVersion <= 1:
+	case src == "aes" && k.Allows(keyring.OpDecrypt) && k.MinDecryptionVersion <= 1:
 		if got := decryptB64(t, m, name, ct); got != pt {
 			t.Fatalf("%s decrypts the original ciphertext to %q", name, got)
 		}
-	case k.keyType().asymmetric() && k.allows(opSign):
+	case k.KeyType().Asymmetric() && k.Allows(keyring.OpSign):
 		sig := m.mustOK(logical.UpdateOperation, "sign/"+name, map[string]interface{}{"input": input}).Data["signature"]
 		if v := m.mustOK(logical.UpdateOperation, "verify/"+name, map[string]interface{}{"input": input, "signature": sig}).Data["valid"]; v != true {
 			t.Fatalf("%s: its own signature does not verify", name)
 		}
-	case k.keyType().family == familyHMAC:
+	case k.KeyType().Family == keyring.FamilyHMAC:
 		m.mustOK(logical.UpdateOperation, "hmac/"+name, map[string]interface{}{"input": input})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -25,12 +26,12 @@ func paddingOf(item cryptoItem) (string, error) {
 	case paddingPKCS1v15:
 		return p, nil
 	}
-	return "", userErrorf("padding_scheme %q is not one of: oaep, pkcs1v15", item.PaddingScheme)
+	return "", keyring.Userf("padding_scheme %q is not one of: oaep, pkcs1v15", item.PaddingScheme)
 }
 
 func noContextForRSA(item cryptoItem) error {
 	if item.Context != "" || item.AssociatedData != "" || len(item.EncryptionContext) > 0 {
-		return userErrorf("RSA encryption binds no context: drop context, associated_data and encryption_context, or use an AES key")
+		return keyring.Userf("RSA encryption binds no context: drop context, associated_data and encryption_context, or use an AES key")
 	}
 	return nil
 }
@@ -46,7 +47,7 @@ func rsaPlaintextLimit(pub *rsa.PublicKey, padding string) int {
 
 // encryptRSA encrypts with the public key, in the plugin: the private half
 // is what the HSM protects.
-func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) {
+func (b *backend) encryptRSA(k *keyring.Entry, item cryptoItem) (string, int, error) {
 	padding, err := paddingOf(item)
 	if err != nil {
 		return "", 0, err
@@ -56,14 +57,14 @@ func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) 
 	}
 	plaintext, err := base64.StdEncoding.DecodeString(item.Plaintext)
 	if err != nil {
-		return "", 0, userErrorf("plaintext is not valid base64")
+		return "", 0, keyring.Userf("plaintext is not valid base64")
 	}
 	if !item.plaintextGiven {
-		return "", 0, userErrorf("missing plaintext to encrypt")
+		return "", 0, keyring.Userf("missing plaintext to encrypt")
 	}
-	version, kv, msg := k.encryptionVersion(item.KeyVersion)
-	if msg != "" {
-		return "", 0, userError{msg: msg}
+	version, kv, err := k.EncryptionVersion(item.KeyVersion)
+	if err != nil {
+		return "", 0, err
 	}
 	pubKey, err := b.parsedPublicKey(kv)
 	if err != nil {
@@ -71,7 +72,7 @@ func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) 
 	}
 	pub := pubKey.(*rsa.PublicKey)
 	if limit := rsaPlaintextLimit(pub, padding); len(plaintext) > limit {
-		return "", 0, userErrorf("plaintext is %d bytes; %s with %s takes at most %d: encrypt a data key instead", len(plaintext), k.Type, padding, limit)
+		return "", 0, keyring.Userf("plaintext is %d bytes; %s with %s takes at most %d: encrypt a data key instead", len(plaintext), k.Type, padding, limit)
 	}
 	var ct []byte
 	if padding == paddingOAEP {
@@ -86,7 +87,7 @@ func (b *backend) encryptRSA(k *keyEntry, item cryptoItem) (string, int, error) 
 }
 
 // decryptRSA decrypts in the HSM with the version's private key.
-func (b *backend) decryptRSA(ctx context.Context, client *hsm.Client, kv *keyVersion, item cryptoItem, blob []byte) ([]byte, error) {
+func (b *backend) decryptRSA(ctx context.Context, client *hsm.Client, kv *keyring.Version, item cryptoItem, blob []byte) ([]byte, error) {
 	padding, err := paddingOf(item)
 	if err != nil {
 		return nil, err
@@ -94,8 +95,8 @@ func (b *backend) decryptRSA(ctx context.Context, client *hsm.Client, kv *keyVer
 	if err := noContextForRSA(item); err != nil {
 		return nil, err
 	}
-	if kv.publicOnly() {
-		return nil, userErrorf("this key version was imported as a public key only; it cannot decrypt")
+	if kv.PublicOnly() {
+		return nil, keyring.Userf("this key version was imported as a public key only; it cannot decrypt")
 	}
 	pubKey, err := b.parsedPublicKey(kv)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
@@ -24,20 +25,20 @@ type signOptions struct {
 
 // jwaAlgorithms maps the seeds' JWA names to key family, hash and scheme.
 var jwaAlgorithms = map[string]struct {
-	family string
+	family keyring.Family
 	hash   string
 	pss    bool
 	curve  string
 }{
-	"RS256": {familyRSA, "sha2-256", false, ""},
-	"RS384": {familyRSA, "sha2-384", false, ""},
-	"RS512": {familyRSA, "sha2-512", false, ""},
-	"PS256": {familyRSA, "sha2-256", true, ""},
-	"PS384": {familyRSA, "sha2-384", true, ""},
-	"PS512": {familyRSA, "sha2-512", true, ""},
-	"ES256": {familyEC, "sha2-256", false, "P-256"},
-	"ES384": {familyEC, "sha2-384", false, "P-384"},
-	"ES512": {familyEC, "sha2-512", false, "P-521"},
+	"RS256": {keyring.FamilyRSA, "sha2-256", false, ""},
+	"RS384": {keyring.FamilyRSA, "sha2-384", false, ""},
+	"RS512": {keyring.FamilyRSA, "sha2-512", false, ""},
+	"PS256": {keyring.FamilyRSA, "sha2-256", true, ""},
+	"PS384": {keyring.FamilyRSA, "sha2-384", true, ""},
+	"PS512": {keyring.FamilyRSA, "sha2-512", true, ""},
+	"ES256": {keyring.FamilyEC, "sha2-256", false, "P-256"},
+	"ES384": {keyring.FamilyEC, "sha2-384", false, "P-384"},
+	"ES512": {keyring.FamilyEC, "sha2-512", false, "P-521"},
 }
 
 func jwaNames() string {
@@ -63,7 +64,7 @@ type signRequest struct {
 
 // readSignOptions checks the options against the key type and returns a
 // message naming the allowed values when one is wrong.
-func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
+func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 	opts := signOptions{prehashed: r.prehashed}
 	hashName := strings.ToLower(r.hashAlgorithm)
 	if hashName == "" {
@@ -78,14 +79,14 @@ func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
 			return opts, fmt.Sprintf("alg %q is not one of: %s", r.alg, jwaNames())
 		}
 		opts.alg = strings.ToUpper(r.alg)
-		if jwa.family != kt.family || (jwa.curve != "" && jwa.curve != kt.curve) {
-			return opts, fmt.Sprintf("alg %s does not fit key type %s; %s", opts.alg, kt.name, fittingAlgs(kt))
+		if jwa.family != kt.Family || (jwa.curve != "" && jwa.curve != kt.Curve) {
+			return opts, fmt.Sprintf("alg %s does not fit key type %s; %s", opts.alg, kt.Name, fittingAlgs(kt))
 		}
 		if r.hashGiven && hashName != jwa.hash {
 			return opts, fmt.Sprintf("alg %s implies hash_algorithm %s, not %s; give one of the two", opts.alg, jwa.hash, hashName)
 		}
 		hashName = jwa.hash
-		if kt.family == familyRSA {
+		if kt.Family == keyring.FamilyRSA {
 			want := "pkcs1v15"
 			if jwa.pss {
 				want = "pss"
@@ -100,15 +101,15 @@ func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
 		}
 	}
 
-	// Verify's hashes: sign's and sha1, which signingRequest refuses to
-	// sign with.
+	// Verify's hashes: sign's and sha1, which signRequest refuses to sign
+	// with.
 	hash, ok := wire.LookupHash(hashName, wire.UseVerify)
 	if !ok {
 		return opts, fmt.Sprintf("hash_algorithm %q is not one of: %s", hashName, strings.Join(wire.HashNames(wire.UseVerify), ", "))
 	}
 	opts.hash = hash
 
-	if kt.family == familyRSA {
+	if kt.Family == keyring.FamilyRSA {
 		switch sigAlg {
 		case "", "pss":
 			opts.pss = true
@@ -135,10 +136,10 @@ func readSignOptions(r signRequest, kt keyType) (signOptions, string) {
 	return opts, ""
 }
 
-func fittingAlgs(kt keyType) string {
+func fittingAlgs(kt keyring.KeyType) string {
 	var fit []string
 	for name, jwa := range jwaAlgorithms {
-		if jwa.family == kt.family && (jwa.curve == "" || jwa.curve == kt.curve) {
+		if jwa.family == kt.Family && (jwa.curve == "" || jwa.curve == kt.Curve) {
 			fit = append(fit, name)
 		}
 	}

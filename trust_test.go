@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // gatedStorage holds one read of a chosen key after it has read storage and
@@ -48,11 +49,11 @@ func (g *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEnt
 func TestKEKRotationNeverLeavesAStaleStateCached(t *testing.T) {
 	m := configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
 	ctx := context.Background()
-	m.b.kekCache.Forget()
-	gate := newGatedStorage(m.storage, kekStorageKey)
+	m.b.ring.ForgetKEK()
+	gate := newGatedStorage(m.storage, keyring.KEKStorageKey)
 	readerDone := make(chan error)
 	go func() {
-		_, err := m.b.kek(ctx, gate) // reads v1, held before it can fill the cache
+		_, err := m.b.ring.KEK(ctx, gate) // reads v1, held before it can fill the cache
 		readerDone <- err
 	}()
 	<-gate.read
@@ -61,7 +62,7 @@ func TestKEKRotationNeverLeavesAStaleStateCached(t *testing.T) {
 	if err := <-readerDone; err != nil {
 		t.Fatal(err)
 	}
-	st, err := m.b.kek(ctx, m.storage)
+	st, err := m.b.ring.KEK(ctx, m.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func waitForRewrap(t *testing.T, m *testMount) map[string]interface{} {
 		if job, ok := kek["rewrap"].(map[string]interface{}); ok && job["done"] == true {
 			return kek
 		}
-		if done := m.b.rewrapFinished(); done != nil {
+		if done := m.b.ring.RewrapFinished(); done != nil {
 			<-done
 		}
 	}
@@ -103,7 +104,7 @@ func TestBackupsSurviveKEKRotationUntilTrimmed(t *testing.T) {
 			m.mustOK(logical.UpdateOperation, "keys/kept-aes", map[string]interface{}{"type": "aes256-gcm96"})
 			pt, ct := encryptB64(t, m, "kept-aes", "kept through rotations")
 			backup := m.mustOK(logical.ReadOperation, "backup/kept-aes", nil).Data["backup"].(string)
-			st, err := m.b.kek(context.Background(), m.storage)
+			st, err := m.b.ring.KEK(context.Background(), m.storage)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,12 +156,12 @@ func TestKEKTrimRefusedWhileABlobNamesTheVersion(t *testing.T) {
 	waitForRewrap(t, m)
 	// A blob still under version 1, as a crash mid-job would leave it.
 	ctx := context.Background()
-	k, err := loadKey(ctx, m.storage, "old")
+	k, err := keyring.Load(ctx, m.storage, "old")
 	if err != nil {
 		t.Fatal(err)
 	}
 	k.Versions[1].KEKVersion = 1
-	if err := m.b.saveKey(ctx, m.storage, k); err != nil {
+	if err := m.b.ring.Save(ctx, m.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	m.mustFail(logical.UpdateOperation, "config/kek/trim", map[string]interface{}{"min_version": 2}, `key "old" still has a blob under KEK version 1`)
@@ -212,7 +213,7 @@ func objectOnToken(t *testing.T, m *testMount, id []byte) bool {
 // kek_label cannot name the plugin's own objects.
 func TestAnotherMountsKEKCannotBeTaken(t *testing.T) {
 	a := configuredMount(t, nil)
-	st, err := a.b.kek(context.Background(), a.storage)
+	st, err := a.b.ring.KEK(context.Background(), a.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,19 +252,19 @@ func TestAKEKNeverBecomesADataKey(t *testing.T) {
 
 	// A mount an older release configured with that KEK records it.
 	legacy := configuredMount(t, map[string]interface{}{"default_key": "legacy-default"})
-	st, err := loadKEKState(ctx, legacy.storage)
+	st, err := keyring.LoadKEKState(ctx, legacy.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Versions[1] = &kekVersion{ObjectID: permissiveID, Label: permissive, Found: true}
-	if err := legacy.b.storeKEKState(ctx, legacy.storage, st); err != nil {
+	st.Versions[1] = &keyring.KEKVersion{ObjectID: permissiveID, Label: permissive, Found: true}
+	if err := legacy.b.ring.StoreKEKState(ctx, legacy.storage, st); err != nil {
 		t.Fatal(err)
 	}
 	legacy.b.markerDone.Store(false)
 	legacy.mustOK(logical.ReadOperation, "status", nil) // a request: the records are written
 	m.mustFail(logical.UpdateOperation, "keys/taken/adopt", map[string]interface{}{"label": permissive}, "the KEK of mount "+legacy.b.owner)
 
-	own, err := m.b.kek(ctx, m.storage)
+	own, err := m.b.ring.KEK(ctx, m.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,11 +381,11 @@ func TestJWKListImportRefusesWrappedResidency(t *testing.T) {
 	m := configuredMount(t, map[string]interface{}{"max_keys": 0})
 	jwk := map[string]interface{}{"kty": "oct", "k": base64.RawURLEncoding.EncodeToString(make([]byte, 32))}
 	m.mustFail(logical.UpdateOperation, "keys/imported", map[string]interface{}{"keys": []interface{}{jwk}, "residency": "wrapped"}, "residency \"wrapped\"")
-	if k, err := loadKey(context.Background(), m.storage, "imported"); err != nil || k != nil {
+	if k, err := keyring.Load(context.Background(), m.storage, "imported"); err != nil || k != nil {
 		t.Fatalf("the refused import stored %v (%v)", k, err)
 	}
 	resp := m.mustOK(logical.UpdateOperation, "keys/imported", map[string]interface{}{"keys": []interface{}{jwk}})
-	if resp.Data["residency"] != residencyHSM {
+	if resp.Data["residency"] != keyring.ResidencyHSM {
 		t.Fatalf("residency %v", resp.Data["residency"])
 	}
 }
@@ -421,7 +422,7 @@ func TestRotationCrashIsRolledBack(t *testing.T) {
 	ctx := context.Background()
 	m.mustOK(logical.UpdateOperation, "keys/rot", map[string]interface{}{"type": "aes256-gcm96"})
 	ct := encrypt(t, m, "rot", "before the crash", nil)
-	crash := &crashingStorage{Storage: m.storage, key: keyStoragePrefix + "rot"}
+	crash := &crashingStorage{Storage: m.storage, key: keyring.KeyStoragePrefix + "rot"}
 	req := &logical.Request{Operation: logical.UpdateOperation, Path: "keys/rot/rotate", Storage: crash, MountPoint: "kms/"}
 	if _, err := m.b.HandleRequest(ctx, req); err == nil {
 		t.Fatal("the rotation survived its crash")
@@ -430,7 +431,7 @@ func TestRotationCrashIsRolledBack(t *testing.T) {
 	if err != nil || len(walIDs) != 2 {
 		t.Fatalf("WAL entries after the crash: %v (%v), want the version's and its HMAC key's", walIDs, err)
 	}
-	label := objectLabel(m.b.owner, "rot", 2)
+	label := keyring.ObjectLabel(m.b.owner, "rot", 2)
 	if !labelOnToken(t, m, label) || !labelOnToken(t, m, label+"/hmac") {
 		t.Fatal("the crash left no object behind: the test does not test the rollback")
 	}

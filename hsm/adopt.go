@@ -3,6 +3,7 @@ package hsm
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -41,9 +42,15 @@ type ExistingKey struct {
 	Public crypto.PublicKey
 }
 
-// ErrAdopt: the object named for adoption cannot be adopted; the message
-// says why.
-var ErrAdopt = fmt.Errorf("%w: cannot adopt", ErrInvalidInput)
+// ErrAdopt: the object named for adoption cannot be adopted; the error is
+// an InputError that says why.
+var ErrAdopt = errors.New("cannot adopt")
+
+func adoptErrorf(format string, args ...interface{}) error {
+	err := inputErrorf(format, args...).(*InputError)
+	err.sentinel = ErrAdopt
+	return err
+}
 
 // FindExistingKey finds the one secret or private key object sel names and
 // describes it. Objects without a CKA_ID, or whose CKA_ID another object of
@@ -51,7 +58,7 @@ var ErrAdopt = fmt.Errorf("%w: cannot adopt", ErrInvalidInput)
 // finds every object, so they are refused.
 func (c *Client) FindExistingKey(ctx context.Context, sel ObjectSelector) (ExistingKey, error) {
 	if (sel.Label == "") == (sel.ID == nil) {
-		return ExistingKey{}, fmt.Errorf("%w: give a label or an id", ErrAdopt)
+		return ExistingKey{}, adoptErrorf("give a label or an id")
 	}
 	var out ExistingKey
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -71,10 +78,10 @@ func (c *Client) FindExistingKey(ctx context.Context, sel ObjectSelector) (Exist
 		}
 		switch len(candidates) {
 		case 0:
-			return fmt.Errorf("%w: no secret or private key object with %s on the token", ErrAdopt, sel)
+			return adoptErrorf("no secret or private key object with %s on the token", sel)
 		case 1:
 		default:
-			return fmt.Errorf("%w: %d key objects have %s; name one by its id", ErrAdopt, len(candidates), sel)
+			return adoptErrorf("%d key objects have %s; name one by its id", len(candidates), sel)
 		}
 		var err error
 		out, err = describeKeyObject(p11, sh, candidates[0])
@@ -86,7 +93,7 @@ func (c *Client) FindExistingKey(ctx context.Context, sel ObjectSelector) (Exist
 			class = pkcs11.CKO_PRIVATE_KEY
 		}
 		if len(out.ID) == 0 {
-			return fmt.Errorf("%w: the object has no CKA_ID, by which the plugin finds its objects; give it one with the HSM's tools", ErrAdopt)
+			return adoptErrorf("the object has no CKA_ID, by which the plugin finds its objects; give it one with the HSM's tools")
 		}
 		same, err := findAll(p11, sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
@@ -96,7 +103,7 @@ func (c *Client) FindExistingKey(ctx context.Context, sel ObjectSelector) (Exist
 			return err
 		}
 		if len(same) != 1 {
-			return fmt.Errorf("%w: another key object shares its CKA_ID %x", ErrAdopt, out.ID)
+			return adoptErrorf("another key object shares its CKA_ID %x", out.ID)
 		}
 		if class == pkcs11.CKO_PRIVATE_KEY {
 			out.Public, err = c.adoptedPublicKey(p11, sh, candidates[0], out)
@@ -150,7 +157,7 @@ func describeKeyObject(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 		Wrap:        readBool(p11, sh, h, pkcs11.CKA_WRAP) || readBool(p11, sh, h, pkcs11.CKA_UNWRAP),
 	}
 	if !readBool(p11, sh, h, pkcs11.CKA_TOKEN) {
-		return ExistingKey{}, fmt.Errorf("%w: it is a session object, which ends with its session", ErrAdopt)
+		return ExistingKey{}, adoptErrorf("it is a session object, which ends with its session")
 	}
 	class, keyType := bytesToUint(attrs[0].Value), bytesToUint(attrs[1].Value)
 	switch {
@@ -160,7 +167,7 @@ func describeKeyObject(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 			return ExistingKey{}, err
 		}
 		if n != 16 && n != 24 && n != 32 {
-			return ExistingKey{}, fmt.Errorf("%w: an AES key of %d bytes", ErrAdopt, n)
+			return ExistingKey{}, adoptErrorf("an AES key of %d bytes", n)
 		}
 		out.Kind, out.Bits = ImportAES, n*8
 	case class == pkcs11.CKO_SECRET_KEY && (keyType == pkcs11.CKK_GENERIC_SECRET || keyType == pkcs11.CKK_SHA256_HMAC ||
@@ -180,11 +187,11 @@ func describeKeyObject(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandl
 	case class == pkcs11.CKO_PRIVATE_KEY && keyType == pkcs11.CKK_EC:
 		curve, err := readCurve(p11, sh, h)
 		if err != nil {
-			return ExistingKey{}, fmt.Errorf("%w: %w", ErrAdopt, err)
+			return ExistingKey{}, adoptErrorf("%w", err)
 		}
 		out.Kind, out.Curve = ImportEC, curve
 	default:
-		return ExistingKey{}, fmt.Errorf("%w: key type %#x of class %#x is not one the plugin uses (AES, generic secret, RSA, EC)", ErrAdopt, keyType, class)
+		return ExistingKey{}, adoptErrorf("key type %#x of class %#x is not one the plugin uses (AES, generic secret, RSA, EC)", keyType, class)
 	}
 	return out, nil
 }
@@ -214,7 +221,7 @@ func (c *Client) adoptedPublicKey(p11 PKCS11, sh pkcs11.SessionHandle, priv pkcs
 		return k.Public, nil
 	}
 	if !k.Sign {
-		return nil, fmt.Errorf("%w: the EC key has no public object with its CKA_ID and cannot sign, so its public key cannot be found", ErrAdopt)
+		return nil, adoptErrorf("the EC key has no public object with its CKA_ID and cannot sign, so its public key cannot be found")
 	}
 	return recoverECPublic(p11, sh, priv, k.Curve)
 }

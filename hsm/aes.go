@@ -22,10 +22,10 @@ const (
 // with CKA_ID id.
 func (c *Client) GenerateAESKey(ctx context.Context, id []byte, label string, bits int, use Usage) error {
 	if bits != 128 && bits != 192 && bits != 256 {
-		return fmt.Errorf("%w: AES key size %d; 128, 192 or 256 allowed", ErrInvalidInput, bits)
+		return inputErrorf("AES key size %d; 128, 192 or 256 allowed", bits)
 	}
 	if len(id) == 0 {
-		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
+		return inputErrorf("empty object id")
 	}
 	template := secretKeyTemplate(pkcs11.CKK_AES, bits/8, id, label, use)
 	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -42,7 +42,7 @@ func (c *Client) GenerateAESKey(ctx context.Context, id []byte, label string, bi
 // 128-bit tag, with the IV the token actually used.
 func (c *Client) EncryptGCM(ctx context.Context, id, plaintext, aad []byte) ([]byte, error) {
 	if len(aad) == 0 {
-		return nil, fmt.Errorf("%w: associated data must not be empty", ErrInvalidInput)
+		return nil, inputErrorf("associated data must not be empty")
 	}
 	var out []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -99,7 +99,7 @@ func (c *Client) sealGCM(p11 PKCS11, sh pkcs11.SessionHandle, key pkcs11.ObjectH
 // sliced; any authentication failure is ErrDecrypt, with no detail.
 func (c *Client) DecryptGCM(ctx context.Context, id, blob, aad []byte) ([]byte, error) {
 	if len(aad) == 0 {
-		return nil, fmt.Errorf("%w: associated data must not be empty", ErrInvalidInput)
+		return nil, inputErrorf("associated data must not be empty")
 	}
 	return c.decryptGCM(ctx, id, blob, aad)
 }

@@ -144,7 +144,7 @@ func (b *miekgBinding) SignOnce(sh pkcs11.SessionHandle, data []byte, outCap int
 // freed: either may be a plaintext, and the module may keep no Go pointer.
 func (b *miekgBinding) once(op C.int, name string, sh pkcs11.SessionHandle, input []byte, outCap int) ([]byte, error) {
 	if outCap < 0 {
-		return nil, fmt.Errorf("%w: output buffer of %d bytes", ErrInvalidInput, outCap)
+		return nil, inputErrorf("output buffer of %d bytes", outCap)
 	}
 	in := C.malloc(C.size_t(max(len(input), 1))) // never NULL: some modules refuse NULL with length 0
 	defer C.wipe_free(in, C.size_t(max(len(input), 1)))
@@ -171,7 +171,7 @@ func (b *miekgBinding) once(op C.int, name string, sh pkcs11.SessionHandle, inpu
 
 func (b *miekgBinding) WrapKeyOnce(sh pkcs11.SessionHandle, mech uint, wrapping, key pkcs11.ObjectHandle, outCap int) ([]byte, error) {
 	if outCap < 1 {
-		return nil, fmt.Errorf("%w: output buffer of %d bytes", ErrInvalidInput, outCap)
+		return nil, inputErrorf("output buffer of %d bytes", outCap)
 	}
 	out := C.malloc(C.size_t(outCap))
 	defer C.free(out)

@@ -81,7 +81,7 @@ type Client struct {
 // returns a client.
 func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.PoolSize < 1 {
-		return nil, fmt.Errorf("%w: pool size must be at least 1", ErrInvalidInput)
+		return nil, inputErrorf("pool size must be at least 1")
 	}
 	log := cfg.Logger
 	if log == nil {

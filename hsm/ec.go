@@ -40,7 +40,7 @@ func ecSize(curve elliptic.Curve) int { return (curve.Params().BitSize + 7) / 8 
 func (c *Client) GenerateECKeyPair(ctx context.Context, id []byte, label, curve string, use Usage) (*ecdsa.PublicKey, error) {
 	oid, ok := curveOIDs[curve]
 	if !ok {
-		return nil, fmt.Errorf("%w: curve %q; P-256, P-384 or P-521 allowed", ErrInvalidInput, curve)
+		return nil, inputErrorf("curve %q; P-256, P-384 or P-521 allowed", curve)
 	}
 	params, err := asn1.Marshal(oid)
 	if err != nil {
@@ -94,7 +94,7 @@ func readECPublic(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (c
 // r||s signature, each half the curve's size, after verifying it with pub.
 func (c *Client) SignECDSA(ctx context.Context, id []byte, pub *ecdsa.PublicKey, digest []byte) ([]byte, error) {
 	if len(digest) == 0 || len(digest) > 64 {
-		return nil, fmt.Errorf("%w: digest of %d bytes", ErrInvalidInput, len(digest))
+		return nil, inputErrorf("digest of %d bytes", len(digest))
 	}
 	size := ecSize(pub.Curve)
 	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), digest, 2*size)

@@ -20,7 +20,7 @@ import (
 // no single candidate verifies both.
 func RecoverECDSAPublicKey(curve elliptic.Curve, digest1, sig1, digest2, sig2 []byte) (*ecdsa.PublicKey, error) {
 	if curve == nil {
-		return nil, fmt.Errorf("%w: no curve", ErrInvalidInput)
+		return nil, inputErrorf("no curve")
 	}
 	c := newRecoveryCurve(curve)
 	// The square root below is only valid for p ≡ 3 (mod 4), and raw r||s
@@ -28,7 +28,7 @@ func RecoverECDSAPublicKey(curve elliptic.Curve, digest1, sig1, digest2, sig2 []
 	// byte length. Both hold for P-256, P-384 and P-521; refusing anything
 	// else keeps a wrong root or a misread signature from ever being tried.
 	if c.p.Bit(0) != 1 || c.p.Bit(1) != 1 || (c.n.BitLen()+7)/8 != c.size {
-		return nil, fmt.Errorf("%w: curve %s is not supported for public key recovery", ErrInvalidInput, curve.Params().Name)
+		return nil, inputErrorf("curve %s is not supported for public key recovery", curve.Params().Name)
 	}
 	r1, s1, err := c.splitSignature(sig1)
 	if err != nil {
@@ -100,12 +100,12 @@ func newRecoveryCurve(curve elliptic.Curve) *recoveryCurve {
 // undefined.
 func (c *recoveryCurve) splitSignature(sig []byte) (r, s *big.Int, err error) {
 	if len(sig) != 2*c.size {
-		return nil, nil, fmt.Errorf("%w: signature is %d bytes, want %d", ErrInvalidInput, len(sig), 2*c.size)
+		return nil, nil, inputErrorf("signature is %d bytes, want %d", len(sig), 2*c.size)
 	}
 	r = new(big.Int).SetBytes(sig[:c.size])
 	s = new(big.Int).SetBytes(sig[c.size:])
 	if r.Sign() == 0 || r.Cmp(c.n) >= 0 || s.Sign() == 0 || s.Cmp(c.n) >= 0 {
-		return nil, nil, fmt.Errorf("%w: signature r or s is out of range", ErrInvalidInput)
+		return nil, nil, inputErrorf("signature r or s is out of range")
 	}
 	return r, s, nil
 }

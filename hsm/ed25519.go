@@ -25,7 +25,7 @@ var ed25519Params = func() []byte {
 
 // ErrNoEd25519: the token has no Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN,
 // CKM_EDDSA); NSS softokn among them.
-var ErrNoEd25519 = fmt.Errorf("%w: the token has no Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA)", ErrInvalidInput)
+var ErrNoEd25519 = inputErrorf("the token has no Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA)")
 
 // GenerateEd25519KeyPair creates an Ed25519 key pair and returns its
 // public key.

@@ -41,6 +41,34 @@ var (
 	ErrGCMUnusable = errors.New("the token's AES-GCM failed the self-test")
 )
 
+// InputError is an input the HSM would reject, or that hsm refuses before
+// the HSM sees it because some HSMs would not: the caller's to fix. Reason
+// is what the caller is told, whole; callers never trim it. It is
+// ErrInvalidInput for errors.Is, and keeps the error it came from.
+type InputError struct {
+	Reason   string
+	err      error // what the reason was made from, if anything
+	sentinel error // a narrower sentinel (ErrAdopt), if any
+}
+
+func (e *InputError) Error() string { return ErrInvalidInput.Error() + ": " + e.Reason }
+
+// UserMessage is what the caller is told.
+func (e *InputError) UserMessage() string { return e.Reason }
+
+func (e *InputError) Is(target error) bool {
+	return target == ErrInvalidInput || (e.sentinel != nil && target == e.sentinel)
+}
+
+func (e *InputError) Unwrap() error { return e.err }
+
+// inputErrorf makes an InputError; a %w in format keeps that error in the
+// chain.
+func inputErrorf(format string, args ...interface{}) error {
+	made := fmt.Errorf(format, args...)
+	return &InputError{Reason: made.Error(), err: errors.Unwrap(made)}
+}
+
 // errorClass says what the client does after a PKCS#11 call failed.
 type errorClass int
 

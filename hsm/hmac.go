@@ -18,10 +18,10 @@ var hmacMechanisms = map[crypto.Hash]uint{
 // of 8) for HMAC on the token.
 func (c *Client) GenerateHMACKey(ctx context.Context, id []byte, label string, bits int, use Usage) error {
 	if bits < 128 || bits > 4096 || bits%8 != 0 {
-		return fmt.Errorf("%w: HMAC key size %d bits; 128 to 4096, a multiple of 8", ErrInvalidInput, bits)
+		return inputErrorf("HMAC key size %d bits; 128 to 4096, a multiple of 8", bits)
 	}
 	if len(id) == 0 {
-		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
+		return inputErrorf("empty object id")
 	}
 	template := secretKeyTemplate(pkcs11.CKK_GENERIC_SECRET, bits/8, id, label, use)
 	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -36,7 +36,7 @@ func (c *Client) GenerateHMACKey(ctx context.Context, id []byte, label string, b
 func (c *Client) HMAC(ctx context.Context, id []byte, hash crypto.Hash, data []byte) ([]byte, error) {
 	mech, ok := hmacMechanisms[hash]
 	if !ok {
-		return nil, fmt.Errorf("%w: no HMAC mechanism for %v", ErrInvalidInput, hash)
+		return nil, inputErrorf("no HMAC mechanism for %v", hash)
 	}
 	var mac []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -46,7 +46,7 @@ func (c *Client) HMAC(ctx context.Context, id []byte, hash crypto.Hash, data []b
 		}
 		if err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, key); err != nil {
 			if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_KEY_SIZE_RANGE {
-				return fmt.Errorf("%w: the token refuses HMAC with %v for a key this short; import the key as a JWK, which is padded to 64 bytes (the same HMAC)", ErrInvalidInput, hash)
+				return inputErrorf("the token refuses HMAC with %v for a key this short; import the key as a JWK, which is padded to 64 bytes (the same HMAC)", hash)
 			}
 			return call("C_SignInit", err)
 		}

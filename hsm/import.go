@@ -129,22 +129,22 @@ var ErrNotUnwrapped = errors.New("could not be unwrapped with this mount's wrapp
 func (c *Client) ImportWrapped(ctx context.Context, wk WrappingKey, ciphertext []byte, hash crypto.Hash, spec ImportSpec) (Imported, error) {
 	params, ok := oaepHashes[hash]
 	if !ok {
-		return Imported{}, fmt.Errorf("%w: no RSA-OAEP with %v", ErrInvalidInput, hash)
+		return Imported{}, inputErrorf("no RSA-OAEP with %v", hash)
 	}
 	k := (wk.Public.N.BitLen() + 7) / 8
 	if len(ciphertext) <= k {
-		return Imported{}, fmt.Errorf("%w: ciphertext is %d bytes; it must be longer than the %d bytes of RSA-OAEP under the wrapping key", ErrInvalidInput, len(ciphertext), k)
+		return Imported{}, inputErrorf("ciphertext is %d bytes; it must be longer than the %d bytes of RSA-OAEP under the wrapping key", len(ciphertext), k)
 	}
 	wrappedEphemeral, wrappedKey := ciphertext[:k], ciphertext[k:]
 	if len(wrappedKey) < 16 || len(wrappedKey)%8 != 0 {
-		return Imported{}, fmt.Errorf("%w: ciphertext's key-wrap part is %d bytes; RFC 5649 output is a multiple of 8, at least 16", ErrInvalidInput, len(wrappedKey))
+		return Imported{}, inputErrorf("ciphertext's key-wrap part is %d bytes; RFC 5649 output is a multiple of 8, at least 16", len(wrappedKey))
 	}
 	// RFC 5649 adds 8 bytes to a key whose length is a multiple of 8: an
 	// AES key of another size is refused before the token sees it, since
 	// not every token records an unwrapped key's length (SoftHSM) and some
 	// cut the key to the template's length (NSS).
 	if spec.Kind == ImportAES && len(wrappedKey) != spec.Bits/8+8 {
-		return Imported{}, fmt.Errorf("%w: the key in it is not %d bytes, as an AES-%d key is (its key wrap is %d bytes, not %d)", ErrInvalidInput, spec.Bits/8, spec.Bits, len(wrappedKey), spec.Bits/8+8)
+		return Imported{}, inputErrorf("the key in it is not %d bytes, as an AES-%d key is (its key wrap is %d bytes, not %d)", spec.Bits/8, spec.Bits, len(wrappedKey), spec.Bits/8+8)
 	}
 	if new(big.Int).SetBytes(wrappedEphemeral).Cmp(wk.Public.N) >= 0 {
 		return Imported{}, ErrNotUnwrapped // larger than this modulus: made for another key
@@ -189,7 +189,7 @@ func (c *Client) ImportWrapped(ctx context.Context, wk WrappingKey, ciphertext [
 		if n, err := secretLength(p11, sh, ephemeral); err != nil {
 			return err
 		} else if n != 32 {
-			return fmt.Errorf("%w: the ephemeral key is %d bytes; Transit's BYOK uses a 32-byte AES key", ErrInvalidInput, n)
+			return inputErrorf("the ephemeral key is %d bytes; Transit's BYOK uses a 32-byte AES key", n)
 		}
 		out, err = c.unwrapInto(p11, sh, kwp, ephemeral, wrappedKey, spec)
 		return err
@@ -240,7 +240,7 @@ func rawOAEPEphemeral(p11 PKCS11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHan
 	h, err := p11.CreateObject(sh, ephemeralTemplate(key))
 	if err != nil {
 		if classify(err) == classCaller {
-			return 0, fmt.Errorf("%w: the ephemeral key is %d bytes; Transit's BYOK uses a 32-byte AES key", ErrInvalidInput, len(key))
+			return 0, inputErrorf("the ephemeral key is %d bytes; Transit's BYOK uses a 32-byte AES key", len(key))
 		}
 		return 0, call("C_CreateObject (ephemeral key)", err)
 	}
@@ -292,7 +292,7 @@ func (c *Client) ImportMaterial(ctx context.Context, material []byte, spec Impor
 	}
 	wrapped, err := kw.Wrap(material)
 	if err != nil {
-		return Imported{}, fmt.Errorf("%w: key material of %d bytes cannot be wrapped", ErrInvalidInput, len(material))
+		return Imported{}, inputErrorf("key material of %d bytes cannot be wrapped", len(material))
 	}
 	var out Imported
 	err = c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -391,7 +391,7 @@ func (c *Client) tryAESGCM(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectH
 	code, ok := pkcs11Code(err)
 	if ok && (classify(err) == classCaller || code == pkcs11.CKR_MECHANISM_INVALID || code == pkcs11.CKR_KEY_SIZE_RANGE ||
 		code == pkcs11.CKR_KEY_TYPE_INCONSISTENT || code == pkcs11.CKR_FUNCTION_FAILED) {
-		return fmt.Errorf("%w: the token cannot use the key for AES-GCM; it is not an AES-%d key", ErrInvalidInput, bits)
+		return inputErrorf("the token cannot use the key for AES-GCM; it is not an AES-%d key", bits)
 	}
 	return err
 }
@@ -401,7 +401,7 @@ func (c *Client) tryAESGCM(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectH
 // otherwise.
 func importTemplate(spec ImportSpec) ([]*pkcs11.Attribute, error) {
 	if len(spec.ID) == 0 {
-		return nil, fmt.Errorf("%w: empty object id", ErrInvalidInput)
+		return nil, inputErrorf("empty object id")
 	}
 	switch spec.Kind {
 	case ImportAES:
@@ -423,7 +423,7 @@ func importTemplate(spec ImportSpec) ([]*pkcs11.Attribute, error) {
 		_, priv := keyPairTemplates(pkcs11.CKK_EC, spec.ID, spec.Label, use, nil, nil)
 		return priv, nil
 	}
-	return nil, fmt.Errorf("%w: unknown import kind %d", ErrInvalidInput, spec.Kind)
+	return nil, inputErrorf("unknown import kind %d", spec.Kind)
 }
 
 // destroyByID destroys every object with CKA_ID id; callers hold createMu.
@@ -475,10 +475,10 @@ func (c *Client) checkImported(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.Obj
 			return Imported{ValueLen: spec.Bits / 8}, nil
 		}
 		if spec.Kind == ImportAES && n*8 != spec.Bits {
-			return Imported{}, fmt.Errorf("%w: the key is %d bits; the type needs %d", ErrInvalidInput, n*8, spec.Bits)
+			return Imported{}, inputErrorf("the key is %d bits; the type needs %d", n*8, spec.Bits)
 		}
 		if spec.Kind == ImportHMAC && (n < MinHMACImportBytes || n > MaxHMACImportBytes) {
-			return Imported{}, fmt.Errorf("%w: the HMAC key is %d bytes; %d to %d allowed", ErrInvalidInput, n, MinHMACImportBytes, MaxHMACImportBytes)
+			return Imported{}, inputErrorf("the HMAC key is %d bytes; %d to %d allowed", n, MinHMACImportBytes, MaxHMACImportBytes)
 		}
 		if spec.Kind == ImportHMAC {
 			if err := tryHMAC(p11, sh, h); err != nil {
@@ -489,33 +489,33 @@ func (c *Client) checkImported(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.Obj
 	case ImportRSA:
 		pub, err := readRSAPublic(p11, sh, h)
 		if err != nil {
-			return Imported{}, fmt.Errorf("%w: the key is not an RSA private key the token can read back: %w", ErrInvalidInput, err)
+			return Imported{}, inputErrorf("the key is not an RSA private key the token can read back: %w", err)
 		}
 		if spec.Public != nil && !pub.(*rsa.PublicKey).Equal(spec.Public) {
-			return Imported{}, fmt.Errorf("%w: the RSA key's public part is not the one given with it", ErrInvalidInput)
+			return Imported{}, inputErrorf("the RSA key's public part is not the one given with it")
 		}
 		if bits := pub.(*rsa.PublicKey).N.BitLen(); bits != spec.Bits {
-			return Imported{}, fmt.Errorf("%w: the RSA key is %d bits; the type needs %d", ErrInvalidInput, bits, spec.Bits)
+			return Imported{}, inputErrorf("the RSA key is %d bits; the type needs %d", bits, spec.Bits)
 		}
 		return Imported{Public: pub}, nil
 	case ImportEC:
 		curve, err := readCurve(p11, sh, h)
 		if err != nil {
-			return Imported{}, fmt.Errorf("%w: %w", ErrInvalidInput, err)
+			return Imported{}, inputErrorf("%w", err)
 		}
 		if curve != spec.Curve {
-			return Imported{}, fmt.Errorf("%w: the EC key is on %s; the type needs %s", ErrInvalidInput, curve, spec.Curve)
+			return Imported{}, inputErrorf("the EC key is on %s; the type needs %s", curve, spec.Curve)
 		}
 		pub, err := recoverECPublic(p11, sh, h, curve)
 		if err != nil {
 			return Imported{}, err
 		}
 		if spec.Public != nil && !pub.Equal(spec.Public) {
-			return Imported{}, fmt.Errorf("%w: the EC key's public point is not the one given with it", ErrInvalidInput)
+			return Imported{}, inputErrorf("the EC key's public point is not the one given with it")
 		}
 		return Imported{Public: pub}, nil
 	}
-	return Imported{}, fmt.Errorf("%w: unknown import kind %d", ErrInvalidInput, spec.Kind)
+	return Imported{}, inputErrorf("unknown import kind %d", spec.Kind)
 }
 
 // ckaNSSDB is NSS's vendor attribute for a private key's public value,
@@ -546,7 +546,7 @@ func tryHMAC(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		_, err = oneCall(func(n int) ([]byte, error) { return p11.SignOnce(sh, []byte("hsmkms"), n) }, crypto.SHA256.Size())
 	}
 	if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_KEY_SIZE_RANGE {
-		return fmt.Errorf("%w: the token refuses HMAC with a key this short; import it as a JWK, which the plugin pads to 64 bytes (the same HMAC)", ErrInvalidInput)
+		return inputErrorf("the token refuses HMAC with a key this short; import it as a JWK, which the plugin pads to 64 bytes (the same HMAC)")
 	}
 	if err != nil {
 		return call("C_Sign (HMAC check)", err)

@@ -125,7 +125,7 @@ var ErrNotOwned = errors.New("an object with this CKA_ID is not the caller's")
 // not an error.
 func (c *Client) DestroyObjects(ctx context.Context, id []byte, owned func(label string) bool) error {
 	if len(id) == 0 {
-		return fmt.Errorf("%w: empty object id", ErrInvalidInput)
+		return inputErrorf("empty object id")
 	}
 	return c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
 		c.token.createMu.Lock()

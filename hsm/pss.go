@@ -17,7 +17,7 @@ func encodePSS(pub *rsa.PublicKey, hash crypto.Hash, digest []byte, saltLen int)
 	emBits := pub.N.BitLen() - 1
 	emLen := (emBits + 7) / 8
 	if len(digest) != hLen || emLen < hLen+saltLen+2 {
-		return nil, fmt.Errorf("%w: PSS with a %d-byte salt does not fit this key and hash", ErrInvalidInput, saltLen)
+		return nil, inputErrorf("PSS with a %d-byte salt does not fit this key and hash", saltLen)
 	}
 	salt := make([]byte, saltLen)
 	if _, err := rand.Read(salt); err != nil {

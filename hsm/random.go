@@ -17,7 +17,7 @@ const randomChunk = 64 << 10
 // Random draws n bytes from the token's RNG.
 func (c *Client) Random(ctx context.Context, n int) ([]byte, error) {
 	if n < 1 || n > MaxRandom {
-		return nil, fmt.Errorf("%w: %d random bytes requested; 1 to %d allowed", ErrInvalidInput, n, MaxRandom)
+		return nil, inputErrorf("%d random bytes requested; 1 to %d allowed", n, MaxRandom)
 	}
 	var out []byte
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {

@@ -17,7 +17,7 @@ import (
 // with public exponent 65537 and returns the public key.
 func (c *Client) GenerateRSAKeyPair(ctx context.Context, id []byte, label string, bits int, use Usage) (*rsa.PublicKey, error) {
 	if bits != 2048 && bits != 3072 && bits != 4096 {
-		return nil, fmt.Errorf("%w: RSA key size %d; 2048, 3072 or 4096 allowed", ErrInvalidInput, bits)
+		return nil, inputErrorf("RSA key size %d; 2048, 3072 or 4096 allowed", bits)
 	}
 	pubTmpl, privTmpl := keyPairTemplates(pkcs11.CKK_RSA, id, label, use,
 		[]*pkcs11.Attribute{
@@ -86,7 +86,7 @@ const (
 func (c *Client) SignRSAPKCS1v15(ctx context.Context, id []byte, pub *rsa.PublicKey, hash crypto.Hash, digest []byte) ([]byte, error) {
 	prefix, ok := digestInfoPrefixes[hash]
 	if !ok || len(digest) != hash.Size() {
-		return nil, fmt.Errorf("%w: digest of %d bytes for %v", ErrInvalidInput, len(digest), hash)
+		return nil, inputErrorf("digest of %d bytes for %v", len(digest), hash)
 	}
 	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), append(append([]byte(nil), prefix...), digest...), pub.Size())
 	if err != nil {
@@ -108,10 +108,10 @@ func PSSSaltMax(pub *rsa.PublicKey, hash crypto.Hash) int {
 func (c *Client) SignRSAPSS(ctx context.Context, id []byte, pub *rsa.PublicKey, hash crypto.Hash, digest []byte, saltLen int) ([]byte, error) {
 	mechs, ok := pssMechanisms[hash]
 	if !ok || len(digest) != hash.Size() {
-		return nil, fmt.Errorf("%w: digest of %d bytes for %v", ErrInvalidInput, len(digest), hash)
+		return nil, inputErrorf("digest of %d bytes for %v", len(digest), hash)
 	}
 	if saltLen < 0 || saltLen > PSSSaltMax(pub, hash) {
-		return nil, fmt.Errorf("%w: PSS salt length %d; 0 to %d allowed for this key and hash", ErrInvalidInput, saltLen, PSSSaltMax(pub, hash))
+		return nil, inputErrorf("PSS salt length %d; 0 to %d allowed for this key and hash", saltLen, PSSSaltMax(pub, hash))
 	}
 	params := pkcs11.NewPSSParams(mechs[0], mechs[1], uint(saltLen))
 	sig, err := c.signRaw(ctx, id, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, params), digest, pub.Size())

@@ -45,17 +45,17 @@ func (c *Client) FindKEK(ctx context.Context, label string) ([]byte, error) {
 			return nil
 		case 1:
 		default:
-			return fmt.Errorf("%w: two secret keys on the token are labelled %q", ErrInvalidInput, label)
+			return inputErrorf("two secret keys on the token are labelled %q", label)
 		}
 		kek, err := describeKEK(p11, sh, found[0])
 		if err != nil {
 			return err
 		}
 		if err := kek.check(true); err != nil {
-			return fmt.Errorf("%w: the key labelled %q %w", ErrInvalidInput, label, err)
+			return inputErrorf("the key labelled %q %w", label, err)
 		}
 		if len(kek.ID) == 0 {
-			return fmt.Errorf("%w: the key labelled %q has no CKA_ID", ErrInvalidInput, label)
+			return inputErrorf("the key labelled %q has no CKA_ID", label)
 		}
 		id = kek.ID
 		return nil
@@ -117,7 +117,7 @@ func describeKEK(p11 PKCS11, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (KE
 // the key's label, from the token.
 func (c *Client) CheckKEK(ctx context.Context, id []byte) (string, error) {
 	if len(id) == 0 {
-		return "", fmt.Errorf("%w: empty KEK id", ErrInvalidInput)
+		return "", inputErrorf("empty KEK id")
 	}
 	var label string
 	err := c.do(ctx, func(p11 PKCS11, sh pkcs11.SessionHandle) error {
@@ -133,7 +133,7 @@ func (c *Client) CheckKEK(ctx context.Context, id []byte) (string, error) {
 			return fmt.Errorf("%w: CKA_ID %x", ErrKeyNotFound, id)
 		case 1:
 		default:
-			return fmt.Errorf("%w: two secret keys share CKA_ID %x", ErrInvalidInput, id)
+			return inputErrorf("two secret keys share CKA_ID %x", id)
 		}
 		kek, err := describeKEK(p11, sh, found[0])
 		if err != nil {
@@ -141,7 +141,7 @@ func (c *Client) CheckKEK(ctx context.Context, id []byte) (string, error) {
 		}
 		label = string(kek.Label)
 		if err := kek.check(false); err != nil {
-			return fmt.Errorf("%w: the object with CKA_ID %x (label %q) %w", ErrInvalidInput, id, label, err)
+			return inputErrorf("the object with CKA_ID %x (label %q) %w", id, label, err)
 		}
 		return nil
 	})
@@ -189,7 +189,7 @@ func (c *Client) GenerateWrapped(ctx context.Context, kek []byte, spec ImportSpe
 			if spec.Kind == ImportEC {
 				oid, ok := curveOIDs[spec.Curve]
 				if !ok {
-					return fmt.Errorf("%w: curve %q", ErrInvalidInput, spec.Curve)
+					return inputErrorf("curve %q", spec.Curve)
 				}
 				der, err := asn1.Marshal(oid)
 				if err != nil {
@@ -213,7 +213,7 @@ func (c *Client) GenerateWrapped(ctx context.Context, kek []byte, spec ImportSpe
 				return err
 			}
 		default:
-			return fmt.Errorf("%w: unknown key kind %d", ErrInvalidInput, spec.Kind)
+			return inputErrorf("unknown key kind %d", spec.Kind)
 		}
 		defer func() { _ = p11.DestroyObject(sh, key) }()
 		blob, err = p11.WrapKeyOnce(sh, kwp, kekHandle, key, MaxWrappedBytes)
@@ -235,7 +235,7 @@ func (c *Client) Rewrap(ctx context.Context, from, to, blob []byte, spec ImportS
 // half against spec.Public), so that metadata and key cannot disagree.
 func (c *Client) RewrapChecked(ctx context.Context, from, to, blob []byte, spec ImportSpec) ([]byte, error) {
 	if want := wrappedSecretLen(spec); want != 0 && len(blob) != want {
-		return nil, fmt.Errorf("%w: the blob is %d bytes; a wrapped %d-bit key is %d", ErrInvalidInput, len(blob), spec.Bits, want)
+		return nil, inputErrorf("the blob is %d bytes; a wrapped %d-bit key is %d", len(blob), spec.Bits, want)
 	}
 	// The transient copy may do what the check needs; it is destroyed
 	// straight after.
@@ -283,7 +283,7 @@ func (c *Client) rewrap(ctx context.Context, from, to, blob []byte, spec ImportS
 		h, err := c.unwrapObject(p11, sh, kwp, fromHandle, blob, template)
 		if err != nil {
 			if errors.Is(err, ErrInvalidInput) || unwrapRefused(err) || c.generalErrorIsCallers(p11, sh, err) || c.functionFailedIsCallers(p11, sh, err) {
-				return fmt.Errorf("%w: the blob does not unwrap under this KEK (%w)", ErrInvalidInput, err)
+				return inputErrorf("the blob does not unwrap under this KEK (%w)", err)
 			}
 			return err
 		}
@@ -320,7 +320,7 @@ func sessionTemplate(c *Client, spec ImportSpec) ([]*pkcs11.Attribute, error) {
 // the attributes SoftHSM refuses at C_UnwrapKey.
 func (c *Client) unwrapObject(p11 PKCS11, sh pkcs11.SessionHandle, kwp uint, unwrapping pkcs11.ObjectHandle, wrapped []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 	if len(wrapped) == 0 || len(wrapped) > MaxWrappedBytes {
-		return 0, fmt.Errorf("%w: a wrapped key of %d bytes; 1 to %d expected", ErrInvalidInput, len(wrapped), MaxWrappedBytes)
+		return 0, inputErrorf("a wrapped key of %d bytes; 1 to %d expected", len(wrapped), MaxWrappedBytes)
 	}
 	q := &c.token.quirks
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(kwp, nil)}
