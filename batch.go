@@ -30,8 +30,8 @@ type cryptoItem struct {
 	KeyVersion        int
 	Reference         string
 
-	// domain is what the AES-GCM ciphertext is for (aadDomain or
-	// dataKeyAADDomain); set by the plugin, never by the request.
+	// domain is what the AES-GCM ciphertext is for (wire.DomainAEAD or
+	// wire.DomainDataKey); set by the plugin, never by the request.
 	domain string
 }
 

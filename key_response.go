@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // keyResponse is the read form: Transit's fields plus the seeds'.
@@ -48,7 +49,7 @@ func keyResponse(k *keyring.Entry) map[string]interface{} {
 			"certificate_chain": "",
 			"hybrid_public_key": "",
 		}
-		if jwk, err := publicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
+		if jwk, err := wire.PublicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
 			jwks[strconv.Itoa(v)] = jwk
 		}
 	}

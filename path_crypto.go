@@ -10,6 +10,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // contextFields are the three ways to bind data to a context; all of them
@@ -147,11 +148,11 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 }
 
 // itemAAD decodes an item's context fields into the AAD of its domain
-// (aadDomain unless the item says otherwise).
+// (wire.DomainAEAD unless the item says otherwise).
 func itemAAD(item cryptoItem) ([]byte, error) {
 	domain := item.domain
 	if domain == "" {
-		domain = aadDomain
+		domain = wire.DomainAEAD
 	}
 	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
 	if err != nil {
@@ -161,7 +162,7 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	if err != nil {
 		return nil, keyring.Userf("associated_data is not valid base64")
 	}
-	return buildDomainAAD(domain, ctxBytes, ad, item.EncryptionContext), nil
+	return wire.AAD(domain, ctxBytes, ad, item.EncryptionContext), nil
 }
 
 func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyring.Entry, item cryptoItem) (string, int, error) {
@@ -201,18 +202,18 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	if err != nil {
 		return "", 0, err
 	}
-	return formatCiphertext(version, blob), version, nil
+	return wire.Format(version, blob), version, nil
 }
 
 // decryptItem opens a ciphertext of the item's domain; an item with none
 // opens ordinary ciphertexts and, failing that, data keys (decrypt opens
 // what datakey made, as in Transit). It returns the domain that opened it.
 func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, item cryptoItem) ([]byte, string, error) {
-	version, blob, msg := parseCiphertext(item.Ciphertext)
-	if msg != "" {
-		return nil, "", keyring.Userf("%s", msg)
+	version, blob, err := wire.Parse(wire.NounCiphertext, item.Ciphertext)
+	if err != nil {
+		return nil, "", err
 	}
-	kv, err := k.DecryptionVersion(version, "ciphertext")
+	kv, err := k.DecryptionVersion(version, wire.NounCiphertext)
 	if err != nil {
 		return nil, "", err
 	}
@@ -232,9 +233,9 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyrin
 	domains := []string{item.domain}
 	switch {
 	case item.domain == "":
-		domains = []string{aadDomain, dataKeyAADDomain}
-	case item.domain == dataKeyAADDomain && kv.SealedDataKeysAsOrdinary():
-		domains = []string{dataKeyAADDomain, aadDomain}
+		domains = []string{wire.DomainAEAD, wire.DomainDataKey}
+	case item.domain == wire.DomainDataKey && kv.SealedDataKeysAsOrdinary():
+		domains = []string{wire.DomainDataKey, wire.DomainAEAD}
 	}
 	for _, domain := range domains {
 		item.domain = domain
@@ -257,7 +258,7 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyrin
 		}
 		plaintext, terr := client.DecryptGCMForeign(ctx, kv.ObjectID, blob, ad)
 		if !errors.Is(terr, hsm.ErrDecrypt) {
-			return plaintext, aadDomain, terr
+			return plaintext, wire.DomainAEAD, terr
 		}
 	}
 	return nil, "", err

@@ -2,7 +2,6 @@ package hsmkms
 
 import (
 	"context"
-	"crypto"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -11,13 +10,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
-
-// hashOnlyAlgorithms are what hash/ computes (Transit's list).
-var hashOnlyAlgorithms = map[string]crypto.Hash{
-	"sha2-224": crypto.SHA224, "sha2-256": crypto.SHA256, "sha2-384": crypto.SHA384, "sha2-512": crypto.SHA512,
-	"sha3-224": crypto.SHA3_224, "sha3-256": crypto.SHA3_256, "sha3-384": crypto.SHA3_384, "sha3-512": crypto.SHA3_512,
-}
 
 func (b *backend) pathHash() *framework.Path {
 	return &framework.Path{
@@ -51,9 +45,9 @@ func (b *backend) pathHashWrite(_ context.Context, _ *logical.Request, d *framew
 	if u, ok := d.GetOk("urlalgorithm"); ok && u.(string) != "" {
 		name = u.(string)
 	}
-	hash, ok := hashOnlyAlgorithms[strings.ToLower(name)]
+	hash, ok := wire.LookupHash(name, wire.UseHashPath)
 	if !ok {
-		return logical.ErrorResponse("algorithm %q is not one of: sha2-224, sha2-256, sha2-384, sha2-512, sha3-224, sha3-256, sha3-384, sha3-512", name), logical.ErrInvalidRequest
+		return logical.ErrorResponse("algorithm %q is not one of: %s", name, strings.Join(wire.HashNames(wire.UseHashPath), ", ")), logical.ErrInvalidRequest
 	}
 	h := hash.New()
 	h.Write(input)

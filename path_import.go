@@ -16,6 +16,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func importFields(create bool) map[string]*framework.FieldSchema {
@@ -148,10 +149,6 @@ func countGiven(given ...bool) int {
 	return n
 }
 
-var byokHashes = map[string]crypto.Hash{
-	"SHA1": crypto.SHA1, "SHA224": crypto.SHA224, "SHA256": crypto.SHA256, "SHA384": crypto.SHA384, "SHA512": crypto.SHA512,
-}
-
 // readImportRequest reads the key source fields. existing is the type of
 // the key a version is added to, or "" for a new key.
 func readImportRequest(d *framework.FieldData, existing string) (importRequest, string) {
@@ -182,7 +179,7 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 		}
 		return importRequest{material: m, keyType: m.keyType}, ""
 	}
-	hash, ok := byokHashes[strings.ToUpper(d.Get("hash_function").(string))]
+	hash, ok := wire.LookupHash(d.Get("hash_function").(string), wire.UseOAEP)
 	if !ok {
 		return importRequest{}, "hash_function must be SHA1, SHA224, SHA256, SHA384 or SHA512"
 	}

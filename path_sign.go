@@ -2,21 +2,19 @@ package hsmkms
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/base64"
 	"math/big"
-	"strconv"
-	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func signFields(verify bool) map[string]*framework.FieldSchema {
@@ -146,8 +144,8 @@ func (b *backend) signRequest(ctx context.Context, req *logical.Request, d *fram
 	if msg != "" {
 		return nil, signOptions{}, keyring.Userf("%s", msg)
 	}
-	if opts.hash == crypto.SHA1 && op == keyring.OpSign {
-		return nil, signOptions{}, keyring.Userf("hash_algorithm sha1 verifies old signatures only; sign with sha2-256 or stronger")
+	if op == keyring.OpSign && !wire.HashAllows(opts.hash, wire.UseSign) {
+		return nil, signOptions{}, keyring.Userf("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash))
 	}
 	return r, opts, nil
 }
@@ -205,12 +203,12 @@ func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("verify", err)
 	}
-	hashName, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
+	hash, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
 	if err != nil {
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify_hmac", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyHMAC(ctx, r, hashName, item)
+		valid, err := b.verifyHMAC(ctx, r, hash, item)
 		return batchResult{Valid: &valid}, err
 	})
 	return answer(req, d, r, "verify", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
@@ -234,22 +232,13 @@ func digestOf(opts signOptions, input string, kt keyring.KeyType) ([]byte, error
 	}
 	if opts.prehashed {
 		if len(data) != opts.hash.Size() {
-			return nil, keyring.Userf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), hashName(opts), opts.hash.Size())
+			return nil, keyring.Userf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), wire.HashName(opts.hash), opts.hash.Size())
 		}
 		return data, nil
 	}
 	h := opts.hash.New()
 	h.Write(data)
 	return h.Sum(nil), nil
-}
-
-func hashName(opts signOptions) string {
-	for name, h := range hashAlgorithms {
-		if h == opts.hash {
-			return name
-		}
-	}
-	return opts.hash.String()
 }
 
 func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (string, int, error) {
@@ -292,15 +281,15 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.E
 	if err != nil {
 		return "", 0, err
 	}
-	return formatSignature(version, sig, opts.jws), version, nil
+	return wire.FormatSignature(version, sig, opts.jws), version, nil
 }
 
 func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
-	version, sig, msg := parseSignature(item.Signature, opts.jws)
-	if msg != "" {
-		return false, keyring.Userf("%s", msg)
+	version, sig, err := wire.ParseSignature(item.Signature, opts.jws)
+	if err != nil {
+		return false, err
 	}
-	kv, err := k.DecryptionVersion(version, "signature")
+	kv, err := k.DecryptionVersion(version, wire.NounSignature)
 	if err != nil {
 		return false, err
 	}
@@ -337,42 +326,6 @@ func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring
 func rawToASN1(sig []byte) ([]byte, error) {
 	half := len(sig) / 2
 	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:half]), new(big.Int).SetBytes(sig[half:])})
-}
-
-func formatSignature(version int, sig []byte, jws bool) string {
-	enc := base64.StdEncoding
-	if jws {
-		enc = base64.RawURLEncoding
-	}
-	return "vault:v" + strconv.Itoa(version) + ":" + enc.EncodeToString(sig)
-}
-
-// parseSignature reads vault:v<N>:<base64>, base64url without padding for
-// jws as Transit writes it.
-func parseSignature(s string, jws bool) (int, []byte, string) {
-	if s == "" {
-		return 0, nil, "signature is missing"
-	}
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 || parts[0] != ciphertextPrefix {
-		return 0, nil, "signature must have the form vault:v<version>:<base64>"
-	}
-	version, msg := parseVersionPart(parts[1])
-	if msg != "" {
-		return 0, nil, strings.Replace(msg, "ciphertext", "signature", 1)
-	}
-	enc := base64.StdEncoding.Strict()
-	if jws {
-		enc = base64.RawURLEncoding.Strict()
-	}
-	sig, err := enc.DecodeString(parts[2])
-	if err != nil || len(sig) == 0 {
-		if jws {
-			return 0, nil, "signature payload is not url-safe base64 without padding (marshaling_algorithm=jws)"
-		}
-		return 0, nil, "signature payload is not valid base64"
-	}
-	return version, sig, ""
 }
 
 const pathSignHelpDesc = `

@@ -7,17 +7,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // transitKeyName is the `name` Transit gives each asymmetric version.
@@ -32,36 +29,9 @@ func transitKeyName(kt keyring.KeyType) string {
 // for Ed25519 the base64 of the raw 32-byte key.
 func transitPublicKey(kt keyring.KeyType, der []byte) string {
 	if kt.Family == keyring.FamilyEd25519 {
-		if pub, err := x509.ParsePKIXPublicKey(der); err == nil {
-			if raw, ok := pub.(ed25519.PublicKey); ok {
-				return base64.StdEncoding.EncodeToString(raw)
-			}
-		}
-		return ""
+		return wire.Ed25519PublicKey(der)
 	}
-	return publicKeyPEM(der)
-}
-
-// publicKeyPEM is Transit's form of a public key: PKIX in a PEM block.
-func publicKeyPEM(der []byte) string {
-	if len(der) == 0 {
-		return ""
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-}
-
-// publicJWK is the RFC 7517/7518 public JWK of a version.
-func publicJWK(der []byte, kid string) (map[string]interface{}, error) {
-	pub, err := x509.ParsePKIXPublicKey(der)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := jose.JSONWebKey{Key: pub, KeyID: kid, Use: "sig"}.MarshalJSON()
-	if err != nil {
-		return nil, err
-	}
-	var out map[string]interface{}
-	return out, json.Unmarshal(raw, &out)
+	return wire.PublicKeyPEM(der)
 }
 
 // parsedPublicKey returns the version's public key, parsing each DER once.

@@ -3,8 +3,6 @@ package hsmkms
 import (
 	"crypto"
 	"crypto/rsa"
-	_ "crypto/sha1" // registers SHA-1 for verifying old signatures
-	_ "crypto/sha3" // registers SHA-3 for sign and verify
 	"fmt"
 	"slices"
 	"strconv"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // signOptions are a sign or verify request's options, shared by its items.
@@ -22,35 +21,6 @@ type signOptions struct {
 	jws       bool   // raw r||s (ECDSA) and base64url, rather than ASN.1 and base64
 	saltLen   int    // RSA-PSS; rsa.PSSSaltLengthAuto or rsa.PSSSaltLengthEqualsHash allowed
 	alg       string // the JWA name, when given
-}
-
-var hashAlgorithms = map[string]crypto.Hash{
-	"sha2-256": crypto.SHA256,
-	"sha2-384": crypto.SHA384,
-	"sha2-512": crypto.SHA512,
-}
-
-// signHashes are the hashes sign and verify take: the plugin hashes, the
-// HSM signs the digest. sha1 verifies old signatures only, as in Transit.
-var signHashes = map[string]crypto.Hash{
-	"sha1":     crypto.SHA1,
-	"sha2-224": crypto.SHA224,
-	"sha2-256": crypto.SHA256,
-	"sha2-384": crypto.SHA384,
-	"sha2-512": crypto.SHA512,
-	"sha3-224": crypto.SHA3_224,
-	"sha3-256": crypto.SHA3_256,
-	"sha3-384": crypto.SHA3_384,
-	"sha3-512": crypto.SHA3_512,
-}
-
-func signHashNames() string {
-	names := make([]string, 0, len(signHashes))
-	for n := range signHashes {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
 }
 
 // jwaAlgorithms maps the seeds' JWA names to key family, hash and scheme.
@@ -131,9 +101,11 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 		}
 	}
 
-	hash, ok := signHashes[hashName]
+	// Verify's hashes: sign's and sha1, which signRequest refuses to sign
+	// with.
+	hash, ok := wire.LookupHash(hashName, wire.UseVerify)
 	if !ok {
-		return opts, fmt.Sprintf("hash_algorithm %q is not one of: %s", hashName, signHashNames())
+		return opts, fmt.Sprintf("hash_algorithm %q is not one of: %s", hashName, strings.Join(wire.HashNames(wire.UseVerify), ", "))
 	}
 	opts.hash = hash
 

@@ -296,7 +296,7 @@ func wrBackup(t *testing.T, v *vaultServer, name string) (string, wrappedBackup)
 }
 
 // wrAEADDomain is the AAD the plugin binds a ciphertext with no context,
-// associated_data or encryption_context to (ciphertext.go's buildAAD):
+// associated_data or encryption_context to (internal/wire's AAD):
 // the domain, two empty length-prefixed parts and a zero pair count.
 var wrAEADDomain = append([]byte("hsmkms.aead.v1"), make([]byte, 12)...)
 
