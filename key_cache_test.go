@@ -26,7 +26,7 @@ func (s slowStorage) Get(ctx context.Context, key string) (*logical.StorageEntry
 
 // checksPerRound is how many reads started after a round's deactivation
 // must have been checked before the next round starts.
-const checksPerRound = 16
+const checksPerRound = 64
 
 // Readers that missed the cache must never overwrite what a writer
 // published meanwhile: once a deactivation is published, no read that
