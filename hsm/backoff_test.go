@@ -22,8 +22,9 @@ import (
 // bubble time, since the bubble's clock moves only when every goroutine
 // in it waits on the clock or on another of its goroutines.
 
-// recoveryBackoff is hsm's least time between two attempts to bring a
-// module back (hsm/module.go).
+// recoveryBackoff is the least time between two attempts to bring a
+// module back, as README promises it ("at most twice a second"): a copy,
+// not hsm's constant, so that changing the constant fails these tests.
 const recoveryBackoff = 500 * time.Millisecond
 
 // callClock records when, on the bubble's clock since start, each call of
