@@ -77,11 +77,13 @@ func TestKEKRotationNeverLeavesAStaleStateCached(t *testing.T) {
 	waitForRewrap(t, m)
 }
 
-// waitForRewrap waits for the rotation's rewrap job to finish.
+// waitForRewrap waits for the rotation's rewrap job to finish, on the
+// keyring's signal (RewrapFinished), and returns status.kek then.
 func waitForRewrap(t *testing.T, m *testMount) map[string]interface{} {
 	t.Helper()
+	var kek map[string]interface{}
 	for range 600 {
-		kek := m.mustOK(logical.ReadOperation, "status", nil).Data["kek"].(map[string]interface{})
+		kek = m.mustOK(logical.ReadOperation, "status", nil).Data["kek"].(map[string]interface{})
 		if job, ok := kek["rewrap"].(map[string]interface{}); ok && job["done"] == true {
 			return kek
 		}
@@ -89,7 +91,7 @@ func waitForRewrap(t *testing.T, m *testMount) map[string]interface{} {
 			<-done
 		}
 	}
-	t.Fatal("the rewrap job did not finish")
+	t.Fatalf("the rewrap job did not finish: status.kek %v", kek)
 	return nil
 }
 

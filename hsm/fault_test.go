@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -177,60 +178,6 @@ func TestErrorsInNSSOrderLeadToOneReinitialisation(t *testing.T) {
 	})
 }
 
-func TestTokenNotPresentAndBack(t *testing.T) {
-	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
-		c, ft := openFaulty(t, tokenA, 2)
-		ctx := context.Background()
-		id := newKey(t, c)
-		blob, err := c.EncryptGCM(ctx, id, []byte("kept"), []byte("aad"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ft.SetAbsent(true)
-		inits := ft.Calls("C_Initialize")
-		errs := make([]error, 20)
-		var wg sync.WaitGroup
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = c.DecryptGCM(ctx, id, blob, []byte("aad"))
-			}()
-		}
-		wg.Wait()
-		for i, err := range errs {
-			if !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrDecrypt) {
-				t.Fatalf("token away, request %d: %v, want ErrUnavailable", i, err)
-			}
-		}
-		// An outage is not one re-initialisation per request: the 20
-		// requests share the attempts (one at once, one per backoff).
-		if n := ft.Calls("C_Initialize") - inits; n > 3 {
-			t.Fatalf("20 concurrent requests during the outage made %d C_Initialize calls", n)
-		}
-		ft.SetAbsent(false)
-		// The client heals by itself once the backoff allows the next
-		// attempt; no reload, no new client.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
-			if err == nil {
-				if string(got) != "kept" {
-					t.Fatalf("token back: %q", got)
-				}
-				break
-			}
-			if !errors.Is(err, hsm.ErrUnavailable) || time.Now().After(deadline) {
-				t.Fatalf("token back: %v", err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if _, err := c.EncryptGCM(ctx, id, []byte("again"), []byte("aad")); err != nil {
-			t.Fatalf("after recovery: %v", err)
-		}
-	})
-}
-
 func TestPINIncorrectIsReportedAndNotRetried(t *testing.T) {
 	hsm.EachToken(t, func(t *testing.T, _, tokenB *tokentest.Token) {
 		ft := faulttoken.New(nil)
@@ -247,30 +194,45 @@ func TestPINIncorrectIsReportedAndNotRetried(t *testing.T) {
 }
 
 // A slow token holds its sessions; callers beyond the pool wait no longer
-// than their deadline and get ErrPoolTimeout, not a hang.
+// than their deadline and get ErrPoolTimeout, not a hang. In a
+// testing/synctest bubble: the slow call's delay and the caller's
+// deadline run on the bubble's clock, so the wait is measured exactly.
 func TestSlowCallsDoNotHangOtherCallers(t *testing.T) {
 	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
-		c, ft := openFaulty(t, tokenA, 1)
-		id := newKey(t, c)
-		ft.SetDelay("C_Encrypt", 400*time.Millisecond)
-		var wg sync.WaitGroup
-		var slowErr error
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, slowErr = c.EncryptGCM(context.Background(), id, []byte("slow"), []byte("aad"))
-		}()
-		time.Sleep(100 * time.Millisecond) // the slow call holds the only session
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
-		_, err := c.EncryptGCM(ctx, id, []byte("waits"), []byte("aad"))
-		wg.Wait()
-		if !errors.Is(err, hsm.ErrPoolTimeout) {
-			t.Fatalf("caller behind a slow call: %v, want ErrPoolTimeout", err)
-		}
-		if slowErr != nil {
-			t.Fatalf("the slow call itself: %v", slowErr)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			c, ft := openFaulty(t, tokenA, 1)
+			id := newKey(t, c)
+			ft.SetDelay("C_Encrypt", 400*time.Millisecond)
+			start := time.Now()
+			var slowErr error
+			var slowEnd time.Duration
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				_, slowErr = c.EncryptGCM(context.Background(), id, []byte("slow"), []byte("aad"))
+				slowEnd = time.Since(start)
+			})
+			// Nothing else in the bubble runs: the slow call is in the
+			// token's delay, holding the only session.
+			synctest.Wait()
+			const deadline = 50 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), deadline)
+			defer cancel()
+			_, err := c.EncryptGCM(ctx, id, []byte("waits"), []byte("aad"))
+			waited := time.Since(start)
+			wg.Wait()
+			if !errors.Is(err, hsm.ErrPoolTimeout) {
+				t.Fatalf("caller behind a slow call: %v, want ErrPoolTimeout", err)
+			}
+			if waited != deadline {
+				t.Errorf("the caller behind a slow call was answered after %v, want its deadline, %v", waited, deadline)
+			}
+			if slowErr != nil {
+				t.Fatalf("the slow call itself: %v", slowErr)
+			}
+			if slowEnd <= waited {
+				t.Errorf("the slow call ended at %v, before the caller behind it gave up (%v): it did not hold the session", slowEnd, waited)
+			}
+		})
 	})
 }
 
