@@ -85,12 +85,13 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy"},
+			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy", "keys/+/purge"},
 			SealWrapStorage: []string{configStoragePath, keyring.KeyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathKEKTrim(), b.pathConfigKeys()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig(), b.pathKeyTrim(), b.pathHash(), b.pathCacheConfig()},
+			b.pathKeyDeletion(),
 			b.pathKeys(),
 			b.pathImport(),
 			[]*framework.Path{b.pathAdopt(), b.pathWrappingKey()},
@@ -107,7 +108,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			return b.ring.Rollback(ctx, req.Storage, kind, data)
 		},
 		WALRollbackMinAge: keyring.RollbackMinAge(),
-		PeriodicFunc:      b.rotateDueKeys,
+		PeriodicFunc:      b.periodic,
 		RunningVersion:    version,
 	}
 	return b
@@ -219,7 +220,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 
 // clean runs when the mount is unmounted or Vault shuts down (Vault does
 // not say which): the mount is no longer alive in this process.
-func (b *backend) clean(context.Context) {
+func (b *backend) clean(ctx context.Context) {
+	// A clean shutdown writes the usage counted since the last flush.
+	if _, err := b.ring.FlushUsage(ctx, b.ring.Storage(), true); err != nil {
+		b.Logger().Warn("could not write the keys' usage at shutdown", "error", err)
+	}
 	b.ring.Stop()
 	b.resetClient()
 	if b.unregisterOwner != nil {

@@ -49,6 +49,7 @@ type batchResult struct {
 
 	internal    bool // the error was ours, not the caller's
 	unavailable bool // the HSM failed (retried once); answered 503
+	version     int  // the key version the item used, for the key's usage
 }
 
 // readItems returns the request's items: batch_input when given, else one

@@ -74,11 +74,15 @@ func keyResponse(k *keyring.Entry) map[string]interface{} {
 		"supports_derivation":    false,
 		"supports_signing":       k.Allows(keyring.OpSign) && kt.Family != keyring.FamilyHMAC,
 		"state":                  k.State,
+		"tags":                   nonNilTags(k.Tags),
 		"operations":             k.Operations,
 		"description":            k.Description,
 		"residency":              k.Residency,
 		"hsm_objects":            objects,
 		"public_jwks":            jwks,
+	}
+	if !k.DeletionDate.IsZero() {
+		resp["deletion_date"] = k.DeletionDate.Format(time.RFC3339)
 	}
 	if kt.Family == keyring.FamilyHMAC {
 		// Transit's read of an HMAC key: key_size in bytes (the Terraform

@@ -121,6 +121,7 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return respondError("datakey", err)
 	}
 	b.stats.count("datakey")
+	b.ring.RecordUse(k.Name, version, "datakey", 1)
 	data := map[string]interface{}{"ciphertext": wire.Format(version, blob), "key_version": version}
 	if d.Get("plaintext").(string) == "plaintext" {
 		data["plaintext"] = base64.StdEncoding.EncodeToString(dataKey)
@@ -138,11 +139,12 @@ func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Requ
 	}
 	item := r.items[0]
 	item.domain = wire.DomainDataKey // never what encrypt made
-	plaintext, _, err := b.decryptItem(ctx, r.client, r.key, item)
+	plaintext, version, _, err := b.decryptItem(ctx, r.client, r.key, item)
 	if err != nil {
 		return respondError("datakey decrypt", err)
 	}
 	defer clear(plaintext)
 	b.stats.count("datakey_decrypt")
+	b.ring.RecordUse(r.key.Name, version, "decrypt", 1)
 	return &logical.Response{Data: map[string]interface{}{"plaintext": base64.StdEncoding.EncodeToString(plaintext)}}, nil
 }

@@ -91,7 +91,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 			return batchResult{}, err
 		}
 		mac, err := b.hmacOf(ctx, r.client, r.key, kv, hash, item)
-		return batchResult{HMAC: wire.Format(version, mac), KeyVersion: version}, err
+		return batchResult{HMAC: wire.Format(version, mac), KeyVersion: version, version: version}, err
 	})
 	return answer(req, d, r, "hmac", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"hmac": res.HMAC, "key_version": res.KeyVersion}
@@ -119,18 +119,18 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyring.Ent
 
 // verifyHMAC checks one HMAC made by hmac: computed again in the HSM with
 // the version the HMAC names, compared in constant time.
-func (b *backend) verifyHMAC(ctx context.Context, r *opRequest, hash crypto.Hash, item cryptoItem) (bool, error) {
+func (b *backend) verifyHMAC(ctx context.Context, r *opRequest, hash crypto.Hash, item cryptoItem) (bool, int, error) {
 	version, want, err := wire.Parse(wire.NounHMAC, item.HMAC)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	kv, err := r.key.DecryptionVersion(version, wire.NounHMAC)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	got, err := b.hmacOf(ctx, r.client, r.key, kv, hash, item)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
-	return subtle.ConstantTimeCompare(got, want) == 1, nil
+	return subtle.ConstantTimeCompare(got, want) == 1, version, nil
 }

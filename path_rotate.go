@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
@@ -53,6 +52,11 @@ func (b *backend) pathKeyConfig() *framework.Path {
 				Type:        framework.TypeDurationSecond,
 				Description: "Rotate automatically once the latest version is this old; 0 disables, otherwise at least 1h.",
 			},
+			"description": {
+				Type:        framework.TypeString,
+				Description: "Free text describing the key, at most 4096 bytes.",
+			},
+			"tags":                   tagsField,
 			"exportable":             refusedTransitField("exportable"),
 			"allow_plaintext_backup": refusedTransitField("allow_plaintext_backup"),
 		},
@@ -62,7 +66,8 @@ func (b *backend) pathKeyConfig() *framework.Path {
 		HelpSynopsis: "Configure a key's versions and automatic rotation.",
 		HelpDescription: `
 Sets min_decryption_version (older ciphertexts and signatures are refused),
-min_encryption_version, deletion_allowed and auto_rotate_period. Automatic
+min_encryption_version, deletion_allowed, auto_rotate_period, description and
+tags (which replace the key's tags; tags= with nothing clears them). Automatic
 rotation runs in the background from the latest version's creation time, so
 it carries on across restarts.
 
@@ -81,8 +86,8 @@ func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, 
 		return respondError("rotate", err)
 	}
 	defer unlock()
-	if k.State != keyring.StateActive {
-		return respondError("rotate", keyring.Userf("key %q is deactivated; activate it before rotating", k.Name))
+	if err := k.Active(); err != nil {
+		return respondError("rotate", err)
 	}
 	if k.Imported && !k.AllowRotation {
 		return respondError("rotate", keyring.Userf("key %q was imported with allow_rotation=false, as Transit does by default; add versions with import_version, or import it with allow_rotation=true", k.Name))
@@ -122,6 +127,18 @@ func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, 
 	if v, ok := d.GetOk("auto_rotate_period"); ok {
 		k.AutoRotatePeriod = time.Duration(v.(int)) * time.Second
 	}
+	if v, ok := d.GetOk("description"); ok {
+		if err := keyring.CheckDescription(v.(string)); err != nil {
+			return respondError("configure key", err)
+		}
+		k.Description = v.(string)
+	}
+	if v, ok := d.GetOk("tags"); ok {
+		if err := keyring.CheckTags(v.(map[string]string)); err != nil {
+			return respondError("configure key", err)
+		}
+		k.Tags = v.(map[string]string)
+	}
 	switch {
 	case k.MinDecryptionVersion < 1 || k.MinDecryptionVersion > k.LatestVersion:
 		return respondError("configure key", keyring.Userf("min_decryption_version must be between 1 and the latest version, %d", k.LatestVersion))
@@ -152,11 +169,6 @@ const autoRotateCheckInterval = time.Hour
 // cached key entries without a lock and takes the key lock only for a key
 // that is due.
 func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error {
-	if state := b.System().ReplicationState(); state.HasState(consts.ReplicationPerformanceStandby |
-		consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary) {
-		return nil
-	}
-	b.ring.ResumeRewrap(ctx, req.Storage)
 	now := b.ring.Now()
 	if next, _ := b.nextRotateCheck.Load().(time.Time); now.Before(next) {
 		return nil

@@ -157,7 +157,7 @@ func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	results := b.each(r, "sign", func(item cryptoItem) (batchResult, error) {
 		sig, version, err := b.signItem(ctx, r.client, r.key, opts, item)
-		return batchResult{Signature: sig, KeyVersion: version}, err
+		return batchResult{Signature: sig, KeyVersion: version, version: version}, err
 	})
 	return answer(req, d, r, "sign", batchSign, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"signature": res.Signature, "key_version": res.KeyVersion}
@@ -173,8 +173,8 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyItem(ctx, r.client, r.key, opts, item)
-		return batchResult{Valid: &valid}, err
+		valid, version, err := b.verifyItem(ctx, r.client, r.key, opts, item)
+		return batchResult{Valid: &valid, version: version}, err
 	})
 	return answer(req, d, r, "verify", batchVerify, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"valid": *res.Valid}
@@ -208,8 +208,8 @@ func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *f
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify_hmac", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyHMAC(ctx, r, hash, item)
-		return batchResult{Valid: &valid}, err
+		valid, version, err := b.verifyHMAC(ctx, r, hash, item)
+		return batchResult{Valid: &valid, version: version}, err
 	})
 	return answer(req, d, r, "verify", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"valid": *res.Valid}
@@ -284,42 +284,42 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.E
 	return wire.FormatSignature(version, sig, opts.jws), version, nil
 }
 
-func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
+func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, int, error) {
 	version, sig, err := wire.ParseSignature(item.Signature, opts.jws)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	kv, err := k.DecryptionVersion(version, wire.NounSignature)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	digest, err := digestOf(opts, item.Input, k.KeyType())
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	pub, err := b.verifiedPublicKey(ctx, client, k, version, kv)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	switch pub := pub.(type) {
 	case *rsa.PublicKey:
 		if opts.pss {
-			return rsa.VerifyPSS(pub, opts.hash, digest, sig, &rsa.PSSOptions{SaltLength: opts.saltLen, Hash: opts.hash}) == nil, nil
+			return rsa.VerifyPSS(pub, opts.hash, digest, sig, &rsa.PSSOptions{SaltLength: opts.saltLen, Hash: opts.hash}) == nil, version, nil
 		}
-		return rsa.VerifyPKCS1v15(pub, opts.hash, digest, sig) == nil, nil
+		return rsa.VerifyPKCS1v15(pub, opts.hash, digest, sig) == nil, version, nil
 	case *ecdsa.PublicKey:
 		if !opts.jws {
-			return ecdsa.VerifyASN1(pub, digest, sig), nil
+			return ecdsa.VerifyASN1(pub, digest, sig), version, nil
 		}
 		size := (pub.Curve.Params().BitSize + 7) / 8
 		if len(sig) != 2*size {
-			return false, nil
+			return false, version, nil
 		}
-		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), nil
+		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), version, nil
 	case ed25519.PublicKey:
-		return ed25519.Verify(pub, digest, sig), nil
+		return ed25519.Verify(pub, digest, sig), version, nil
 	}
-	return false, nil
+	return false, version, nil
 }
 
 // rawToASN1 turns the HSM's r||s into the DER SEQUENCE openssl and X.509 use.

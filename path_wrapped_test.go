@@ -14,10 +14,10 @@ import (
 func TestWrappedKeysThroughTheBackend(t *testing.T) {
 	for _, tok := range []string{"softhsm2", "nss"} {
 		t.Run(tok, func(t *testing.T) {
-			m := configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+			m := configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0, "deletion_window": "0s"})
 			if tok == "nss" {
 				m = nssMount(t)
-				m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+				m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"default_residency": "wrapped", "max_keys": 0, "deletion_window": "0s"})
 			}
 			encrypt := func(name string) (string, string) {
 				t.Helper()

@@ -60,8 +60,9 @@ func (b *backend) parsedPublicKey(kv *keyring.Version) (crypto.PublicKey, error)
 // checked once per process against the key pair's public object on the
 // token, so a stored key that does not belong to the object is never used
 // to call a signature valid. Versions with no object of their own (public
-// only, wrapped: their key was checked where it entered) and adopted pairs
-// with no public object are not compared.
+// only, wrapped) and imported or adopted keys with no public object (their
+// public key was checked against the private key where it entered) are not
+// compared.
 func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *keyring.Entry, version int, kv *keyring.Version) (crypto.PublicKey, error) {
 	pub, err := b.parsedPublicKey(kv)
 	if err != nil || kv.PublicOnly() || kv.Wrapped() {
@@ -73,9 +74,9 @@ func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *
 	}
 	onToken, err := client.PublicKey(ctx, kv.ObjectID)
 	switch {
-	case errors.Is(err, hsm.ErrKeyNotFound) && kv.Origin == keyring.OriginAdopted:
-		// An adopted pair without a public object: its key was recovered
-		// from the private key's signatures when it was adopted.
+	case errors.Is(err, hsm.ErrKeyNotFound) && kv.OriginName() != keyring.OriginGenerated:
+		// An imported or adopted private key has no public object: its
+		// public key came with it, or was recovered from its signatures.
 	case err != nil:
 		return nil, err
 	case !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(onToken):

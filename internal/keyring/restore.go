@@ -1,19 +1,40 @@
 package keyring
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
+	"slices"
+
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 )
 
 // Bounds of what a restore accepts.
 const (
-	maxDescriptionLen   = 4096
 	maxRestoredVersions = 100000
 )
+
+// Restore stores a key RestoredEntry rebuilt, with the usage its backup
+// carried, and indexes it for deletion when it came back pending. Callers
+// hold the lock.
+func (r *Keyring) Restore(ctx context.Context, s logical.Storage, k *Entry, usage *Usage) error {
+	if k.State == StatePendingDeletion {
+		if err := s.Put(ctx, &logical.StorageEntry{Key: DeletionIndexPrefix + k.Name}); err != nil {
+			return fmt.Errorf("indexing key %q for deletion: %w", k.Name, err)
+		}
+	}
+	if err := r.Save(ctx, s, k); err != nil {
+		return err
+	}
+	if usage == nil {
+		usage = &Usage{}
+	}
+	return r.SetUsage(ctx, s, k.Name, usage)
+}
 
 // RestoredEntry rebuilds a key entry from a backup's, field by field: only
 // what a wrapped key may hold is taken, checked for consistency, and the
@@ -28,10 +49,14 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		return nil, Userf("residency %q: only wrapped keys are backed up", in.Residency)
 	case !kt.Wrappable():
 		return nil, Userf("type %s cannot be a wrapped key", kt.Name)
-	case in.State != StateActive && in.State != StateDeactivated:
-		return nil, Userf("state %q is not active or deactivated", in.State)
-	case len(in.Description) > maxDescriptionLen:
-		return nil, Userf("description is longer than %d bytes", maxDescriptionLen)
+	case !slices.Contains(States, in.State):
+		return nil, Userf("state %q is not one of %v", in.State, States)
+	case (in.State == StatePendingDeletion) != !in.DeletionDate.IsZero():
+		return nil, Userf("a deletion_date goes with state pending_deletion, and only with it")
+	case CheckDescription(in.Description) != nil:
+		return nil, CheckDescription(in.Description)
+	case CheckTags(in.Tags) != nil:
+		return nil, CheckTags(in.Tags)
 	case in.AutoRotatePeriod < 0 || (in.AutoRotatePeriod != 0 && in.AutoRotatePeriod < MinAutoRotatePeriod):
 		return nil, Userf("auto_rotate_period must be 0 or at least %s", MinAutoRotatePeriod)
 	}
@@ -68,6 +93,7 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		Residency: ResidencyWrapped, DeletionAllowed: in.DeletionAllowed, AutoRotatePeriod: in.AutoRotatePeriod,
 		LatestVersion: latest, MinDecryptionVersion: in.MinDecryptionVersion, MinEncryptionVersion: in.MinEncryptionVersion,
 		MinAvailableVersion: in.MinAvailableVersion, Imported: in.Imported, AllowRotation: in.AllowRotation,
+		DeletionDate: in.DeletionDate, Tags: in.Tags,
 		Versions: make(map[int]*Version, len(in.Versions)),
 	}
 	for v := minAvail; v <= latest; v++ {
