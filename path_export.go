@@ -26,11 +26,11 @@ func (b *backend) pathExport() *framework.Path {
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation: &framework.PathOperation{Callback: b.pathExportRead, Summary: "Export the public key of an RSA or ECDSA key."},
+			logical.ReadOperation: &framework.PathOperation{Callback: b.pathExportRead, Summary: "Export the public key of an RSA, ECDSA or Ed25519 key."},
 		},
 		HelpSynopsis: "Export public keys, as Transit's export/public-key.",
 		HelpDescription: `
-Returns Transit's map of version to PEM public key (PKIX) for an RSA or ECDSA
+Returns Transit's map of version to PEM public key (PKIX) for an RSA, ECDSA or Ed25519
 key, for openssl or any other verifier or encryptor:
 
     $ vault read -field=keys kms/export/public-key/rsa1/1

@@ -95,7 +95,7 @@ func (b *backend) pathSign() *framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathSignWrite, Summary: "Sign data with a private key in the HSM."},
 		},
-		HelpSynopsis:    "Sign data with an RSA or ECDSA key whose private half never leaves the HSM.",
+		HelpSynopsis:    "Sign data with an RSA, ECDSA or Ed25519 key whose private half never leaves the HSM.",
 		HelpDescription: pathSignHelpDesc,
 	}
 }
@@ -108,7 +108,7 @@ func (b *backend) pathVerify() *framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathVerifyWrite, Summary: "Verify a signature made by sign."},
 		},
-		HelpSynopsis:    "Verify a signature made with an RSA or ECDSA key.",
+		HelpSynopsis:    "Verify a signature made with an RSA, ECDSA or Ed25519 key, or an HMAC.",
 		HelpDescription: pathVerifyHelpDesc,
 	}
 }
