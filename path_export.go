@@ -30,8 +30,9 @@ func (b *backend) pathExport() *framework.Path {
 		},
 		HelpSynopsis: "Export public keys, as Transit's export/public-key.",
 		HelpDescription: `
-Returns Transit's map of version to PEM public key (PKIX) for an RSA, ECDSA or Ed25519
-key, for openssl or any other verifier or encryptor:
+Returns Transit's map of version to public key: PEM (PKIX) for an RSA or
+ECDSA key, base64 of the raw 32-byte key for Ed25519 (as Transit shows it),
+for openssl or any other verifier or encryptor:
 
     $ vault read -field=keys kms/export/public-key/rsa1/1
 `,
