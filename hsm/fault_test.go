@@ -314,3 +314,43 @@ func TestGeneralErrorOnDecryptNeverCallsGoodDataCorrupt(t *testing.T) {
 		}
 	})
 }
+
+// A KEK handle that went stale at C_UnwrapKey (a token that lost its
+// storage answers CKR_UNWRAPPING_KEY_HANDLE_INVALID) is a stale handle
+// like any other: looked up again and retried once, and, if it fails
+// again, an outage (503), never an internal error.
+func TestStaleKEKHandleAtUnwrapIsRetriedThenUnavailable(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		newID := func() []byte {
+			id, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		kek := newID()
+		if err := c.GenerateKEK(ctx, kek, "hsmkms-test/kek"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, kek, func(string) bool { return true }) })
+		spec := hsm.ImportSpec{Kind: hsm.ImportAES, Bits: 256, ID: newID(), Label: "hsmkms-test/wrapped", Use: hsm.Usage{Encrypt: true, Decrypt: true}}
+		blob, _, err := c.GenerateWrapped(ctx, kek, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale := pkcs11.Error(pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+		ft.FailNext("C_UnwrapKey", stale)
+		release, err := c.PinWrapped(ctx, hsm.WrappedKey{KEK: kek, Blob: blob, Spec: spec})
+		if err != nil {
+			t.Fatalf("a stale KEK handle once: %v, want the key loaded on the retry", err)
+		}
+		release()
+		c.ForgetUnwrapped(spec.ID)
+		ft.FailNext("C_UnwrapKey", stale, stale)
+		if _, err := c.PinWrapped(ctx, hsm.WrappedKey{KEK: kek, Blob: blob, Spec: spec}); !errors.Is(err, hsm.ErrUnavailable) {
+			t.Fatalf("a stale KEK handle twice: %v, want ErrUnavailable", err)
+		}
+	})
+}

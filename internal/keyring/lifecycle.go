@@ -221,6 +221,11 @@ func (r *Keyring) StoreNewVersion(ctx context.Context, s logical.Storage, k *Ent
 	for _, obj := range objects {
 		obj.Stored(ctx)
 	}
+	event := "key rotated"
+	if version == 1 {
+		event = "key created"
+	}
+	r.log.Info(event, "key", k.Name, "type", k.Type, "version", version, "residency", k.Residency)
 	return nil
 }
 
