@@ -71,7 +71,7 @@ func TestLifecycleEventsInVaultsLog(t *testing.T) {
 	// Vault writes a plugin's key/value pairs in an order of its own.
 	for _, want := range []struct {
 		event, key string
-		names []string
+		names      []string
 	}{
 		{"key created", "key=ev", []string{"type=aes256-gcm96", "version=1"}},
 		{"key rotated", "key=ev", []string{"version=2"}},
