@@ -234,9 +234,15 @@ func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
 			t.Errorf("%s on a deactivated key: %d %v", path, status, resp)
 		}
 	}
+	// A delete schedules the key (deletion_window, 7 days); a purge (sudo)
+	// destroys it at once.
 	v.cli("delete", "kms/keys/a")
+	if secret, err := v.client.Logical().Read("kms/keys/a"); err != nil || secret == nil || secret.Data["state"] != "pending_deletion" {
+		t.Fatalf("deleted key: %v %v, want it readable as pending_deletion", secret, err)
+	}
+	v.cli("write", "-f", "kms/keys/a/purge")
 	if secret, err := v.client.Logical().Read("kms/keys/a"); err != nil || secret != nil {
-		t.Fatalf("deleted key still readable: %v %v", secret, err)
+		t.Fatalf("purged key still readable: %v %v", secret, err)
 	}
 	v.cli("write", "kms/keys/c", "type=aes256-gcm96") // room again
 }

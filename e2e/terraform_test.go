@@ -249,7 +249,9 @@ func TestTerraformProviderAndOpenTofu(t *testing.T) {
 	terraformTools(t) // a build failure ends the test before a Vault starts
 	tok := softHSM()
 	v := startDevVault(t, tok)
-	v.configure("kms")
+	// deletion_window=0s: these scenarios hold `destroy` to Transit's
+	// (the key gone at once).
+	v.configure("kms", "deletion_window=0s")
 	// Vault's own Transit, for the provider to compare against.
 	v.cli("secrets", "enable", "transit")
 

@@ -28,7 +28,8 @@ func TestTransitWire(t *testing.T) {
 
 func testTransitWire(t *testing.T, tok *tokentest.Token) {
 	v := startDevVault(t, tok)
-	v.configure("kms")
+	// deletion_window=0s: Transit's delete, which this test holds us to.
+	v.configure("kms", "deletion_window=0s")
 	v.cli("write", "kms/keys/rsa", "type=rsa-2048")
 	v.cli("write", "kms/keys/ec", "type=ecdsa-p256")
 	v.cli("write", "kms/keys/aes", "type=aes256-gcm96")
