@@ -255,7 +255,7 @@ func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
 	if status != 400 || !strings.Contains(fmt.Sprint(resp["errors"]), "quota of 3 keys") {
 		t.Fatalf("quota with a key pending deletion: %d %v, want the quota's 400", status, resp)
 	}
-	v.cli("write", "-f", "kms/keys/a/purge")
+	v.cli("write", "-f", "kms/purge/a")
 	if secret, err := v.client.Logical().Read("kms/keys/a"); err != nil || secret != nil {
 		t.Fatalf("purged key still readable: %v %v", secret, err)
 	}

@@ -585,7 +585,7 @@ func testPendingDeletionSurvivesAVaultRestart(t *testing.T, tok *tokentest.Token
 	}
 }
 
-// purge (sudo) ends a pending key's window at once: its objects go, its
+// purge/:name (sudo) ends a pending key's window at once: its objects go, its
 // name is free. With purge_protection=true the mount refuses it (a 400
 // naming the protection and the date), the key waits for its date and can
 // still be cancelled, and purge_protection cannot be set back to false.
@@ -601,18 +601,18 @@ func testPurgeAndPurgeProtection(t *testing.T, tok *tokentest.Token) {
 	delCreate(t, v, "kms", []delKey{p1, p2})
 	pt := b64("sealed under p2")
 	ct := fmt.Sprint(trustOK(t, v, "POST", "kms/encrypt/p2", map[string]interface{}{"plaintext": pt})["ciphertext"])
-	trustRefused(t, v, "purge of an active key", "POST", "kms/keys/p1/purge", v.token, nil, "only a key scheduled for deletion")
+	trustRefused(t, v, "purge of an active key", "POST", "kms/purge/p1", v.token, nil, "only a key scheduled for deletion")
 
 	ids := delIDs(t, trustOK(t, v, "GET", "kms/keys/p1", nil))
 	prefix := "hsmkms/" + uuid + "/p1/"
 	delSchedule(t, v, "kms", p1, 168*time.Hour)
 	// Without sudo, purge is refused by Vault itself.
-	noSudo := v.tokenWithPolicy("keys-no-sudo", `path "kms/keys/*" { capabilities = ["create", "read", "update", "delete", "list"] }`)
-	if status, resp := v.raw("POST", "kms/keys/p1/purge", noSudo, map[string]interface{}{}); status != http.StatusForbidden {
+	noSudo := v.tokenWithPolicy("no-sudo", `path "kms/*" { capabilities = ["create", "read", "update", "delete", "list"] }`)
+	if status, resp := v.raw("POST", "kms/purge/p1", noSudo, map[string]interface{}{}); status != http.StatusForbidden {
 		t.Errorf("purge with update but no sudo: %d %v; want 403", status, resp)
 	}
 	readToken(t, tok, ids, prefix).wantAll(t, "p1 pending")
-	if status, resp := v.raw("POST", "kms/keys/p1/purge", v.token, map[string]interface{}{}); status/100 != 2 {
+	if status, resp := v.raw("POST", "kms/purge/p1", v.token, map[string]interface{}{}); status/100 != 2 {
 		t.Fatalf("purge of pending p1: %d %v", status, resp)
 	}
 	if status, resp := v.raw("GET", "kms/keys/p1", v.token, nil); status != http.StatusNotFound {
@@ -631,7 +631,7 @@ func testPurgeAndPurgeProtection(t *testing.T, tok *tokentest.Token) {
 	date, _ := delSchedule(t, v, "kms", p2, 168*time.Hour)
 	ids = delIDs(t, trustOK(t, v, "GET", "kms/keys/p2", nil))
 	prefix = "hsmkms/" + uuid + "/p2/"
-	trustRefused(t, v, "purge under purge_protection", "POST", "kms/keys/p2/purge", v.token, nil, "purge_protection", date)
+	trustRefused(t, v, "purge under purge_protection", "POST", "kms/purge/p2", v.token, nil, "purge_protection", date)
 	if data := trustOK(t, v, "GET", "kms/keys/p2", nil); data["state"] != "pending_deletion" || data["deletion_date"] != date {
 		t.Errorf("p2 after a refused purge: state %v deletion_date %v; want pending_deletion %s", data["state"], data["deletion_date"], date)
 	}
