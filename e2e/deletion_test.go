@@ -735,6 +735,12 @@ func TestDeletionOnARaftCluster(t *testing.T) {
 	}
 	readToken(t, tok, ids, prefix).wantAll(t, "gone after the failover")
 
+	// Until the remaining standby has found the new active node it
+	// redirects (307) rather than forwards.
+	waitFor(t, 60*time.Second, "the remaining standby to forward to the new active node", func() bool {
+		status, _, err := sendRaw(noRedirectClient, "GET", standby.addr+"/v1/kms/keys/kept", standby.token, nil)
+		return err == nil && status == http.StatusOK
+	})
 	for _, op := range []string{"cancel_deletion", "activate"} {
 		if status, resp := standby.post("kms/keys/kept/"+op, map[string]interface{}{}); status != http.StatusOK {
 			t.Fatalf("%s kept through the standby: %d %v", op, status, resp)
