@@ -509,6 +509,9 @@ func testTFScheduledDeletion(t *testing.T, v *vaultServer) {
 	// tofu draws its diagnostics in a box and wraps them: what they say is
 	// read with the box and the line breaks taken out.
 	said := strings.Join(strings.Fields(strings.ReplaceAll(out, "│", " ")), " ")
+	if i := strings.Index(said, "Error: "); i >= 0 {
+		t.Logf("the apply failed saying: %s", tail(said[i:], 1500))
+	}
 	for name, date := range dates {
 		for _, want := range []string{
 			fmt.Sprintf("key %q is scheduled for deletion on %s", name, date),
