@@ -683,6 +683,7 @@ func TestDeletionOnARaftCluster(t *testing.T) {
 
 	// Deleted through a standby, which forwards to the active node.
 	dates := map[string]string{}
+	before := time.Now().UTC().Truncate(time.Second)
 	for _, name := range []string{"gone", "kept"} {
 		if status, resp := standbys[0].post("kms/keys/"+name+"/deactivate", map[string]interface{}{}); status != http.StatusOK {
 			t.Fatalf("deactivate %s through a standby: %d %v", name, status, resp)
@@ -692,6 +693,9 @@ func TestDeletionOnARaftCluster(t *testing.T) {
 			t.Fatalf("DELETE kms/keys/%s through a standby: %d %s %v", name, status, raw, err)
 		}
 		dates[name] = fmt.Sprint(trustOK(t, leader, "GET", "kms/keys/"+name, nil)["deletion_date"])
+		if d, err := time.Parse(time.RFC3339, dates[name]); err != nil || d.Before(before.Add(window)) || d.After(time.Now().Add(window)) {
+			t.Fatalf("%s: deletion_date %s (%v); want %v after its delete", name, dates[name], err, window)
+		}
 	}
 	date, err := time.Parse(time.RFC3339, dates["gone"])
 	if err != nil {
