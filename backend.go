@@ -85,7 +85,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy", "keys/+/purge"},
+			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy", "purge/*"},
 			SealWrapStorage: []string{configStoragePath, keyring.KeyStoragePrefix},
 		},
 		Paths: framework.PathAppend(

@@ -126,10 +126,10 @@ func TestPendingKeyIsPurgedAfterItsWindowAcrossARestart(t *testing.T) {
 func TestPurgeAndPurgeProtection(t *testing.T) {
 	m := configuredMount(t, map[string]interface{}{"max_keys": 0})
 	m.mustOK(logical.UpdateOperation, "keys/p", map[string]interface{}{"deletion_allowed": true})
-	m.mustFail(logical.UpdateOperation, "keys/p/purge", nil, "only a key scheduled for deletion")
+	m.mustFail(logical.UpdateOperation, "purge/p", nil, "only a key scheduled for deletion")
 	m.mustOK(logical.DeleteOperation, "keys/p", nil)
 	label := keyring.ObjectLabel(m.b.owner, "p", 1)
-	m.mustOK(logical.UpdateOperation, "keys/p/purge", nil)
+	m.mustOK(logical.UpdateOperation, "purge/p", nil)
 	if labelOnToken(t, m, label) {
 		t.Fatal("purge left the key's object")
 	}
@@ -141,7 +141,7 @@ func TestPurgeAndPurgeProtection(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "config", map[string]interface{}{"purge_protection": false}, "cannot be turned off")
 	m.mustOK(logical.UpdateOperation, "keys/q", map[string]interface{}{"deletion_allowed": true})
 	m.mustOK(logical.DeleteOperation, "keys/q", nil)
-	m.mustFail(logical.UpdateOperation, "keys/q/purge", nil, "purge_protection")
+	m.mustFail(logical.UpdateOperation, "purge/q", nil, "purge_protection")
 	if !labelOnToken(t, m, keyring.ObjectLabel(m.b.owner, "q", 1)) {
 		t.Fatal("a refused purge destroyed the key")
 	}

@@ -56,7 +56,7 @@ func (b *backend) pathConfig() *framework.Path {
 			},
 			"purge_protection": {
 				Type:        framework.TypeBool,
-				Description: "When true, keys/:name/purge cannot end a deletion window early. Once true it cannot be turned off.",
+				Description: "When true, purge/:name cannot end a deletion window early. Once true it cannot be turned off.",
 			},
 			"deletion_warn_recent": {
 				Type:        framework.TypeDurationSecond,

@@ -24,7 +24,9 @@ func (b *backend) pathKeyDeletion() []*framework.Path {
 			HelpDescription: pathKeyCancelDeletionHelpDesc,
 		},
 		{
-			Pattern:      "keys/" + keyNamePattern + "/purge",
+			// Not keys/:name/purge: Vault's router asks sudo only for root
+			// paths matched exactly or by a trailing '*', never with '+'.
+			Pattern:      "purge/" + keyNamePattern,
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "purge", OperationSuffix: "key"},
 			Fields:       map[string]*framework.FieldSchema{"name": nameField},
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -93,5 +95,5 @@ before its deletion date: data encrypted under it is lost for good. Needs
 sudo, and is refused on a mount with purge_protection=true, where a key is
 destroyed on its deletion date and never before.
 
-    $ vault write -f kms/keys/app1/purge
+    $ vault write -f kms/purge/app1
 `

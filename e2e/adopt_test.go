@@ -264,6 +264,12 @@ func testAdoptDeleteForgetsOrDestroys(t *testing.T, v *vaultServer, c *ceremony)
 	checkAdopted(t, "kept", data, "1", "aes256-gcm96", c.kept, false, false)
 	data = adoptKey(t, v, "doomed", map[string]interface{}{"label": c.doomed.label, "destroy_on_delete": true})
 	checkAdopted(t, "doomed", data, "1", "aes256-gcm96", c.doomed, false, true)
+	// What Transit's immediate delete does to adopted objects: the mount
+	// deletes at once for this check (deletion_window=0s), then goes back to
+	// the default window for the checks after it. The scheduled deletion has
+	// its own tests (deletion_test.go).
+	v.cli("write", "kms/config", "deletion_window=0s")
+	defer v.cli("write", "kms/config", "deletion_window=168h")
 	for _, name := range []string{"kept", "doomed"} {
 		adoptRoundTrip(t, v, name, "before deletion", "1")
 		v.cli("write", "-f", "kms/keys/"+name+"/deactivate")

@@ -30,7 +30,7 @@ func TestLifecycleEventsInVaultsLog(t *testing.T) {
 	v.cli("write", "kms/encrypt/ev", "plaintext="+b64)
 	v.cli("write", "kms/keys/ev/config", "deletion_allowed=true")
 	v.cli("delete", "kms/keys/ev")
-	v.cli("write", "-f", "kms/keys/ev/purge")
+	v.cli("write", "-f", "kms/purge/ev")
 	v.configure("kms", "deletion_window=0s")
 	v.cli("write", "kms/keys/gone", "type=ecdsa-p256", "deletion_allowed=true")
 	v.cli("delete", "kms/keys/gone")

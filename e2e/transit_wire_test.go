@@ -28,7 +28,9 @@ func TestTransitWire(t *testing.T) {
 
 func testTransitWire(t *testing.T, tok *tokentest.Token) {
 	v := startDevVault(t, tok)
-	// deletion_window=0s: Transit's delete, which this test holds us to.
+	// Transit's wire, Transit's delete: a deleted key is gone at once
+	// (deletion_window=0s), as a Transit client expects; the scheduled
+	// deletion has its own tests (deletion_test.go).
 	v.configure("kms", "deletion_window=0s")
 	v.cli("write", "kms/keys/rsa", "type=rsa-2048")
 	v.cli("write", "kms/keys/ec", "type=ecdsa-p256")

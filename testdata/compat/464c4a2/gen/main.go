@@ -872,7 +872,7 @@ func deletedKeys(r *recorder) {
 	}
 
 	// Purged before its date: gone, and its name free again.
-	r.add(check{ID: pp + "/purge", Group: "deletion", Key: pp, Path: "keys/" + pp + "/purge"})
+	r.add(check{ID: pp + "/purge", Group: "deletion", Key: pp, Path: "purge/" + pp})
 	r.add(check{ID: pp + "/purged/read", Group: "deletion", Key: pp, Operation: "read", Path: "keys/" + pp, ExpectStatus: 404})
 	r.add(check{ID: pp + "/purged/create-again", Group: "deletion", Key: pp, Path: "keys/" + pp, Data: map[string]interface{}{"type": "aes128-gcm96"}})
 	r.add(check{ID: pp + "/purged/encrypt-again", Group: "deletion", Key: pp, Path: "encrypt/" + pp, Data: map[string]interface{}{"plaintext": b64(r.plain(pp + "/v1-again"))}})
