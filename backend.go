@@ -72,6 +72,12 @@ type backend struct {
 	// stats counts operations for the status path.
 	stats *opStats
 
+	// metrics are the mount's Prometheus metrics (metrics.go);
+	// openFailure is the hsm.LoginState the last failed opening of the
+	// HSM left, "" when it opened or was not tried.
+	metrics     *mountMetrics
+	openFailure atomic.Value
+
 	// publicKeys caches parsed public keys by their DER bytes;
 	// checkedPublicKeys notes the versions whose stored public key was
 	// compared with the token's once (public_keys.go).
@@ -99,6 +105,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			[]*framework.Path{
 				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
 				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),
+				b.pathMetrics(),
 			},
 		),
 		Secrets:    []*framework.Secret{},
@@ -111,6 +118,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		PeriodicFunc:      b.periodic,
 		RunningVersion:    version,
 	}
+	b.metrics = newMountMetrics(b.Backend.Paths)
 	return b
 }
 
@@ -149,8 +157,10 @@ func (b *backend) hsmClient(ctx context.Context, s logical.Storage) (*hsm.Client
 	}
 	c, err := b.openHSM(ctx, conf)
 	if err != nil {
+		b.openFailure.Store(hsm.LoginStateOf(err))
 		return nil, nil, fmt.Errorf("%w: %w", errHSMOpen, err)
 	}
+	b.openFailure.Store(hsm.LoginState(""))
 	b.client, b.conf = c, conf
 	return c, conf, nil
 }
@@ -161,6 +171,7 @@ func (b *backend) swapClient(c *hsm.Client, conf *mountConfig) {
 	b.clientMu.Lock()
 	old := b.client
 	b.client, b.conf = c, conf
+	b.openFailure.Store(hsm.LoginState(""))
 	b.clientMu.Unlock()
 	if old != nil {
 		old.Close()
@@ -196,6 +207,7 @@ func (b *backend) openHSM(ctx context.Context, conf *mountConfig) (*hsm.Client, 
 	hc.OwnerName, _ = b.mountPoint.Load().(string)
 	hc.Logger = b.Logger()
 	hc.Intercept = b.intercept
+	hc.Observe = b.metrics.observeCall
 	return hsm.Open(ctx, hc)
 }
 
