@@ -160,10 +160,8 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("adopt key", fieldOfInput(field, err))
 	}
-	if why, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
+	if err := b.refuseKEK(ctx, req.Storage, client, ek, field); err != nil {
 		return respondError("adopt key", err)
-	} else if why != "" {
-		return respondError("adopt key", keyring.FieldErrorf(field, "%s; a KEK never becomes a data key", why))
 	}
 	if _, _, isKEK := keyring.KEKLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, keyring.ObjectLabelPrefix) {
 		return respondError("adopt key", keyring.FieldErrorf(field, "the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", ek.Label))
@@ -261,30 +259,31 @@ func fieldOfInput(field string, err error) error {
 	return err
 }
 
-// kekUse says why an object found for adoption is a KEK, or "": one of
+// refuseKEK refuses an object found for adoption that is a KEK: one of
 // this mount's KEK versions, a KEK another mount recorded on the token, or
-// a key that only wraps and unwraps.
-func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey) (string, error) {
+// a key that only wraps and unwraps. field selected the object.
+func (b *backend) refuseKEK(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey, field string) error {
+	const never = "; a KEK never becomes a data key"
 	st, err := b.ring.KEK(ctx, s)
 	if err != nil {
-		return "", err
+		return err
 	}
 	for v, kv := range st.Versions {
 		if bytes.Equal(kv.ObjectID, ek.ID) {
-			return fmt.Sprintf("the object is version %d of this mount's key-encryption key", v), nil
+			return keyring.FieldErrorf(field, "the object is version %d of this mount's key-encryption key"+never, v)
 		}
 	}
 	records, err := client.ListObjects(ctx, keyring.ObjectLabelPrefix)
 	if err != nil {
-		return "", err
+		return err
 	}
 	for _, o := range records {
 		if owner, id, ok := keyring.ParseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
-			return fmt.Sprintf("the object is the key-encryption key of mount %s", owner), nil
+			return keyring.FieldErrorf(field, "the object is the key-encryption key of mount %s"+never, owner)
 		}
 	}
 	if ek.Wrap && !ek.Encrypt && !ek.Decrypt && !ek.Sign {
-		return "the object may only wrap and unwrap keys: it is a key-encryption key", nil
+		return keyring.FieldErrorf(field, "the object may only wrap and unwrap keys: it is a key-encryption key"+never)
 	}
-	return "", nil
+	return nil
 }
