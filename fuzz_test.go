@@ -39,8 +39,8 @@ func FuzzBatchInput(f *testing.F) {
 		if checkFieldTypes(schema, raw) != "" {
 			return // refused before the reader, as HandleRequest does
 		}
-		items, _, msg := readItems(&framework.FieldData{Raw: raw, Schema: schema}, encryptFields)
-		if msg != "" {
+		items, _, err := readItems(&framework.FieldData{Raw: raw, Schema: schema}, encryptFields)
+		if err != nil {
 			return
 		}
 		if len(items) == 0 || len(items) > maxBatchItems {

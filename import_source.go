@@ -40,37 +40,37 @@ var importKeyRules = wire.KeyRules{
 
 // parseJWK checks a JWK in full before the HSM sees it (wire.ParseJWK)
 // and maps it to a key type. typ is the type the caller asked for ("" to
-// take the JWK's); it decides between AES and HMAC for kty=oct. Messages
-// name the field and never echo key material.
-func parseJWK(raw interface{}, typ string) (keyMaterial, string) {
+// take the JWK's); it decides between AES and HMAC for kty=oct. Its errors
+// are the caller's: they name the field and never echo key material.
+func parseJWK(raw interface{}, typ string) (keyMaterial, error) {
 	data, err := wire.JWKBytes(raw)
 	if err != nil {
-		return keyMaterial{}, err.Error()
+		return keyMaterial{}, err
 	}
 	key, err := wire.ParseJWK(data, importKeyRules)
 	if err != nil {
-		return keyMaterial{}, err.Error()
+		return keyMaterial{}, err
 	}
 	typ = strings.ToLower(typ)
-	m, msg := importedMaterial(key, typ)
-	if msg != "" {
-		return keyMaterial{}, msg
+	m, err := importedMaterial(key, typ)
+	if err != nil {
+		return keyMaterial{}, err
 	}
 	if typ != "" && typ != m.keyType.Name && !(key.Kind == wire.KindOct && typ == "hmac") {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match the jwk, which is a %s key", typ, m.keyType.Name)
+		return keyMaterial{}, keyring.Userf("type %s does not match the jwk, which is a %s key", typ, m.keyType.Name)
 	}
-	return m, ""
+	return m, nil
 }
 
 // importedMaterial is the key type a checked key becomes. For kty=oct, typ
 // (lower case) and the JWK's alg decide between AES and HMAC.
-func importedMaterial(key wire.Key, typ string) (keyMaterial, string) {
+func importedMaterial(key wire.Key, typ string) (keyMaterial, error) {
 	var m keyMaterial
 	switch key.Kind {
 	case wire.KindOct:
-		var msg string
-		if m, msg = octMaterial(key.Secret, typ, key.Alg); msg != "" {
-			return keyMaterial{}, msg
+		var err error
+		if m, err = octMaterial(key.Secret, typ, key.Alg); err != nil {
+			return keyMaterial{}, err
 		}
 	case wire.KindRSA:
 		m = keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("rsa-%d", key.Bits)), material: key.Private, public: key.Public}
@@ -79,16 +79,16 @@ func importedMaterial(key wire.Key, typ string) (keyMaterial, string) {
 	}
 	if m.keyType.Name == "" {
 		// importKeyRules and the key types disagree: a bug, said plainly.
-		return keyMaterial{}, fmt.Sprintf("%s: a %s key is not supported", key.Field, key.Kind)
+		return keyMaterial{}, keyring.FieldErrorf(key.Field, "a %s key is not supported", key.Kind)
 	}
 	m.field = key.Field
-	return m, ""
+	return m, nil
 }
 
-func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
+func octMaterial(key []byte, typ, alg string) (keyMaterial, error) {
 	if typ == "hmac" || strings.HasPrefix(strings.ToUpper(alg), "HS") {
 		if len(key) < hsm.MinHMACImportBytes || len(key) > hsm.MaxHMACImportBytes {
-			return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an HMAC key is %d to %d bytes", len(key), hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
+			return keyMaterial{}, keyring.FieldErrorf("jwk", "k is %d bytes; an HMAC key is %d to %d bytes", len(key), hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
 		}
 		kt := keyTypeNamed("hmac")
 		kt.Bits = len(key) * 8
@@ -96,36 +96,28 @@ func octMaterial(key []byte, typ, alg string) (keyMaterial, string) {
 		if len(material) < hmacPadBytes {
 			material = append(material, make([]byte, hmacPadBytes-len(material))...)
 		}
-		return keyMaterial{keyType: kt, material: material}, ""
+		return keyMaterial{keyType: kt, material: material}, nil
 	}
 	switch len(key) {
 	case 16, 24, 32:
 	default:
-		return keyMaterial{}, fmt.Sprintf("jwk: k is %d bytes; an AES key is 16, 24 or 32 bytes (give type=hmac for an HMAC key)", len(key))
+		return keyMaterial{}, keyring.FieldErrorf("jwk", "k is %d bytes; an AES key is 16, 24 or 32 bytes (give type=hmac for an HMAC key)", len(key))
 	}
-	return keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("aes%d-gcm96", len(key)*8)), material: append([]byte(nil), key...)}, ""
-}
-
-func rsaKeyType(bits int, field string) (keyring.KeyType, string) {
-	kt, err := keyring.RSAType(bits, field)
-	if err != nil {
-		return keyring.KeyType{}, err.Error()
-	}
-	return kt, ""
+	return keyMaterial{keyType: keyTypeNamed(fmt.Sprintf("aes%d-gcm96", len(key)*8)), material: append([]byte(nil), key...)}, nil
 }
 
 // parsePublicKeyPEM reads Transit's public_key field: a PEM public key.
-func parsePublicKeyPEM(s, typ string) (keyMaterial, string) {
+func parsePublicKeyPEM(s, typ string) (keyMaterial, error) {
 	key, err := wire.ParsePublicKeyPEM(s, importKeyRules)
 	if err != nil {
-		return keyMaterial{}, err.Error()
+		return keyMaterial{}, err
 	}
-	m, msg := importedMaterial(key, "")
-	if msg != "" {
-		return keyMaterial{}, msg
+	m, err := importedMaterial(key, "")
+	if err != nil {
+		return keyMaterial{}, err
 	}
 	if typ != "" && !strings.EqualFold(typ, m.keyType.Name) {
-		return keyMaterial{}, fmt.Sprintf("type %s does not match public_key, which is a %s key", typ, m.keyType.Name)
+		return keyMaterial{}, keyring.Userf("type %s does not match public_key, which is a %s key", typ, m.keyType.Name)
 	}
-	return m, ""
+	return m, nil
 }

@@ -30,9 +30,9 @@ func (b *backend) newOpRequest(ctx context.Context, req *logical.Request, d *fra
 	if err := keyring.CheckName(name); err != nil {
 		return nil, err
 	}
-	items, batch, msg := readItems(d, fields)
-	if msg != "" {
-		return nil, keyring.Userf("%s", msg)
+	items, batch, err := readItems(d, fields)
+	if err != nil {
+		return nil, err
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {

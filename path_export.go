@@ -54,9 +54,9 @@ func (b *backend) pathExportRead(ctx context.Context, req *logical.Request, d *f
 	if !k.KeyType().Asymmetric() {
 		return respondError("export", keyring.Userf("key %q is of type %s and has no public key", name, k.Type))
 	}
-	keys, msg := exportPublicKeys(k, d.Get("version").(string))
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	keys, err := exportPublicKeys(k, d.Get("version").(string))
+	if err != nil {
+		return respondError("export", err)
 	}
 	return &logical.Response{Data: map[string]interface{}{"name": k.Name, "type": k.Type, "keys": keys}}, nil
 }

@@ -140,9 +140,9 @@ func (b *backend) signRequest(ctx context.Context, req *logical.Request, d *fram
 	if !kt.Signs() {
 		return nil, signOptions{}, keyring.Userf("key %q is of type %s, which cannot %s; use an RSA, ECDSA or Ed25519 key", r.key.Name, r.key.Type, op)
 	}
-	opts, msg := readSignOptions(signRequestFrom(d), kt)
-	if msg != "" {
-		return nil, signOptions{}, keyring.Userf("%s", msg)
+	opts, err := readSignOptions(signRequestFrom(d), kt)
+	if err != nil {
+		return nil, signOptions{}, err
 	}
 	if op == keyring.OpSign && !wire.HashAllows(opts.hash, wire.UseSign) {
 		return nil, signOptions{}, keyring.Userf("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash))

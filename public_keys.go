@@ -86,8 +86,9 @@ func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *
 	return pub, nil
 }
 
-// exportPublicKeys is Transit's export map: version -> PEM.
-func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, string) {
+// exportPublicKeys is Transit's export map: version -> PEM. A version the
+// key does not have is the caller's mistake.
+func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, error) {
 	out := map[string]string{}
 	if version == "" {
 		for v, kv := range k.Versions {
@@ -95,20 +96,20 @@ func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, stri
 				out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 			}
 		}
-		return out, ""
+		return out, nil
 	}
 	v := k.LatestVersion
 	if version != "latest" {
 		n, err := strconv.Atoi(strings.TrimPrefix(version, "v"))
 		if err != nil || n < 1 {
-			return nil, fmt.Sprintf("version %q is not a positive number, v<number> or 'latest'", version)
+			return nil, keyring.Userf("version %q is not a positive number, v<number> or 'latest'", version)
 		}
 		v = n
 	}
 	kv, err := k.DecryptionVersion(v, "the request")
 	if err != nil {
-		return nil, err.Error()
+		return nil, err
 	}
 	out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
-	return out, ""
+	return out, nil
 }

@@ -104,8 +104,8 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		if len(kv.Blob) == 0 || len(kv.Blob) > hsm.MaxWrappedBytes {
 			return nil, Userf("version %d: a blob of %d bytes; 1 to %d expected", v, len(kv.Blob), hsm.MaxWrappedBytes)
 		}
-		if msg := checkRestoredPublicKey(kt, kv.PublicKey); msg != "" {
-			return nil, Userf("version %d: %s", v, msg)
+		if err := checkRestoredPublicKey(kt, v, kv.PublicKey); err != nil {
+			return nil, err
 		}
 		origin := kv.Origin
 		if origin != "" && origin != OriginImported {
@@ -119,29 +119,29 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 	return out, nil
 }
 
-// checkRestoredPublicKey says what is wrong with a backed-up version's
-// public key: an asymmetric key's must be of its type, a secret key has
+// checkRestoredPublicKey refuses a backed-up version v whose public key
+// is wrong: an asymmetric key's must be of its type, a secret key has
 // none. The HSM then checks that the blob's private key matches it.
-func checkRestoredPublicKey(kt KeyType, der []byte) string {
+func checkRestoredPublicKey(kt KeyType, v int, der []byte) error {
 	if !kt.Asymmetric() {
 		if len(der) != 0 {
-			return "a secret key with a public key"
+			return Userf("version %d: a secret key with a public key", v)
 		}
-		return ""
+		return nil
 	}
 	pub, err := x509.ParsePKIXPublicKey(der)
 	if err != nil {
-		return "its public key does not parse"
+		return Userf("version %d: its public key does not parse", v)
 	}
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		if kt.Family == FamilyRSA && p.N.BitLen() == kt.Bits {
-			return ""
+			return nil
 		}
 	case *ecdsa.PublicKey:
 		if kt.Family == FamilyEC && p.Curve.Params().Name == kt.Curve {
-			return ""
+			return nil
 		}
 	}
-	return fmt.Sprintf("its public key is not a %s key", kt.Name)
+	return Userf("version %d: its public key is not a %s key", v, kt.Name)
 }

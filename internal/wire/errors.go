@@ -9,7 +9,12 @@ type InputError struct {
 	// part: the reason is about a part of the field ("jwk: crv ..."), not
 	// the field as a whole ("jwk is not valid JSON").
 	part bool
+	// err is what a library said, for errors.Is and logs; never shown to
+	// the caller, as it may quote the input.
+	err error
 }
+
+func (e *InputError) Unwrap() error { return e.err }
 
 func (e *InputError) Error() string {
 	switch {

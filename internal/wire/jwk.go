@@ -50,7 +50,8 @@ func ParseJWK(data []byte, rules KeyRules) (Key, error) {
 	if err := json.Unmarshal(data, &head); err != nil {
 		return Key{}, fieldError(fieldJWK, "is not valid JSON")
 	}
-	switch kind := Kind(head.Kty); {
+	kind := Kind(head.Kty)
+	switch {
 	case kind == "":
 		return Key{}, fieldError(fieldJWK, "has no kty; use "+kindList(rules.Kinds))
 	case !rules.takes(kind):
@@ -66,16 +67,11 @@ func ParseJWK(data []byte, rules KeyRules) (Key, error) {
 	}
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON(data); err != nil {
-		// go-jose's messages say what is wrong without quoting key
-		// material; its prefix names a library the caller never chose.
-		reason := strings.TrimPrefix(err.Error(), "go-jose/go-jose: ")
-		switch {
-		case strings.Contains(reason, "CRT coefficient"):
-			return Key{}, partError(fieldJWK, "qi does not match p and q")
-		case strings.Contains(reason, "CRT exponent"):
-			return Key{}, partError(fieldJWK, "dp or dq does not match d, p and q")
+		if refusal := jwkRefusal(data, kind, head.Crv, rules); refusal != nil {
+			return Key{}, refusal
 		}
-		return Key{}, fieldError(fieldJWK, "is not a valid JSON Web Key: "+reason)
+		// Kept for the logs only: go-jose's text may quote the input.
+		return Key{}, &InputError{Field: fieldJWK, Reason: "is not a valid JSON Web Key (RFC 7517)", err: err}
 	}
 	var k Key
 	var err error

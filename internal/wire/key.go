@@ -86,19 +86,24 @@ func rsaPrivateKey(field string, key *rsa.PrivateKey, rules KeyRules) (Key, erro
 	if key.E < 3 || key.E%2 == 0 {
 		return Key{}, partError(field, "e must be an odd exponent of at least 3")
 	}
-	// The CRT values a JWK carries are used by whoever holds the key: a
-	// wrong one would make a key whose signatures do not verify.
 	p, q := key.Primes[0], key.Primes[1]
 	one := big.NewInt(1)
-	crt := map[string][2]*big.Int{
-		"dp": {key.Precomputed.Dp, new(big.Int).Mod(key.D, new(big.Int).Sub(p, one))},
-		"dq": {key.Precomputed.Dq, new(big.Int).Mod(key.D, new(big.Int).Sub(q, one))},
-		"qi": {key.Precomputed.Qinv, new(big.Int).ModInverse(q, p)},
+	if p.Cmp(one) <= 0 || q.Cmp(one) <= 0 || new(big.Int).Mul(p, q).Cmp(key.N) != 0 {
+		return Key{}, partError(field, "p and q are not the factors of n")
 	}
-	for _, name := range []string{"dp", "dq", "qi"} {
-		given, want := crt[name][0], crt[name][1]
-		if given != nil && (want == nil || given.Cmp(want) != 0) {
-			return Key{}, partError(field, name+" does not match d, p and q")
+	// The CRT values a JWK carries are used by whoever holds the key: a
+	// wrong one would make a key whose signatures do not verify.
+	crt := []struct {
+		name, of    string
+		given, want *big.Int
+	}{
+		{"dp", "d and p", key.Precomputed.Dp, new(big.Int).Mod(key.D, new(big.Int).Sub(p, one))},
+		{"dq", "d and q", key.Precomputed.Dq, new(big.Int).Mod(key.D, new(big.Int).Sub(q, one))},
+		{"qi", "p and q", key.Precomputed.Qinv, new(big.Int).ModInverse(q, p)},
+	}
+	for _, c := range crt {
+		if c.given != nil && (c.want == nil || c.given.Cmp(c.want) != 0) {
+			return Key{}, partError(field, c.name+" does not match "+c.of)
 		}
 	}
 	if err := key.Validate(); err != nil {
@@ -182,6 +187,14 @@ func orList(names []string) string {
 		return strings.Join(names, "")
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// andList joins names as messages list them: "a, b and c".
+func andList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }
 
 func kindList(kinds []Kind) string {
