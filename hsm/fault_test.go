@@ -354,3 +354,46 @@ func TestStaleKEKHandleAtUnwrapIsRetriedThenUnavailable(t *testing.T) {
 		}
 	})
 }
+
+// TestTemplateInconsistentAtKeyPairGenerationIsRetriedThenUnavailable: an
+// RSA or EC template is the plugin's own, so the token's
+// CKR_TEMPLATE_INCONSISTENT (SoftHSM2 answered it once to an e2e rotation
+// under load, a 500) is its failure: retried once on a fresh session, then
+// ErrUnavailable, the 503.
+func TestTemplateInconsistentAtKeyPairGenerationIsRetriedThenUnavailable(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		use := hsm.Usage{Sign: true, Verify: true}
+		generate := map[string]func(id []byte) error{
+			"ec": func(id []byte) error {
+				_, err := c.GenerateECKeyPair(ctx, id, "hsmkms-test/ec-retry", "P-256", use)
+				return err
+			},
+			"rsa": func(id []byte) error {
+				_, err := c.GenerateRSAKeyPair(ctx, id, "hsmkms-test/rsa-retry", 2048, use)
+				return err
+			},
+		}
+		inconsistent := pkcs11.Error(pkcs11.CKR_TEMPLATE_INCONSISTENT)
+		for name, gen := range generate {
+			id, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, func(string) bool { return true }) })
+			ft.FailNext("C_GenerateKeyPair", inconsistent)
+			if err := gen(id); err != nil {
+				t.Fatalf("%s: CKR_TEMPLATE_INCONSISTENT once: %v, want the key pair made on the retry", name, err)
+			}
+			other, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ft.FailNext("C_GenerateKeyPair", inconsistent, inconsistent)
+			if err := gen(other); !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrInvalidInput) {
+				t.Fatalf("%s: CKR_TEMPLATE_INCONSISTENT twice: %v, want ErrUnavailable", name, err)
+			}
+		}
+	})
+}
