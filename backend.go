@@ -72,6 +72,12 @@ type backend struct {
 	// stats counts operations for the status path.
 	stats *opStats
 
+	// metrics are the mount's Prometheus metrics (metrics.go);
+	// openFailure is the hsm.LoginState the last failed opening of the
+	// HSM left, "" when it opened or was not tried.
+	metrics     *mountMetrics
+	openFailure atomic.Value
+
 	// publicKeys caches parsed public keys by their DER bytes;
 	// checkedPublicKeys notes the versions whose stored public key was
 	// compared with the token's once (public_keys.go).
@@ -85,12 +91,13 @@ func newBackend(allowedLibraryDirs []string) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy"},
+			Root:            []string{"config", "config/kek/rotate", "config/kek/trim", "tidy", "purge/*"},
 			SealWrapStorage: []string{configStoragePath, keyring.KeyStoragePrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{b.pathConfig(), b.pathKEKRotate(), b.pathKEKTrim(), b.pathConfigKeys()},
 			[]*framework.Path{b.pathKeyRotate(), b.pathKeyConfig(), b.pathKeyTrim(), b.pathHash(), b.pathCacheConfig()},
+			b.pathKeyDeletion(),
 			b.pathKeys(),
 			b.pathImport(),
 			[]*framework.Path{b.pathAdopt(), b.pathWrappingKey()},
@@ -98,6 +105,7 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			[]*framework.Path{
 				b.pathEncrypt(), b.pathDecrypt(), b.pathRewrap(), b.pathSign(), b.pathVerify(), b.pathHMAC(),
 				b.pathExport(), b.pathDatakey(), b.pathDatakeyDecrypt(), b.pathRandom(), b.pathStatus(), b.pathTidy(),
+				b.pathMetrics(),
 			},
 		),
 		Secrets:    []*framework.Secret{},
@@ -107,9 +115,10 @@ func newBackend(allowedLibraryDirs []string) *backend {
 			return b.ring.Rollback(ctx, req.Storage, kind, data)
 		},
 		WALRollbackMinAge: keyring.RollbackMinAge(),
-		PeriodicFunc:      b.rotateDueKeys,
+		PeriodicFunc:      b.periodic,
 		RunningVersion:    version,
 	}
+	b.metrics = newMountMetrics(b.Backend.Paths)
 	return b
 }
 
@@ -148,8 +157,10 @@ func (b *backend) hsmClient(ctx context.Context, s logical.Storage) (*hsm.Client
 	}
 	c, err := b.openHSM(ctx, conf)
 	if err != nil {
+		b.openFailure.Store(hsm.LoginStateOf(err))
 		return nil, nil, fmt.Errorf("%w: %w", errHSMOpen, err)
 	}
+	b.openFailure.Store(hsm.LoginState(""))
 	b.client, b.conf = c, conf
 	return c, conf, nil
 }
@@ -160,6 +171,7 @@ func (b *backend) swapClient(c *hsm.Client, conf *mountConfig) {
 	b.clientMu.Lock()
 	old := b.client
 	b.client, b.conf = c, conf
+	b.openFailure.Store(hsm.LoginState(""))
 	b.clientMu.Unlock()
 	if old != nil {
 		old.Close()
@@ -195,6 +207,7 @@ func (b *backend) openHSM(ctx context.Context, conf *mountConfig) (*hsm.Client, 
 	hc.OwnerName, _ = b.mountPoint.Load().(string)
 	hc.Logger = b.Logger()
 	hc.Intercept = b.intercept
+	hc.Observe = b.metrics.observeCall
 	return hsm.Open(ctx, hc)
 }
 
@@ -219,7 +232,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 
 // clean runs when the mount is unmounted or Vault shuts down (Vault does
 // not say which): the mount is no longer alive in this process.
-func (b *backend) clean(context.Context) {
+func (b *backend) clean(ctx context.Context) {
+	// A clean shutdown writes the usage counted since the last flush.
+	if _, err := b.ring.FlushUsage(ctx, b.ring.Storage(), true); err != nil {
+		b.Logger().Warn("could not write the keys' usage at shutdown", "error", err)
+	}
 	b.ring.Stop()
 	b.resetClient()
 	if b.unregisterOwner != nil {

@@ -44,8 +44,27 @@ func newMount(t *testing.T) *testMount {
 
 func newMountWithAllowList(t *testing.T, allowed []string) *testMount {
 	t.Helper()
+	return newMountOn(t, allowed, &logical.InmemStorage{}, "")
+}
+
+// restart is the mount after Vault restarted the plugin: a new backend on
+// the same storage and mount uuid, with empty caches; the old one is
+// cleaned up as Vault does.
+func (m *testMount) restart(t *testing.T) *testMount {
+	t.Helper()
+	m.b.clean(context.Background())
+	allowed, err := libraryAllowList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newMountOn(t, allowed, m.storage, m.b.owner)
+}
+
+func newMountOn(t *testing.T, allowed []string, storage logical.Storage, uuid string) *testMount {
+	t.Helper()
 	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
+	conf.StorageView = storage
+	conf.BackendUUID = uuid
 	system := logical.TestSystemView()
 	system.ClusterUUID = testClusterID
 	conf.System = system

@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // maxBatchItems bounds one batch request.
@@ -30,8 +32,8 @@ type cryptoItem struct {
 	KeyVersion        int
 	Reference         string
 
-	// domain is what the AES-GCM ciphertext is for (aadDomain or
-	// dataKeyAADDomain); set by the plugin, never by the request.
+	// domain is what the AES-GCM ciphertext is for (wire.DomainAEAD or
+	// wire.DomainDataKey); set by the plugin, never by the request.
 	domain string
 }
 
@@ -49,31 +51,32 @@ type batchResult struct {
 
 	internal    bool // the error was ours, not the caller's
 	unavailable bool // the HSM failed (retried once); answered 503
+	version     int  // the key version the item used, for the key's usage
 }
 
 // readItems returns the request's items: batch_input when given, else one
-// item from the top-level fields. A message is the caller's mistake.
-func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, string) {
+// item from the top-level fields. An error is the caller's mistake.
+func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, error) {
 	if raw, ok := d.GetOk("batch_input"); ok {
 		list, ok := raw.([]interface{})
 		if !ok {
-			return nil, true, "batch_input must be a list of objects"
+			return nil, true, keyring.Userf("batch_input must be a list of objects")
 		}
 		if len(list) == 0 {
-			return nil, true, "batch_input is empty"
+			return nil, true, keyring.Userf("batch_input is empty")
 		}
 		if len(list) > maxBatchItems {
-			return nil, true, fmt.Sprintf("batch_input has %d items; at most %d allowed", len(list), maxBatchItems)
+			return nil, true, keyring.Userf("batch_input has %d items; at most %d allowed", len(list), maxBatchItems)
 		}
 		items := make([]cryptoItem, len(list))
 		for i, e := range list {
 			m, ok := e.(map[string]interface{})
 			if !ok {
-				return nil, true, fmt.Sprintf("batch_input[%d] is not an object", i)
+				return nil, true, keyring.Userf("batch_input[%d] is not an object", i)
 			}
-			item, msg := itemFromMap(m)
-			if msg != "" {
-				return nil, true, fmt.Sprintf("batch_input[%d]: %s", i, msg)
+			item, err := itemFromMap(m, i)
+			if err != nil {
+				return nil, true, err
 			}
 			if item.PaddingScheme == "" {
 				if p, ok := d.GetOk("padding_scheme"); ok {
@@ -82,7 +85,7 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 			}
 			items[i] = item
 		}
-		return items, true, ""
+		return items, true, nil
 	}
 	var item cryptoItem
 	for _, f := range fields {
@@ -115,80 +118,79 @@ func readItems(d *framework.FieldData, fields []string) ([]cryptoItem, bool, str
 			item.PaddingScheme = v.(string)
 		}
 	}
-	return []cryptoItem{item}, false, ""
+	return []cryptoItem{item}, false, nil
 }
 
-func itemFromMap(m map[string]interface{}) (cryptoItem, string) {
+// itemFromMap decodes element i of batch_input; the caller's errors name
+// it ("batch_input[3]: ...").
+func itemFromMap(m map[string]interface{}, i int) (cryptoItem, error) {
+	where := func() string { return fmt.Sprintf("batch_input[%d]", i) }
 	var item cryptoItem
 	_, item.plaintextGiven = m["plaintext"]
-	str := func(name string, dst *string) string {
-		v, ok := m[name]
-		if !ok || v == nil {
-			return ""
-		}
-		s, ok := v.(string)
-		if !ok {
-			return fmt.Sprintf("%s must be a string", name)
-		}
-		*dst = s
-		return ""
-	}
 	for name, dst := range map[string]*string{
 		"plaintext": &item.Plaintext, "ciphertext": &item.Ciphertext, "context": &item.Context,
 		"associated_data": &item.AssociatedData, "reference": &item.Reference,
 		"input": &item.Input, "signature": &item.Signature, "hmac": &item.HMAC, "padding_scheme": &item.PaddingScheme,
 	} {
-		if msg := str(name, dst); msg != "" {
-			return item, msg
+		v, ok := m[name]
+		if !ok || v == nil {
+			continue
 		}
+		s, ok := v.(string)
+		if !ok {
+			return item, keyring.FieldErrorf(where(), "%s must be a string", name)
+		}
+		*dst = s
 	}
 	if v, ok := m["key_version"]; ok && v != nil {
-		n, msg := toInt(v)
-		if msg != "" {
-			return item, "key_version " + msg
+		n, ok := toInt(v)
+		if !ok {
+			return item, keyring.FieldErrorf(where(), "key_version must be a whole number")
 		}
 		item.KeyVersion = n
 	}
 	if v, ok := m["encryption_context"]; ok && v != nil {
 		ec, ok := v.(map[string]interface{})
 		if !ok {
-			return item, "encryption_context must be an object of strings"
+			return item, keyring.FieldErrorf(where(), "encryption_context must be an object of strings")
 		}
 		item.EncryptionContext = make(map[string]string, len(ec))
 		for k, val := range ec {
 			s, ok := val.(string)
 			if !ok {
-				return item, fmt.Sprintf("encryption_context[%q] must be a string", k)
+				return item, keyring.FieldErrorf(where(), "encryption_context[%q] must be a string", k)
 			}
 			item.EncryptionContext[k] = s
 		}
 	}
-	return item, ""
+	return item, nil
 }
 
-func toInt(v interface{}) (int, string) {
+// toInt reads a whole number that fits 32 bits from JSON (a number, or a
+// string of digits).
+func toInt(v interface{}) (int, bool) {
 	switch n := v.(type) {
 	case json.Number:
 		i, err := n.Int64()
 		if err != nil || i > math.MaxInt32 || i < math.MinInt32 {
-			return 0, "must be a whole number"
+			return 0, false
 		}
-		return int(i), ""
+		return int(i), true
 	case float64:
 		if n != math.Trunc(n) || n > math.MaxInt32 || n < math.MinInt32 {
-			return 0, "must be a whole number"
+			return 0, false
 		}
-		return int(n), ""
+		return int(n), true
 	case int:
-		return n, ""
+		return n, true
 	case string:
 		i, err := strconv.Atoi(n)
 		if err != nil {
-			return 0, "must be a whole number"
+			return 0, false
 		}
-		return i, ""
+		return i, true
 	}
-	return 0, "must be a whole number"
+	return 0, false
 }
 
 // batchResponse follows Transit's encrypt and decrypt: results in input

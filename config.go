@@ -24,6 +24,9 @@ const (
 	defaultKEKLabel           = "hsmkms-kek"
 	defaultUnwrappedCacheTTL  = 15 * time.Minute
 	defaultUnwrappedCacheSize = 1000
+	defaultDeletionWindow     = 7 * 24 * time.Hour
+	maxDeletionWindow         = 365 * 24 * time.Hour
+	defaultDeletionWarnRecent = 30 * 24 * time.Hour
 )
 
 // mountConfig is the stored config of one mount. The PIN is stored only in
@@ -49,6 +52,16 @@ type mountConfig struct {
 	// 0 (configs stored before it existed, or never set) means half the
 	// pool.
 	BatchConcurrency int `json:"batch_concurrency,omitempty"`
+	// DeletionWindow is how long a deleted key stays pending before it is
+	// destroyed; nil (configs stored before it existed) means the default,
+	// 0 Transit's immediate delete.
+	DeletionWindow *time.Duration `json:"deletion_window,omitempty"`
+	// PurgeProtection: no purge ends a deletion window early. Once on,
+	// never off.
+	PurgeProtection bool `json:"purge_protection,omitempty"`
+	// DeletionWarnRecent: a delete of a key used more recently than this
+	// warns; nil means the default.
+	DeletionWarnRecent *time.Duration `json:"deletion_warn_recent,omitempty"`
 
 	// resolvedLibrary is the allow-listed path actually loaded.
 	resolvedLibrary string
@@ -82,6 +95,22 @@ func (c *mountConfig) batchConcurrency() int {
 		return min(c.BatchConcurrency, c.PoolSize)
 	}
 	return max(1, c.PoolSize/2)
+}
+
+// deletionWindow is how long a deleted key stays pending.
+func (c *mountConfig) deletionWindow() time.Duration {
+	if c.DeletionWindow == nil {
+		return defaultDeletionWindow
+	}
+	return *c.DeletionWindow
+}
+
+// deletionWarnRecent: a delete of a key used more recently warns.
+func (c *mountConfig) deletionWarnRecent() time.Duration {
+	if c.DeletionWarnRecent == nil {
+		return defaultDeletionWarnRecent
+	}
+	return *c.DeletionWarnRecent
 }
 
 func (c *mountConfig) hsmConfig() hsm.Config {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // The handler benchmarks run the backend's request path in process against
@@ -64,7 +65,7 @@ func BenchmarkHSMEncryptAES64(b *testing.B) {
 	m.benchDo(b, logical.UpdateOperation, "keys/bench-aes", nil)
 	k, _ := keyring.Load(context.Background(), m.storage, "bench-aes")
 	client, _, _ := m.b.hsmClient(context.Background(), m.storage)
-	pt, aad := make([]byte, 64), buildAAD(nil, nil, nil)
+	pt, aad := make([]byte, 64), wire.AAD(wire.DomainAEAD, nil, nil, nil)
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := client.EncryptGCM(context.Background(), k.Versions[1].ObjectID, pt, aad); err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // keyResponse is the read form: Transit's fields plus the seeds'.
@@ -48,7 +49,7 @@ func keyResponse(k *keyring.Entry) map[string]interface{} {
 			"certificate_chain": "",
 			"hybrid_public_key": "",
 		}
-		if jwk, err := publicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
+		if jwk, err := wire.PublicJWK(kv.PublicKey, fmt.Sprintf("%s:v%d", k.Name, v)); err == nil {
 			jwks[strconv.Itoa(v)] = jwk
 		}
 	}
@@ -73,11 +74,15 @@ func keyResponse(k *keyring.Entry) map[string]interface{} {
 		"supports_derivation":    false,
 		"supports_signing":       k.Allows(keyring.OpSign) && kt.Family != keyring.FamilyHMAC,
 		"state":                  k.State,
+		"tags":                   nonNilTags(k.Tags),
 		"operations":             k.Operations,
 		"description":            k.Description,
 		"residency":              k.Residency,
 		"hsm_objects":            objects,
 		"public_jwks":            jwks,
+	}
+	if !k.DeletionDate.IsZero() {
+		resp["deletion_date"] = k.DeletionDate.Format(time.RFC3339)
 	}
 	if kt.Family == keyring.FamilyHMAC {
 		// Transit's read of an HMAC key: key_size in bytes (the Terraform

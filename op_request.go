@@ -30,9 +30,9 @@ func (b *backend) newOpRequest(ctx context.Context, req *logical.Request, d *fra
 	if err := keyring.CheckName(name); err != nil {
 		return nil, err
 	}
-	items, batch, msg := readItems(d, fields)
-	if msg != "" {
-		return nil, keyring.Userf("%s", msg)
+	items, batch, err := readItems(d, fields)
+	if err != nil {
+		return nil, err
 	}
 	client, conf, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
@@ -79,7 +79,28 @@ func (b *backend) each(r *opRequest, stat string, do func(item cryptoItem) (batc
 		wg.Wait()
 	}
 	b.stats.add(stat, int64(len(r.items)))
+	b.recordUse(r.key.Name, usageOpOf[stat], results)
 	return results
+}
+
+// usageOpOf names each operation's counter in a key's usage.
+var usageOpOf = map[string]string{
+	"encrypt": "encrypt", "decrypt": "decrypt", "rewrap": "rewrap", "sign": "sign",
+	"verify": "verify", "verify_hmac": "verify", "hmac": "hmac",
+}
+
+// recordUse counts the items that succeeded in the key's usage, per
+// version; nothing is written to storage here (Keyring.FlushUsage).
+func (b *backend) recordUse(name, op string, results []batchResult) {
+	perVersion := map[int]int{}
+	for _, res := range results {
+		if res.Error == "" {
+			perVersion[res.version]++
+		}
+	}
+	for v, n := range perVersion {
+		b.ring.RecordUse(name, v, op, n)
+	}
 }
 
 // answer is every operation's tail: a batch answered as Transit answers

@@ -59,60 +59,65 @@ the token unless destroy_on_delete=true was given.
 	}
 }
 
-// adoptSelector reads label, id or hsm_ref; the string names the field for
-// messages.
-func adoptSelector(d *framework.FieldData, slot uint) (hsm.ObjectSelector, string, string) {
+// adoptSelector reads label, id or hsm_ref, and names the field given, for
+// messages about the object it selects.
+func adoptSelector(d *framework.FieldData, slot uint) (hsm.ObjectSelector, string, error) {
 	label, hasLabel := d.GetOk("label")
 	id, hasID := d.GetOk("id")
 	ref, hasRef := d.GetOk("hsm_ref")
 	if countGiven(hasLabel, hasID, hasRef) != 1 {
-		return hsm.ObjectSelector{}, "", "give exactly one of label, id or hsm_ref"
+		return hsm.ObjectSelector{}, "", keyring.Userf("give exactly one of label, id or hsm_ref")
 	}
 	switch {
 	case hasLabel:
 		if label.(string) == "" {
-			return hsm.ObjectSelector{}, "", "label must not be empty"
+			return hsm.ObjectSelector{}, "", keyring.Userf("label must not be empty")
 		}
-		return hsm.ObjectSelector{Label: label.(string)}, "label", ""
+		return hsm.ObjectSelector{Label: label.(string)}, "label", nil
 	case hasID:
 		raw, err := hex.DecodeString(strings.TrimPrefix(strings.ToLower(id.(string)), "0x"))
 		if err != nil || len(raw) == 0 {
-			return hsm.ObjectSelector{}, "", "id must be the object's CKA_ID in hex"
+			return hsm.ObjectSelector{}, "", keyring.Userf("id must be the object's CKA_ID in hex")
 		}
-		return hsm.ObjectSelector{ID: raw}, "id", ""
+		return hsm.ObjectSelector{ID: raw}, "id", nil
 	}
 	parts := strings.Split(ref.(string), "::")
 	if len(parts) != 3 || parts[0] != "hsm" || parts[2] == "" {
-		return hsm.ObjectSelector{}, "", "hsm_ref must have the form hsm::<slot>::<label>"
+		return hsm.ObjectSelector{}, "", keyring.Userf("hsm_ref must have the form hsm::<slot>::<label>")
 	}
 	refSlot, err := strconv.ParseUint(parts[1], 10, 64)
 	if err != nil {
-		return hsm.ObjectSelector{}, "", "hsm_ref must have the form hsm::<slot>::<label>, the slot a number"
+		return hsm.ObjectSelector{}, "", keyring.Userf("hsm_ref must have the form hsm::<slot>::<label>, the slot a number")
 	}
 	if uint(refSlot) != slot {
-		return hsm.ObjectSelector{}, "", fmt.Sprintf("hsm_ref names slot %d, but this mount's token is in slot %d", refSlot, slot)
+		return hsm.ObjectSelector{}, "", keyring.Userf("hsm_ref names slot %d, but this mount's token is in slot %d", refSlot, slot)
 	}
-	return hsm.ObjectSelector{Label: parts[2]}, "hsm_ref", ""
+	return hsm.ObjectSelector{Label: parts[2]}, "hsm_ref", nil
 }
 
-// adoptedKeyType is the key type of an existing object.
-func adoptedKeyType(ek hsm.ExistingKey) (keyring.KeyType, string) {
+// adoptedKeyType is the key type of an existing object; field is the one
+// that selected it, named in the caller's errors.
+func adoptedKeyType(ek hsm.ExistingKey, field string) (keyring.KeyType, error) {
 	switch ek.Kind {
 	case hsm.ImportAES:
-		return keyTypeNamed(fmt.Sprintf("aes%d-gcm96", ek.Bits)), ""
+		return keyTypeNamed(fmt.Sprintf("aes%d-gcm96", ek.Bits)), nil
 	case hsm.ImportHMAC:
 		if ek.Bits < hsm.MinHMACImportBytes*8 || ek.Bits > hsm.MaxHMACImportBytes*8 {
-			return keyring.KeyType{}, fmt.Sprintf("the object is a generic secret of %d bits; an HMAC key is %d to %d bytes", ek.Bits, hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
+			return keyring.KeyType{}, keyring.FieldErrorf(field, "the object is a generic secret of %d bits; an HMAC key is %d to %d bytes", ek.Bits, hsm.MinHMACImportBytes, hsm.MaxHMACImportBytes)
 		}
 		kt := keyTypeNamed("hmac")
 		kt.Bits = ek.Bits
-		return kt, ""
+		return kt, nil
 	case hsm.ImportRSA:
-		return rsaKeyType(ek.Bits, "the object")
+		kt, err := keyring.RSAType(ek.Bits, "the object")
+		if err != nil {
+			return keyring.KeyType{}, within(field, err)
+		}
+		return kt, nil
 	case hsm.ImportEC:
-		return keyTypeNamed("ecdsa-p" + strings.TrimPrefix(ek.Curve, "P-")), ""
+		return keyTypeNamed("ecdsa-p" + strings.TrimPrefix(ek.Curve, "P-")), nil
 	}
-	return keyring.KeyType{}, "the object is not a key type the plugin uses"
+	return keyring.KeyType{}, keyring.FieldErrorf(field, "the object is not a key type the plugin uses")
 }
 
 // adoptableOps are the operations of kt the object's own attributes permit:
@@ -144,9 +149,9 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("adopt key", err)
 	}
-	sel, field, msg := adoptSelector(d, client.Slot())
-	if msg != "" {
-		return respondError("adopt key", keyring.Userf("%s", msg))
+	sel, field, err := adoptSelector(d, client.Slot())
+	if err != nil {
+		return respondError("adopt key", err)
 	}
 	if strings.HasPrefix(sel.Label, keyring.ObjectLabelPrefix) {
 		return respondError("adopt key", keyring.FieldErrorf(field, "objects this plugin made (labelled %s...) belong to their keys and cannot be adopted", keyring.ObjectLabelPrefix))
@@ -155,17 +160,15 @@ func (b *backend) pathAdoptWrite(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("adopt key", fieldOfInput(field, err))
 	}
-	if why, err := b.kekUse(ctx, req.Storage, client, ek); err != nil {
+	if err := b.refuseKEK(ctx, req.Storage, client, ek, field); err != nil {
 		return respondError("adopt key", err)
-	} else if why != "" {
-		return respondError("adopt key", keyring.FieldErrorf(field, "%s; a KEK never becomes a data key", why))
 	}
 	if _, _, isKEK := keyring.KEKLabelOwner(ek.Label); isKEK || strings.HasPrefix(ek.Label, keyring.ObjectLabelPrefix) {
 		return respondError("adopt key", keyring.FieldErrorf(field, "the object is labelled %q: objects this plugin made belong to their keys or mounts and cannot be adopted", ek.Label))
 	}
-	kt, msg := adoptedKeyType(ek)
-	if msg != "" {
-		return respondError("adopt key", keyring.FieldErrorf(field, "%s", msg))
+	kt, err := adoptedKeyType(ek, field)
+	if err != nil {
+		return respondError("adopt key", err)
 	}
 	if typ := d.Get("type").(string); typ != "" && !strings.EqualFold(typ, kt.Name) {
 		return respondError("adopt key", keyring.Userf("type %s does not match the object, which is a %s key", typ, kt.Name))
@@ -256,30 +259,31 @@ func fieldOfInput(field string, err error) error {
 	return err
 }
 
-// kekUse says why an object found for adoption is a KEK, or "": one of
+// refuseKEK refuses an object found for adoption that is a KEK: one of
 // this mount's KEK versions, a KEK another mount recorded on the token, or
-// a key that only wraps and unwraps.
-func (b *backend) kekUse(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey) (string, error) {
+// a key that only wraps and unwraps. field selected the object.
+func (b *backend) refuseKEK(ctx context.Context, s logical.Storage, client *hsm.Client, ek hsm.ExistingKey, field string) error {
+	const never = "; a KEK never becomes a data key"
 	st, err := b.ring.KEK(ctx, s)
 	if err != nil {
-		return "", err
+		return err
 	}
 	for v, kv := range st.Versions {
 		if bytes.Equal(kv.ObjectID, ek.ID) {
-			return fmt.Sprintf("the object is version %d of this mount's key-encryption key", v), nil
+			return keyring.FieldErrorf(field, "the object is version %d of this mount's key-encryption key"+never, v)
 		}
 	}
 	records, err := client.ListObjects(ctx, keyring.ObjectLabelPrefix)
 	if err != nil {
-		return "", err
+		return err
 	}
 	for _, o := range records {
 		if owner, id, ok := keyring.ParseKEKRecord(o.Label); ok && bytes.Equal(id, ek.ID) {
-			return fmt.Sprintf("the object is the key-encryption key of mount %s", owner), nil
+			return keyring.FieldErrorf(field, "the object is the key-encryption key of mount %s"+never, owner)
 		}
 	}
 	if ek.Wrap && !ek.Encrypt && !ek.Decrypt && !ek.Sign {
-		return "the object may only wrap and unwrap keys: it is a key-encryption key", nil
+		return keyring.FieldErrorf(field, "the object may only wrap and unwrap keys: it is a key-encryption key"+never)
 	}
-	return "", nil
+	return nil
 }

@@ -26,6 +26,9 @@ type keyBackup struct {
 	Format string                     `json:"format"`
 	Key    *keyring.Entry             `json:"key"`
 	KEKs   map[int]keyring.KEKVersion `json:"keks"`
+	// Usage is the key's usage when it was backed up (backups made before
+	// usage was counted have none).
+	Usage *keyring.Usage `json:"usage,omitempty"`
 }
 
 func (b *backend) pathBackup() []*framework.Path {
@@ -85,7 +88,11 @@ func (b *backend) pathBackupRead(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return nil, err
 	}
-	backup := keyBackup{Format: backupFormat, Key: k, KEKs: map[int]keyring.KEKVersion{}}
+	usage, err := b.ring.Usage(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	backup := keyBackup{Format: backupFormat, Key: k, KEKs: map[int]keyring.KEKVersion{}, Usage: usage}
 	for v, kv := range k.Versions {
 		kekv := st.Versions[kv.KEKVersion]
 		if !kv.Wrapped() || kekv == nil {
@@ -128,6 +135,8 @@ func (b *backend) pathRestoreWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	switch {
+	case existing != nil && existing.PendingReuse() != nil:
+		return respondError("restore", existing.PendingReuse())
 	case existing != nil && !d.Get("force").(bool):
 		return respondError("restore", keyring.Userf("key %q exists; give force=true to replace it", name))
 	case existing == nil:
@@ -185,7 +194,7 @@ func (b *backend) pathRestoreWrite(ctx context.Context, req *logical.Request, d 
 	if existing != nil {
 		b.forgetUnwrapped(ctx, req.Storage, existing)
 	}
-	if err := b.ring.Save(ctx, req.Storage, k); err != nil {
+	if err := b.ring.Restore(ctx, req.Storage, k, backup.Usage); err != nil {
 		return nil, err
 	}
 	return &logical.Response{Data: keyResponse(k)}, nil

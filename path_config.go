@@ -49,6 +49,19 @@ func (b *backend) pathConfig() *framework.Path {
 					Sensitive: true,
 				},
 			},
+			"deletion_window": {
+				Type: framework.TypeDurationSecond,
+				Description: "How long a deleted key stays pending_deletion (serving nothing, cancellable with keys/:name/cancel_deletion) " +
+					"before its HSM objects are destroyed; default 168h (7 days), at most 8760h. 0s deletes at once, as Transit does.",
+			},
+			"purge_protection": {
+				Type:        framework.TypeBool,
+				Description: "When true, purge/:name cannot end a deletion window early. Once true it cannot be turned off.",
+			},
+			"deletion_warn_recent": {
+				Type:        framework.TypeDurationSecond,
+				Description: "A delete of a key used within this time answers with a warning naming its last use; default 720h (30 days), 0s never warns.",
+			},
 			"batch_concurrency": {
 				Type: framework.TypeInt,
 				Description: "Most items of one batch request processed at once, each on its own session (a network HSM answers " +
@@ -147,6 +160,9 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"unwrapped_cache_ttl":  int64(conf.UnwrappedCacheTTL.Seconds()),
 		"unwrapped_cache_size": conf.unwrappedCacheSize(),
 		"login_backoff":        int64(conf.LoginBackoff.Seconds()),
+		"deletion_window":      int64(conf.deletionWindow().Seconds()),
+		"purge_protection":     conf.PurgeProtection,
+		"deletion_warn_recent": int64(conf.deletionWarnRecent().Seconds()),
 	}
 	mechanisms := map[string]string{
 		"aes_encrypt":      "CKM_AES_GCM (96-bit IV made by the plugin, or the token's own when it uses one; 128-bit tag)",
@@ -307,6 +323,26 @@ func applyConfigFields(conf *mountConfig, d *framework.FieldData) error {
 	}
 	if conf.BatchConcurrency < 0 || conf.BatchConcurrency > conf.PoolSize {
 		return keyring.Userf("batch_concurrency must be between 0 (half of pool_size) and pool_size, %d", conf.PoolSize)
+	}
+	if v, ok := d.GetOk("deletion_window"); ok {
+		w := time.Duration(v.(int)) * time.Second
+		if w < 0 || w > maxDeletionWindow {
+			return keyring.Userf("deletion_window must be between 0s (delete at once) and %s", maxDeletionWindow)
+		}
+		conf.DeletionWindow = &w
+	}
+	if v, ok := d.GetOk("purge_protection"); ok {
+		if conf.PurgeProtection && !v.(bool) {
+			return keyring.Userf("purge_protection is on and cannot be turned off")
+		}
+		conf.PurgeProtection = v.(bool)
+	}
+	if v, ok := d.GetOk("deletion_warn_recent"); ok {
+		w := time.Duration(v.(int)) * time.Second
+		if w < 0 {
+			return keyring.Userf("deletion_warn_recent must be 0s (never warn) or more")
+		}
+		conf.DeletionWarnRecent = &w
 	}
 	if v, ok := d.GetOk("max_keys"); ok {
 		conf.MaxKeys = v.(int)

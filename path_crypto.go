@@ -10,6 +10,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // contextFields are the three ways to bind data to a context; all of them
@@ -125,7 +126,7 @@ func (b *backend) pathEncryptWrite(ctx context.Context, req *logical.Request, d 
 	}
 	results := b.each(r, "encrypt", func(item cryptoItem) (batchResult, error) {
 		ciphertext, version, err := b.encryptItem(ctx, r.client, r.conf, r.key, item)
-		return batchResult{Ciphertext: ciphertext, KeyVersion: version}, err
+		return batchResult{Ciphertext: ciphertext, KeyVersion: version, version: version}, err
 	})
 	return answer(req, d, r, "encrypt", batchEncrypt, true, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"ciphertext": res.Ciphertext, "key_version": res.KeyVersion}
@@ -138,8 +139,8 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 		return respondError("decrypt", err)
 	}
 	results := b.each(r, "decrypt", func(item cryptoItem) (batchResult, error) {
-		plaintext, _, err := b.decryptItem(ctx, r.client, r.key, item)
-		return batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext)}, err
+		plaintext, version, _, err := b.decryptItem(ctx, r.client, r.key, item)
+		return batchResult{Plaintext: base64.StdEncoding.EncodeToString(plaintext), version: version}, err
 	})
 	return answer(req, d, r, "decrypt", batchDecrypt, true, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"plaintext": res.Plaintext}
@@ -147,11 +148,11 @@ func (b *backend) pathDecryptWrite(ctx context.Context, req *logical.Request, d 
 }
 
 // itemAAD decodes an item's context fields into the AAD of its domain
-// (aadDomain unless the item says otherwise).
+// (wire.DomainAEAD unless the item says otherwise).
 func itemAAD(item cryptoItem) ([]byte, error) {
 	domain := item.domain
 	if domain == "" {
-		domain = aadDomain
+		domain = wire.DomainAEAD
 	}
 	ctxBytes, err := base64.StdEncoding.DecodeString(item.Context)
 	if err != nil {
@@ -161,7 +162,7 @@ func itemAAD(item cryptoItem) ([]byte, error) {
 	if err != nil {
 		return nil, keyring.Userf("associated_data is not valid base64")
 	}
-	return buildDomainAAD(domain, ctxBytes, ad, item.EncryptionContext), nil
+	return wire.AAD(domain, ctxBytes, ad, item.EncryptionContext), nil
 }
 
 func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mountConfig, k *keyring.Entry, item cryptoItem) (string, int, error) {
@@ -201,51 +202,52 @@ func (b *backend) encryptItem(ctx context.Context, client *hsm.Client, conf *mou
 	if err != nil {
 		return "", 0, err
 	}
-	return formatCiphertext(version, blob), version, nil
+	return wire.Format(version, blob), version, nil
 }
 
 // decryptItem opens a ciphertext of the item's domain; an item with none
 // opens ordinary ciphertexts and, failing that, data keys (decrypt opens
-// what datakey made, as in Transit). It returns the domain that opened it.
-func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, item cryptoItem) ([]byte, string, error) {
-	version, blob, msg := parseCiphertext(item.Ciphertext)
-	if msg != "" {
-		return nil, "", keyring.Userf("%s", msg)
-	}
-	kv, err := k.DecryptionVersion(version, "ciphertext")
+// what datakey made, as in Transit). It returns the version
+// it names and the domain that opened it.
+func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, item cryptoItem) ([]byte, int, string, error) {
+	version, blob, err := wire.Parse(wire.NounCiphertext, item.Ciphertext)
 	if err != nil {
-		return nil, "", err
+		return nil, 0, "", err
+	}
+	kv, err := k.DecryptionVersion(version, wire.NounCiphertext)
+	if err != nil {
+		return nil, version, "", err
 	}
 	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
-		return nil, "", err
+		return nil, version, "", err
 	}
 	defer release()
 	if k.KeyType().EncryptsRSA() {
 		plaintext, err := b.decryptRSA(ctx, client, kv, item, blob)
-		return plaintext, "", err
+		return plaintext, version, "", err
 	}
 	if item.PaddingScheme != "" {
-		return nil, "", keyring.Userf("padding_scheme applies only to RSA keys")
+		return nil, version, "", keyring.Userf("padding_scheme applies only to RSA keys")
 	}
 	transit := opensTransitLayout(kv, item)
 	domains := []string{item.domain}
 	switch {
 	case item.domain == "":
-		domains = []string{aadDomain, dataKeyAADDomain}
-	case item.domain == dataKeyAADDomain && kv.SealedDataKeysAsOrdinary():
-		domains = []string{dataKeyAADDomain, aadDomain}
+		domains = []string{wire.DomainAEAD, wire.DomainDataKey}
+	case item.domain == wire.DomainDataKey && kv.SealedDataKeysAsOrdinary():
+		domains = []string{wire.DomainDataKey, wire.DomainAEAD}
 	}
 	for _, domain := range domains {
 		item.domain = domain
 		aad, aerr := itemAAD(item)
 		if aerr != nil {
-			return nil, "", aerr
+			return nil, version, "", aerr
 		}
 		var plaintext []byte
 		plaintext, err = client.DecryptGCM(ctx, kv.ObjectID, blob, aad)
 		if !errors.Is(err, hsm.ErrDecrypt) {
-			return plaintext, domain, err
+			return plaintext, version, domain, err
 		}
 	}
 	if transit {
@@ -253,14 +255,14 @@ func (b *backend) decryptItem(ctx context.Context, client *hsm.Client, k *keyrin
 		// associated_data alone. rewrap writes it in the plugin's layout.
 		ad, aerr := base64.StdEncoding.DecodeString(item.AssociatedData)
 		if aerr != nil {
-			return nil, "", keyring.Userf("associated_data is not valid base64")
+			return nil, version, "", keyring.Userf("associated_data is not valid base64")
 		}
 		plaintext, terr := client.DecryptGCMForeign(ctx, kv.ObjectID, blob, ad)
 		if !errors.Is(terr, hsm.ErrDecrypt) {
-			return plaintext, aadDomain, terr
+			return plaintext, version, wire.DomainAEAD, terr
 		}
 	}
-	return nil, "", err
+	return nil, version, "", err
 }
 
 // opensTransitLayout: an ordinary decrypt (not a data key's) on a version

@@ -251,35 +251,6 @@ func batchResultsOf(t *testing.T, resp *logical.Response) []batchResult {
 	return results
 }
 
-func TestParseCiphertextRoundTrip(t *testing.T) {
-	blob := []byte("0123456789abcdefghijklmnopqrstuvwxyz")
-	v, got, msg := parseCiphertext(formatCiphertext(12, blob))
-	if msg != "" || v != 12 || string(got) != string(blob) {
-		t.Fatalf("v=%d msg=%q", v, msg)
-	}
-}
-
-func TestAADIsUnambiguous(t *testing.T) {
-	a := buildAAD([]byte("ab"), []byte("c"), nil)
-	b := buildAAD([]byte("a"), []byte("bc"), nil)
-	if string(a) == string(b) {
-		t.Fatal("moving a byte between context and associated data gives the same AAD")
-	}
-	c := buildAAD(nil, nil, map[string]string{"a": "b=c"})
-	d := buildAAD(nil, nil, map[string]string{"a=b": "c"})
-	if string(c) == string(d) {
-		t.Fatal("encryption context pairs collide")
-	}
-	if len(buildAAD(nil, nil, nil)) == 0 {
-		t.Fatal("empty AAD")
-	}
-	e := buildAAD(nil, nil, map[string]string{"x": "1", "y": "2"})
-	f := buildAAD(nil, nil, map[string]string{"y": "2", "x": "1"})
-	if string(e) != string(f) {
-		t.Fatal("encryption context order matters")
-	}
-}
-
 // A secret sent with the wrong JSON type is refused without being quoted:
 // the SDK's own conversion errors repeat the value.
 func TestWrongTypesNeverEchoTheValue(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const (
@@ -96,7 +97,7 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return respondError("datakey", keyring.Userf("key %q is of type %s; data keys are wrapped by AES keys", k.Name, k.Type))
 	}
 	item := r.items[0]
-	item.domain = dataKeyAADDomain
+	item.domain = wire.DomainDataKey
 	aad, err := itemAAD(item)
 	if err != nil {
 		return respondError("datakey", err)
@@ -120,7 +121,8 @@ func (b *backend) pathDatakeyWrite(ctx context.Context, req *logical.Request, d 
 		return respondError("datakey", err)
 	}
 	b.stats.count("datakey")
-	data := map[string]interface{}{"ciphertext": formatCiphertext(version, blob), "key_version": version}
+	b.ring.RecordUse(k.Name, version, "datakey", 1)
+	data := map[string]interface{}{"ciphertext": wire.Format(version, blob), "key_version": version}
 	if d.Get("plaintext").(string) == "plaintext" {
 		data["plaintext"] = base64.StdEncoding.EncodeToString(dataKey)
 	}
@@ -136,12 +138,13 @@ func (b *backend) pathDatakeyDecryptWrite(ctx context.Context, req *logical.Requ
 		return respondError("datakey decrypt", keyring.Userf("key %q is of type %s; data keys are wrapped by AES keys", r.key.Name, r.key.Type))
 	}
 	item := r.items[0]
-	item.domain = dataKeyAADDomain // never what encrypt made
-	plaintext, _, err := b.decryptItem(ctx, r.client, r.key, item)
+	item.domain = wire.DomainDataKey // never what encrypt made
+	plaintext, version, _, err := b.decryptItem(ctx, r.client, r.key, item)
 	if err != nil {
 		return respondError("datakey decrypt", err)
 	}
 	defer clear(plaintext)
 	b.stats.count("datakey_decrypt")
+	b.ring.RecordUse(r.key.Name, version, "decrypt", 1)
 	return &logical.Response{Data: map[string]interface{}{"plaintext": base64.StdEncoding.EncodeToString(plaintext)}}, nil
 }

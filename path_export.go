@@ -26,12 +26,13 @@ func (b *backend) pathExport() *framework.Path {
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation: &framework.PathOperation{Callback: b.pathExportRead, Summary: "Export the public key of an RSA or ECDSA key."},
+			logical.ReadOperation: &framework.PathOperation{Callback: b.pathExportRead, Summary: "Export the public key of an RSA, ECDSA or Ed25519 key."},
 		},
 		HelpSynopsis: "Export public keys, as Transit's export/public-key.",
 		HelpDescription: `
-Returns Transit's map of version to PEM public key (PKIX) for an RSA or ECDSA
-key, for openssl or any other verifier or encryptor:
+Returns Transit's map of version to public key: PEM (PKIX) for an RSA or
+ECDSA key, base64 of the raw 32-byte key for Ed25519 (as Transit shows it),
+for openssl or any other verifier or encryptor:
 
     $ vault read -field=keys kms/export/public-key/rsa1/1
 `,
@@ -53,9 +54,9 @@ func (b *backend) pathExportRead(ctx context.Context, req *logical.Request, d *f
 	if !k.KeyType().Asymmetric() {
 		return respondError("export", keyring.Userf("key %q is of type %s and has no public key", name, k.Type))
 	}
-	keys, msg := exportPublicKeys(k, d.Get("version").(string))
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	keys, err := exportPublicKeys(k, d.Get("version").(string))
+	if err != nil {
+		return respondError("export", err)
 	}
 	return &logical.Response{Data: map[string]interface{}{"name": k.Name, "type": k.Type, "keys": keys}}, nil
 }

@@ -2,6 +2,7 @@ package hsmkms
 
 import (
 	"context"
+	"crypto"
 	"crypto/subtle"
 	"encoding/base64"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func (b *backend) pathHMAC() *framework.Path {
@@ -56,7 +58,7 @@ hmac field. Keys of type hmac only.
 // hmacHash reads the algorithm from the URL, body, or Transit's older field.
 // Imported keys skip the size check: a JWK's short key is padded on the
 // token (the same HMAC), and a BYOK key's size is the token's to judge.
-func hmacHash(d *framework.FieldData, bits int, imported bool) (string, error) {
+func hmacHash(d *framework.FieldData, bits int, imported bool) (crypto.Hash, error) {
 	hashName := "sha2-256"
 	for _, f := range []string{"urlalgorithm", "algorithm", "hash_algorithm"} {
 		if v, ok := d.GetOk(f); ok && v.(string) != "" {
@@ -64,14 +66,14 @@ func hmacHash(d *framework.FieldData, bits int, imported bool) (string, error) {
 			break
 		}
 	}
-	hash, ok := hashAlgorithms[hashName]
+	hash, ok := wire.LookupHash(hashName, wire.UseHMAC)
 	if !ok {
-		return "", keyring.Userf("algorithm %s is not one of: sha2-256, sha2-384, sha2-512", hashName)
+		return 0, keyring.Userf("algorithm %s is not one of: %s", hashName, strings.Join(wire.HashNames(wire.UseHMAC), ", "))
 	}
 	if !imported && bits < hash.Size()*8 {
-		return "", keyring.Userf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
+		return 0, keyring.Userf("this HMAC key has %d bits, shorter than the output of %s; use a key of at least %d bits", bits, hashName, hash.Size()*8)
 	}
-	return hashName, nil
+	return hash, nil
 }
 
 func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -79,7 +81,7 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return respondError("hmac", err)
 	}
-	hashName, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
+	hash, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
 	if err != nil {
 		return respondError("hmac", err)
 	}
@@ -88,15 +90,15 @@ func (b *backend) pathHMACWrite(ctx context.Context, req *logical.Request, d *fr
 		if err != nil {
 			return batchResult{}, err
 		}
-		mac, err := b.hmacOf(ctx, r.client, r.key, kv, hashName, item)
-		return batchResult{HMAC: formatCiphertext(version, mac), KeyVersion: version}, err
+		mac, err := b.hmacOf(ctx, r.client, r.key, kv, hash, item)
+		return batchResult{HMAC: wire.Format(version, mac), KeyVersion: version, version: version}, err
 	})
 	return answer(req, d, r, "hmac", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"hmac": res.HMAC, "key_version": res.KeyVersion}
 	})
 }
 
-func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyring.Entry, kv *keyring.Version, hashName string, item cryptoItem) ([]byte, error) {
+func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyring.Entry, kv *keyring.Version, hash crypto.Hash, item cryptoItem) ([]byte, error) {
 	data, err := base64.StdEncoding.DecodeString(item.Input)
 	if err != nil {
 		return nil, keyring.Userf("input is not valid base64")
@@ -105,30 +107,30 @@ func (b *backend) hmacOf(ctx context.Context, client *hsm.Client, k *keyring.Ent
 		if kv.HMACObjectID == nil {
 			return nil, keyring.Userf("this version of AES key %q has no HMAC key: it was made before AES keys got one, or is wrapped or adopted; rotate the key (a new version gets one), or use a key of type hmac", k.Name)
 		}
-		return client.HMAC(ctx, kv.HMACObjectID, hashAlgorithms[hashName], data)
+		return client.HMAC(ctx, kv.HMACObjectID, hash, data)
 	}
 	release, err := b.ring.Pin(ctx, client, k, kv)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	return client.HMAC(ctx, kv.ObjectID, hashAlgorithms[hashName], data)
+	return client.HMAC(ctx, kv.ObjectID, hash, data)
 }
 
 // verifyHMAC checks one HMAC made by hmac: computed again in the HSM with
 // the version the HMAC names, compared in constant time.
-func (b *backend) verifyHMAC(ctx context.Context, r *opRequest, hashName string, item cryptoItem) (bool, error) {
-	version, want, msg := parseCiphertext(item.HMAC)
-	if msg != "" {
-		return false, keyring.Userf("%s", strings.Replace(msg, "ciphertext", "hmac", -1))
-	}
-	kv, err := r.key.DecryptionVersion(version, "hmac")
+func (b *backend) verifyHMAC(ctx context.Context, r *opRequest, hash crypto.Hash, item cryptoItem) (bool, int, error) {
+	version, want, err := wire.Parse(wire.NounHMAC, item.HMAC)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	got, err := b.hmacOf(ctx, r.client, r.key, kv, hashName, item)
+	kv, err := r.key.DecryptionVersion(version, wire.NounHMAC)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
-	return subtle.ConstantTimeCompare(got, want) == 1, nil
+	got, err := b.hmacOf(ctx, r.client, r.key, kv, hash, item)
+	if err != nil {
+		return false, version, err
+	}
+	return subtle.ConstantTimeCompare(got, want) == 1, version, nil
 }

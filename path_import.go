@@ -16,6 +16,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func importFields(create bool) map[string]*framework.FieldSchema {
@@ -148,17 +149,14 @@ func countGiven(given ...bool) int {
 	return n
 }
 
-var byokHashes = map[string]crypto.Hash{
-	"SHA1": crypto.SHA1, "SHA224": crypto.SHA224, "SHA256": crypto.SHA256, "SHA384": crypto.SHA384, "SHA512": crypto.SHA512,
-}
-
 // readImportRequest reads the key source fields. existing is the type of
-// the key a version is added to, or "" for a new key.
-func readImportRequest(d *framework.FieldData, existing string) (importRequest, string) {
+// the key a version is added to, or "" for a new key. Its errors are the
+// caller's.
+func readImportRequest(d *framework.FieldData, existing string) (importRequest, error) {
 	typ := d.Get("type").(string)
 	if existing != "" {
 		if typ != "" && !strings.EqualFold(typ, existing) {
-			return importRequest{}, fmt.Sprintf("type %s does not match the key's type %s", typ, existing)
+			return importRequest{}, keyring.Userf("type %s does not match the key's type %s", typ, existing)
 		}
 		typ = existing
 	}
@@ -166,45 +164,45 @@ func readImportRequest(d *framework.FieldData, existing string) (importRequest, 
 	ct, hasCT := d.GetOk("ciphertext")
 	pemKey, hasPEM := d.GetOk("public_key")
 	if countGiven(hasJWK, hasCT, hasPEM) != 1 {
-		return importRequest{}, "give exactly one of jwk, ciphertext (Transit's BYOK form) or public_key"
+		return importRequest{}, keyring.Userf("give exactly one of jwk, ciphertext (Transit's BYOK form) or public_key")
 	}
 	switch {
 	case hasJWK:
-		m, msg := parseJWK(rawJWK, typ)
-		if msg != "" {
-			return importRequest{}, msg
+		m, err := parseJWK(rawJWK, typ)
+		if err != nil {
+			return importRequest{}, err
 		}
-		return importRequest{material: m, keyType: m.keyType}, ""
+		return importRequest{material: m, keyType: m.keyType}, nil
 	case hasPEM:
-		m, msg := parsePublicKeyPEM(pemKey.(string), typ)
-		if msg != "" {
-			return importRequest{}, msg
+		m, err := parsePublicKeyPEM(pemKey.(string), typ)
+		if err != nil {
+			return importRequest{}, err
 		}
-		return importRequest{material: m, keyType: m.keyType}, ""
+		return importRequest{material: m, keyType: m.keyType}, nil
 	}
-	hash, ok := byokHashes[strings.ToUpper(d.Get("hash_function").(string))]
+	hash, ok := wire.LookupHash(d.Get("hash_function").(string), wire.UseOAEP)
 	if !ok {
-		return importRequest{}, "hash_function must be SHA1, SHA224, SHA256, SHA384 or SHA512"
+		return importRequest{}, keyring.Userf("hash_function must be SHA1, SHA224, SHA256, SHA384 or SHA512")
 	}
 	blob, err := base64.StdEncoding.DecodeString(strings.TrimSpace(ct.(string)))
 	if err != nil || len(blob) == 0 {
-		return importRequest{}, "ciphertext must be base64 of Transit's BYOK form"
+		return importRequest{}, keyring.Userf("ciphertext must be base64 of Transit's BYOK form")
 	}
 	if typ == "" {
 		typ = keyring.DefaultType
 	}
 	kt, err := keyring.ResolveType(typ, 0, "")
 	if err != nil {
-		return importRequest{}, err.Error()
+		return importRequest{}, err
 	}
 	if !kt.Importable() {
-		return importRequest{}, fmt.Sprintf("type %s cannot be imported: such keys are generated in the HSM (keys/:name type=%s)", kt.Name, kt.Name)
+		return importRequest{}, keyring.Userf("type %s cannot be imported: such keys are generated in the HSM (keys/:name type=%s)", kt.Name, kt.Name)
 	}
-	return importRequest{ciphertext: blob, hash: hash, keyType: kt}, ""
+	return importRequest{ciphertext: blob, hash: hash, keyType: kt}, nil
 }
 
 // importOperations decides a new imported key's operations.
-func importOperations(d *framework.FieldData, r importRequest) ([]string, string) {
+func importOperations(d *framework.FieldData, r importRequest) ([]string, error) {
 	kt := r.keyType
 	ops := kt.DefaultOps
 	// A JWK without its private part is most likely a mistake: it becomes
@@ -218,22 +216,21 @@ func importOperations(d *framework.FieldData, r importRequest) ([]string, string
 	if raw, ok := d.GetOk("operations"); ok && len(raw.([]string)) > 0 {
 		var err error
 		if ops, err = keyring.NormaliseOperations(raw.([]string), kt); err != nil {
-			return nil, err.Error()
+			return nil, err
 		}
 	}
 	if r.publicOnly() {
 		for _, op := range ops {
 			if op == keyring.OpSign || op == keyring.OpDecrypt || op == keyring.OpUnwrapKey {
-				field := r.material.field
 				part := "d is missing"
-				if field == "public_key" {
+				if r.material.field == "public_key" {
 					part = "it is a public key"
 				}
-				return nil, fmt.Sprintf("%s: %s, but %s needs the private key; give the private key, or operations=verify for a public key alone", field, part, op)
+				return nil, keyring.FieldErrorf(r.material.field, "%s, but %s needs the private key; give the private key, or operations=verify for a public key alone", part, op)
 			}
 		}
 	}
-	return ops, ""
+	return ops, nil
 }
 
 func (b *backend) pathImportWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -246,13 +243,13 @@ func (b *backend) pathImportWrite(ctx context.Context, req *logical.Request, d *
 			return respondError("import key", keyring.Userf("%s=true is not supported: keys here live in the HSM and never leave it, and are not derived", field))
 		}
 	}
-	r, msg := readImportRequest(d, "")
-	if msg != "" {
-		return respondError("import key", keyring.Userf("%s", msg))
+	r, err := readImportRequest(d, "")
+	if err != nil {
+		return respondError("import key", err)
 	}
-	ops, msg := importOperations(d, r)
-	if msg != "" {
-		return respondError("import key", keyring.Userf("%s", msg))
+	ops, err := importOperations(d, r)
+	if err != nil {
+		return respondError("import key", err)
 	}
 	allowRotation := d.Get("allow_rotation").(bool)
 	autoRotate := time.Duration(d.Get("auto_rotate_period").(int)) * time.Second
@@ -295,9 +292,9 @@ func (b *backend) pathImportVersionWrite(ctx context.Context, req *logical.Reque
 	if !k.Imported {
 		return respondError("import key version", keyring.Userf("key %q was generated in the HSM, not imported; import_version adds versions only to imported or adopted keys (rotate makes a new version)", k.Name))
 	}
-	r, msg := readImportRequest(d, k.Type)
-	if msg != "" {
-		return respondError("import key version", keyring.Userf("%s", msg))
+	r, err := readImportRequest(d, k.Type)
+	if err != nil {
+		return respondError("import key version", err)
 	}
 	if r.keyType.Name != k.Type {
 		return respondError("import key version", keyring.Userf("the key given is a %s key; %q is %s", r.keyType.Name, k.Name, k.Type))
@@ -319,7 +316,9 @@ func importError(field string, err error) error {
 	case errors.Is(err, hsm.ErrNotUnwrapped):
 		return keyring.Userf("ciphertext %s", hsm.ErrNotUnwrapped.Error())
 	case errors.Is(err, hsm.ErrNoKeyWrap):
-		return keyring.Userf("%s", err.Error())
+		// The token cannot import at all: the caller is told so, in the
+		// sentinel's own words.
+		return &keyring.UserError{Reason: hsm.ErrNoKeyWrap.Error()}
 	case errors.As(err, &ie):
 		return keyring.FieldErrorf(field, "%s", ie.Reason)
 	}
@@ -345,22 +344,22 @@ func (b *backend) importJWKList(ctx context.Context, req *logical.Request, d *fr
 	typ, _ := d.Raw["type"].(string)
 	var requests []importRequest
 	for i, item := range list {
-		m, msg := parseJWK(item, typ)
-		if msg != "" {
-			return logical.ErrorResponse("keys[%d]: %s", i, msg), logical.ErrInvalidRequest
+		m, err := parseJWK(item, typ)
+		if err != nil {
+			return respondError("import key", within(fmt.Sprintf("keys[%d]", i), err))
 		}
 		if i > 0 && m.keyType.Name != requests[0].keyType.Name {
-			return logical.ErrorResponse("keys[%d] is a %s key; keys[0] is %s: all versions have one type", i, m.keyType.Name, requests[0].keyType.Name), logical.ErrInvalidRequest
+			return respondError("import key", keyring.Userf("keys[%d] is a %s key; keys[0] is %s: all versions have one type", i, m.keyType.Name, requests[0].keyType.Name))
 		}
 		requests = append(requests, importRequest{material: m, keyType: m.keyType})
 	}
-	ops, msg := importOperations(d, requests[0])
-	if msg != "" {
-		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	ops, err := importOperations(d, requests[0])
+	if err != nil {
+		return respondError("import key", err)
 	}
 	for i, r := range requests {
 		if r.publicOnly() && !requests[0].publicOnly() {
-			return logical.ErrorResponse("keys[%d] has no private part, unlike keys[0]", i), logical.ErrInvalidRequest
+			return respondError("import key", keyring.Userf("keys[%d] has no private part, unlike keys[0]", i))
 		}
 	}
 	p := keyring.Params{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,14 +28,28 @@ func (b *backend) pathKeys() []*framework.Path {
 		{
 			Pattern:      "keys/?$",
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationSuffix: "keys"},
+			Fields: map[string]*framework.FieldSchema{
+				"tag": {
+					Type:        framework.TypeString,
+					Description: "Only keys with this tag: key=value, or a key alone for any value.",
+				},
+				"state": {
+					Type:        framework.TypeString,
+					Description: "Only keys in this state: active, deactivated or pending_deletion.",
+				},
+				"unused_for": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Only keys not used for at least this long (never-used keys included), e.g. 2160h.",
+				},
+			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
 					Callback: b.pathKeysList,
-					Summary:  "List the keys of this mount.",
+					Summary:  "List the keys of this mount, with each key's type, state, tags and last use (key_info).",
 				},
 			},
 			HelpSynopsis:    "List the keys of this mount.",
-			HelpDescription: "Lists the names of the keys this mount manages.",
+			HelpDescription: pathKeysListHelpDesc,
 		},
 		{
 			Pattern:      "keys/" + keyNamePattern + "/activate",
@@ -88,8 +103,9 @@ func (b *backend) pathKeys() []*framework.Path {
 				},
 				"description": {
 					Type:        framework.TypeString,
-					Description: "Free text describing the key.",
+					Description: "Free text describing the key, at most 4096 bytes.",
 				},
+				"tags": tagsField,
 				"residency": {
 					Type:        framework.TypeString,
 					Description: "Where the key lives: 'hsm' (an HSM object). Default: the mount's default_residency.",
@@ -176,12 +192,110 @@ func (b *backend) keyExists(ctx context.Context, req *logical.Request, d *framew
 	return b.ring.Exists(ctx, req.Storage, d.Get("name").(string))
 }
 
-func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+// tagsField is a key's tags, at creation and in keys/:name/config.
+var tagsField = &framework.FieldSchema{
+	Type: framework.TypeKVPairs,
+	Description: "The key's tags: a map of strings, or key=value pairs. At most 50; keys of 1 to 128 letters, digits or " +
+		"_ . : / = + @ - (starting with a letter or digit); values of at most 256 printable bytes.",
+}
+
+// pathKeysList is Vault's list with info: each key's type, state,
+// residency, description, tags, deletion date and last use in key_info,
+// filtered by tag, state and unused_for.
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	filter, err := readKeyFilter(d, b.ring.Now())
+	if err != nil {
+		return respondError("list keys", err)
+	}
 	names, err := keyring.Names(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	return logical.ListResponse(names), nil
+	var listed []string
+	info := map[string]interface{}{}
+	for _, name := range names {
+		k, err := b.ring.Get(ctx, req.Storage, name)
+		if err != nil {
+			return nil, err
+		}
+		if k == nil {
+			continue
+		}
+		u, err := b.ring.Usage(ctx, req.Storage, name)
+		if err != nil {
+			return nil, err
+		}
+		if !filter.keeps(k, u) {
+			continue
+		}
+		listed = append(listed, name)
+		info[name] = keyInfo(k, u)
+	}
+	return logical.ListResponseWithInfo(listed, info), nil
+}
+
+// keyFilter is what LIST keys keeps.
+type keyFilter struct {
+	tagKey, tagValue string
+	anyValue         bool
+	state            string
+	unusedSince      time.Time // zero: no filter
+}
+
+func readKeyFilter(d *framework.FieldData, now time.Time) (keyFilter, error) {
+	var f keyFilter
+	if tag := d.Get("tag").(string); tag != "" {
+		f.tagKey, f.tagValue, _ = strings.Cut(tag, "=")
+		f.anyValue = !strings.Contains(tag, "=")
+	}
+	if f.state = d.Get("state").(string); f.state != "" && !slices.Contains(keyring.States, f.state) {
+		return f, keyring.FieldErrorf("state", "%q is not one of %v", f.state, keyring.States)
+	}
+	if unused := d.Get("unused_for").(int); unused < 0 {
+		return f, keyring.FieldErrorf("unused_for", "must not be negative")
+	} else if unused > 0 {
+		f.unusedSince = now.Add(-time.Duration(unused) * time.Second)
+	}
+	return f, nil
+}
+
+func (f keyFilter) keeps(k *keyring.Entry, u *keyring.Usage) bool {
+	if f.tagKey != "" {
+		v, ok := k.Tags[f.tagKey]
+		if !ok || (!f.anyValue && v != f.tagValue) {
+			return false
+		}
+	}
+	if f.state != "" && k.State != f.state {
+		return false
+	}
+	return f.unusedSince.IsZero() || u.LastUsed.Before(f.unusedSince)
+}
+
+// keyInfo is a key's entry in LIST's key_info.
+func keyInfo(k *keyring.Entry, u *keyring.Usage) map[string]interface{} {
+	info := map[string]interface{}{
+		"type": k.Type, "state": k.State, "residency": k.Residency, "description": k.Description,
+		"tags": nonNilTags(k.Tags), "latest_version": k.LatestVersion, "last_used": timeOrEmpty(u.LastUsed),
+	}
+	if !k.DeletionDate.IsZero() {
+		info["deletion_date"] = k.DeletionDate.Format(time.RFC3339)
+	}
+	return info
+}
+
+func nonNilTags(tags map[string]string) map[string]string {
+	if tags == nil {
+		return map[string]string{}
+	}
+	return tags
+}
+
+func timeOrEmpty(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -193,8 +307,35 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if err != nil || k == nil {
 		return nil, err // a missing key is Vault's 404, as in Transit
 	}
-	return &logical.Response{Data: keyResponse(k)}, nil
+	u, err := b.ring.Usage(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	data := keyResponse(k)
+	data["usage"] = usageResponse(u)
+	return &logical.Response{Data: data}, nil
 }
+
+// usageResponse is a key's usage as reads show it.
+func usageResponse(u *keyring.Usage) map[string]interface{} {
+	versions := map[string]interface{}{}
+	for v, vu := range u.Versions {
+		versions[strconv.Itoa(v)] = map[string]interface{}{"last_used": timeOrEmpty(vu.LastUsed), "operations": opsCounts(vu.Ops)}
+	}
+	return map[string]interface{}{"last_used": timeOrEmpty(u.LastUsed), "operations": opsCounts(u.Ops), "versions": versions}
+}
+
+// opsCounts lists every counted operation, 0 for the unused ones.
+func opsCounts(ops map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(usageOps))
+	for _, op := range usageOps {
+		out[op] = ops[op]
+	}
+	return out
+}
+
+// usageOps are the operations a key's usage counts.
+var usageOps = []string{"encrypt", "decrypt", "sign", "verify", "hmac", "datakey", "rewrap"}
 
 func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
@@ -218,6 +359,9 @@ func (b *backend) pathKeyWrite(ctx context.Context, req *logical.Request, d *fra
 	b.ring.Lock()
 	k, created, err := b.ring.Create(ctx, req.Storage, client, p, conf.MaxKeys)
 	b.ring.Unlock()
+	if err == nil && !created {
+		err = k.PendingReuse()
+	}
 	if err != nil {
 		return respondError(fmt.Sprintf("create key %q", name), err)
 	}
@@ -247,6 +391,7 @@ func keyParams(d *framework.FieldData, name, defaultResidency string) (keyring.P
 		Type:             kt,
 		Operations:       kt.DefaultOps,
 		Description:      d.Get("description").(string),
+		Tags:             d.Get("tags").(map[string]string),
 		Residency:        defaultResidency,
 		DeletionAllowed:  d.Get("deletion_allowed").(bool),
 		AutoRotatePeriod: time.Duration(d.Get("auto_rotate_period").(int)) * time.Second,
@@ -280,24 +425,44 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 	if name == conf.DefaultKey {
 		return respondError("delete key", keyring.Userf("key %q is this mount's default key and can never be deleted", name))
 	}
+	if k.State == keyring.StatePendingDeletion {
+		resp := &logical.Response{Data: keyResponse(k)}
+		resp.AddWarning(fmt.Sprintf("key %q is already scheduled for deletion on %s", name, k.DeletionDate.Format(time.RFC3339)))
+		return resp, nil
+	}
 	if k.State != keyring.StateDeactivated && !k.DeletionAllowed {
-		return respondError("delete key", keyring.Userf("key %q is active and its deletion_allowed is false; deactivate it (keys/%s/deactivate) or set deletion_allowed (keys/%s/config) before deleting it. Deleting destroys it on the HSM: data encrypted under it is lost", name, name, name))
+		return respondError("delete key", keyring.Userf("key %q is active and its deletion_allowed is false; deactivate it (keys/%s/deactivate) or set deletion_allowed (keys/%s/config) before deleting it", name, name, name))
 	}
 	var warnings []string
-	for v, kv := range k.Versions {
-		w, err := keyring.DestroyVersion(ctx, client, v, kv)
+	u, err := b.ring.Usage(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if recent := conf.deletionWarnRecent(); recent > 0 && !u.LastUsed.IsZero() && b.ring.Now().Sub(u.LastUsed) < recent {
+		warnings = append(warnings, fmt.Sprintf("key %q was last used %s (within deletion_warn_recent, %s): data under it may still be in use",
+			name, u.LastUsed.UTC().Format(time.RFC3339), recent))
+	}
+	window := conf.deletionWindow()
+	if window == 0 {
+		w, err := b.ring.Destroy(ctx, req.Storage, client, k)
 		warnings = append(warnings, w...)
 		if err != nil {
 			return respondError(fmt.Sprintf("delete key %q", name), err)
 		}
+		b.Logger().Info("key deleted", "key", name)
+		if len(warnings) > 0 {
+			return &logical.Response{Warnings: warnings}, nil
+		}
+		return nil, nil
 	}
-	if err := b.ring.Delete(ctx, req.Storage, name); err != nil {
+	if err := b.ring.ScheduleDeletion(ctx, req.Storage, k, b.ring.Now().Add(window)); err != nil {
 		return nil, err
 	}
-	if len(warnings) > 0 {
-		return &logical.Response{Warnings: warnings}, nil
-	}
-	return nil, nil
+	b.forgetUnwrapped(ctx, req.Storage, k)
+	b.Logger().Info("key scheduled for deletion", "key", name, "deletion_date", k.DeletionDate.Format(time.RFC3339))
+	warnings = append(warnings, fmt.Sprintf("key %q is scheduled for deletion on %s and serves nothing until then; cancel it with keys/%s/cancel_deletion. Deleting destroys it on the HSM: data encrypted under it is lost",
+		name, k.DeletionDate.Format(time.RFC3339), name))
+	return &logical.Response{Data: keyResponse(k), Warnings: warnings}, nil
 }
 
 func (b *backend) pathKeyState(state string) framework.OperationFunc {
@@ -307,6 +472,10 @@ func (b *backend) pathKeyState(state string) framework.OperationFunc {
 			return respondError("change key state", err)
 		}
 		defer unlock()
+		if k.State == keyring.StatePendingDeletion {
+			return respondError("change key state", keyring.Userf("key %q is scheduled for deletion on %s; cancel the deletion first (keys/%s/cancel_deletion)",
+				k.Name, k.DeletionDate.Format(time.RFC3339), k.Name))
+		}
 		if k.State != state {
 			k.State = state
 			if err := b.ring.Save(ctx, req.Storage, k); err != nil {
@@ -329,6 +498,18 @@ func (b *backend) forgetUnwrapped(ctx context.Context, s logical.Storage, k *key
 	keyring.ForgetUnwrapped(client, k)
 }
 
+const pathKeysListHelpDesc = `
+Lists the keys of this mount, with key_info: each key's type, state,
+residency, description, tags, latest version, deletion date and last use.
+Filters, as query parameters: tag (key=value, or a key alone), state
+(active, deactivated, pending_deletion), unused_for (a duration: keys not
+used for at least that long, never-used ones included).
+
+    $ vault list -format=json kms/keys
+    $ vault read -format=json kms/keys list=true tag=env=prod unused_for=2160h
+    $ curl -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/kms/keys?list=true&state=pending_deletion"
+`
+
 const pathKeysHelpSyn = `Create, read and delete keys that live in the HSM.`
 
 const pathKeysHelpDesc = `
@@ -339,9 +520,12 @@ warning, as Transit's does). Creation
 past the mount's max_keys quota is a 400.
 
 Deleting needs the key to be deactivated first, or its deletion_allowed to be
-true (Transit's way), and destroys its HSM objects:
-data encrypted under it can no longer be decrypted. The mount's default key
-can never be deleted.
+true (Transit's way). It schedules the key's deletion: the key is
+pending_deletion for the mount's deletion_window (default 7 days) and serves
+nothing; keys/:name/cancel_deletion brings it back (deactivated). When the
+window has passed its HSM objects are destroyed and data encrypted under it
+can no longer be decrypted. With deletion_window=0s the delete is immediate,
+as in Transit. The mount's default key can never be deleted.
 
 Examples:
 

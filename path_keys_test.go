@@ -100,7 +100,7 @@ func TestBadKeyNames(t *testing.T) {
 }
 
 func TestQuotaCountsTheDefaultKey(t *testing.T) {
-	m := configuredMount(t, map[string]interface{}{"max_keys": 3})
+	m := configuredMount(t, map[string]interface{}{"max_keys": 3, "deletion_window": "0s"})
 	m.mustOK(logical.UpdateOperation, "keys/a", nil)
 	m.mustOK(logical.UpdateOperation, "keys/b", nil)
 	m.mustFail(logical.UpdateOperation, "keys/c", nil, "quota of 3 keys")
@@ -112,7 +112,7 @@ func TestQuotaCountsTheDefaultKey(t *testing.T) {
 }
 
 func TestDeleteRules(t *testing.T) {
-	m := configuredMount(t, nil)
+	m := configuredMount(t, map[string]interface{}{"deletion_window": "0s"}) // Transit's delete
 	m.mustFail(logical.DeleteOperation, "keys/default", nil, "default key and can never be deleted")
 	m.mustOK(logical.UpdateOperation, "keys/default/deactivate", nil)
 	m.mustFail(logical.DeleteOperation, "keys/default", nil, "default key and can never be deleted")

@@ -50,7 +50,7 @@ func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *
 		return respondError("rewrap", err)
 	}
 	results := b.each(r, "rewrap", func(item cryptoItem) (batchResult, error) {
-		plaintext, domain, err := b.decryptItem(ctx, r.client, r.key, item)
+		plaintext, _, domain, err := b.decryptItem(ctx, r.client, r.key, item)
 		if err != nil {
 			return batchResult{}, err
 		}
@@ -58,7 +58,7 @@ func (b *backend) pathRewrapWrite(ctx context.Context, req *logical.Request, d *
 		item.Plaintext, item.plaintextGiven = base64.StdEncoding.EncodeToString(plaintext), true
 		clear(plaintext)
 		ciphertext, version, err := b.encryptItem(ctx, r.client, r.conf, r.key, item)
-		return batchResult{Ciphertext: ciphertext, KeyVersion: version}, err
+		return batchResult{Ciphertext: ciphertext, KeyVersion: version, version: version}, err
 	})
 	// Transit answers a rewrap batch 200 whatever failed, each failure in
 	// its item.

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
@@ -31,46 +30,6 @@ min_decryption_version. rewrap moves ciphertexts to the latest version.
 	}
 }
 
-func (b *backend) pathKeyConfig() *framework.Path {
-	return &framework.Path{
-		Pattern:      "keys/" + keyNamePattern + "/config",
-		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationVerb: "configure", OperationSuffix: "key"},
-		Fields: map[string]*framework.FieldSchema{
-			"name": nameField,
-			"min_decryption_version": {
-				Type:        framework.TypeInt,
-				Description: "Oldest version that may still decrypt or verify, 1 to latest_version (0 is taken as 1, with a warning, as in Transit). Older ciphertexts are refused.",
-			},
-			"min_encryption_version": {
-				Type:        framework.TypeInt,
-				Description: "Oldest version a caller may pick with key_version to encrypt or sign; 0 means any. Must be 0 or at least min_decryption_version.",
-			},
-			"deletion_allowed": {
-				Type:        framework.TypeBool,
-				Description: "Transit's flag: the key may be deleted while active. Otherwise it must be deactivated first.",
-			},
-			"auto_rotate_period": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Rotate automatically once the latest version is this old; 0 disables, otherwise at least 1h.",
-			},
-			"exportable":             refusedTransitField("exportable"),
-			"allow_plaintext_backup": refusedTransitField("allow_plaintext_backup"),
-		},
-		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyConfigWrite, Summary: "Set a key's minimum versions and rotation."},
-		},
-		HelpSynopsis: "Configure a key's versions and automatic rotation.",
-		HelpDescription: `
-Sets min_decryption_version (older ciphertexts and signatures are refused),
-min_encryption_version, deletion_allowed and auto_rotate_period. Automatic
-rotation runs in the background from the latest version's creation time, so
-it carries on across restarts.
-
-    $ vault write kms/keys/app1/config min_decryption_version=2 auto_rotate_period=720h
-`,
-	}
-}
-
 func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
@@ -81,8 +40,8 @@ func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, 
 		return respondError("rotate", err)
 	}
 	defer unlock()
-	if k.State != keyring.StateActive {
-		return respondError("rotate", keyring.Userf("key %q is deactivated; activate it before rotating", k.Name))
+	if err := k.Active(); err != nil {
+		return respondError("rotate", err)
 	}
 	if k.Imported && !k.AllowRotation {
 		return respondError("rotate", keyring.Userf("key %q was imported with allow_rotation=false, as Transit does by default; add versions with import_version, or import it with allow_rotation=true", k.Name))
@@ -92,53 +51,6 @@ func (b *backend) pathKeyRotateWrite(ctx context.Context, req *logical.Request, 
 	}
 	b.stats.count("rotate")
 	return &logical.Response{Data: keyResponse(k)}, nil
-}
-
-func (b *backend) pathKeyConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	k, unlock, err := b.ring.ForChange(ctx, req.Storage, d.Get("name").(string))
-	if err != nil {
-		return respondError("configure key", err)
-	}
-	defer unlock()
-	if err := refuseTransitFlags(d, "exportable", "allow_plaintext_backup"); err != nil {
-		return respondError("configure key", err)
-	}
-	var warnings []string
-	if v, ok := d.GetOk("min_decryption_version"); ok {
-		k.MinDecryptionVersion = v.(int)
-		if k.MinDecryptionVersion == 0 {
-			// Transit's clients (the Terraform provider) send 0 for
-			// "unset"; Transit makes it 1.
-			k.MinDecryptionVersion = 1
-			warnings = append(warnings, "min_decryption_version 0 is taken as 1, the oldest version, as in Transit")
-		}
-	}
-	if v, ok := d.GetOk("min_encryption_version"); ok {
-		k.MinEncryptionVersion = v.(int)
-	}
-	if v, ok := d.GetOk("deletion_allowed"); ok {
-		k.DeletionAllowed = v.(bool)
-	}
-	if v, ok := d.GetOk("auto_rotate_period"); ok {
-		k.AutoRotatePeriod = time.Duration(v.(int)) * time.Second
-	}
-	switch {
-	case k.MinDecryptionVersion < 1 || k.MinDecryptionVersion > k.LatestVersion:
-		return respondError("configure key", keyring.Userf("min_decryption_version must be between 1 and the latest version, %d", k.LatestVersion))
-	case k.MinEncryptionVersion < 0 || k.MinEncryptionVersion > k.LatestVersion:
-		return respondError("configure key", keyring.Userf("min_encryption_version must be 0 or a version up to the latest, %d", k.LatestVersion))
-	case k.MinEncryptionVersion != 0 && k.MinEncryptionVersion < k.MinDecryptionVersion:
-		return respondError("configure key", keyring.Userf("min_encryption_version (%d) must be 0 or at least min_decryption_version (%d)", k.MinEncryptionVersion, k.MinDecryptionVersion))
-	case k.AutoRotatePeriod != 0 && k.AutoRotatePeriod < keyring.MinAutoRotatePeriod:
-		return respondError("configure key", keyring.Userf("auto_rotate_period must be 0 (off) or at least %s", keyring.MinAutoRotatePeriod))
-	}
-	if k.AutoRotatePeriod > 0 && k.Imported && !k.AllowRotation {
-		return respondError("configure key", keyring.Userf("auto_rotate_period needs allow_rotation, which key %q was imported without", k.Name))
-	}
-	if err := b.ring.Save(ctx, req.Storage, k); err != nil {
-		return nil, err
-	}
-	return &logical.Response{Data: keyResponse(k), Warnings: warnings}, nil
 }
 
 // autoRotateCheckInterval is how often the periodic function looks for
@@ -152,11 +64,6 @@ const autoRotateCheckInterval = time.Hour
 // cached key entries without a lock and takes the key lock only for a key
 // that is due.
 func (b *backend) rotateDueKeys(ctx context.Context, req *logical.Request) error {
-	if state := b.System().ReplicationState(); state.HasState(consts.ReplicationPerformanceStandby |
-		consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary) {
-		return nil
-	}
-	b.ring.ResumeRewrap(ctx, req.Storage)
 	now := b.ring.Now()
 	if next, _ := b.nextRotateCheck.Load().(time.Time); now.Before(next) {
 		return nil

@@ -2,21 +2,19 @@ package hsmkms
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/base64"
 	"math/big"
-	"strconv"
-	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func signFields(verify bool) map[string]*framework.FieldSchema {
@@ -97,7 +95,7 @@ func (b *backend) pathSign() *framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathSignWrite, Summary: "Sign data with a private key in the HSM."},
 		},
-		HelpSynopsis:    "Sign data with an RSA or ECDSA key whose private half never leaves the HSM.",
+		HelpSynopsis:    "Sign data with an RSA, ECDSA or Ed25519 key whose private half never leaves the HSM.",
 		HelpDescription: pathSignHelpDesc,
 	}
 }
@@ -110,7 +108,7 @@ func (b *backend) pathVerify() *framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathVerifyWrite, Summary: "Verify a signature made by sign."},
 		},
-		HelpSynopsis:    "Verify a signature made with an RSA or ECDSA key.",
+		HelpSynopsis:    "Verify a signature made with an RSA, ECDSA or Ed25519 key, or an HMAC.",
 		HelpDescription: pathVerifyHelpDesc,
 	}
 }
@@ -142,12 +140,12 @@ func (b *backend) signRequest(ctx context.Context, req *logical.Request, d *fram
 	if !kt.Signs() {
 		return nil, signOptions{}, keyring.Userf("key %q is of type %s, which cannot %s; use an RSA, ECDSA or Ed25519 key", r.key.Name, r.key.Type, op)
 	}
-	opts, msg := readSignOptions(signRequestFrom(d), kt)
-	if msg != "" {
-		return nil, signOptions{}, keyring.Userf("%s", msg)
+	opts, err := readSignOptions(signRequestFrom(d), kt)
+	if err != nil {
+		return nil, signOptions{}, err
 	}
-	if opts.hash == crypto.SHA1 && op == keyring.OpSign {
-		return nil, signOptions{}, keyring.Userf("hash_algorithm sha1 verifies old signatures only; sign with sha2-256 or stronger")
+	if op == keyring.OpSign && !wire.HashAllows(opts.hash, wire.UseSign) {
+		return nil, signOptions{}, keyring.Userf("hash_algorithm %s verifies old signatures only; sign with sha2-256 or stronger", wire.HashName(opts.hash))
 	}
 	return r, opts, nil
 }
@@ -159,7 +157,7 @@ func (b *backend) pathSignWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	results := b.each(r, "sign", func(item cryptoItem) (batchResult, error) {
 		sig, version, err := b.signItem(ctx, r.client, r.key, opts, item)
-		return batchResult{Signature: sig, KeyVersion: version}, err
+		return batchResult{Signature: sig, KeyVersion: version, version: version}, err
 	})
 	return answer(req, d, r, "sign", batchSign, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"signature": res.Signature, "key_version": res.KeyVersion}
@@ -175,8 +173,8 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyItem(ctx, r.client, r.key, opts, item)
-		return batchResult{Valid: &valid}, err
+		valid, version, err := b.verifyItem(ctx, r.client, r.key, opts, item)
+		return batchResult{Valid: &valid, version: version}, err
 	})
 	return answer(req, d, r, "verify", batchVerify, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"valid": *res.Valid}
@@ -205,13 +203,13 @@ func (b *backend) pathVerifyHMAC(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return respondError("verify", err)
 	}
-	hashName, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
+	hash, err := hmacHash(d, r.key.KeyType().HMACKeyBits(), r.key.Imported)
 	if err != nil {
 		return respondError("verify", err)
 	}
 	results := b.each(r, "verify_hmac", func(item cryptoItem) (batchResult, error) {
-		valid, err := b.verifyHMAC(ctx, r, hashName, item)
-		return batchResult{Valid: &valid}, err
+		valid, version, err := b.verifyHMAC(ctx, r, hash, item)
+		return batchResult{Valid: &valid, version: version}, err
 	})
 	return answer(req, d, r, "verify", batchHMAC, false, results, func(res batchResult) map[string]interface{} {
 		return map[string]interface{}{"valid": *res.Valid}
@@ -234,22 +232,13 @@ func digestOf(opts signOptions, input string, kt keyring.KeyType) ([]byte, error
 	}
 	if opts.prehashed {
 		if len(data) != opts.hash.Size() {
-			return nil, keyring.Userf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), hashName(opts), opts.hash.Size())
+			return nil, keyring.Userf("prehashed input is %d bytes; a %s digest is %d bytes", len(data), wire.HashName(opts.hash), opts.hash.Size())
 		}
 		return data, nil
 	}
 	h := opts.hash.New()
 	h.Write(data)
 	return h.Sum(nil), nil
-}
-
-func hashName(opts signOptions) string {
-	for name, h := range hashAlgorithms {
-		if h == opts.hash {
-			return name
-		}
-	}
-	return opts.hash.String()
 }
 
 func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (string, int, error) {
@@ -292,87 +281,51 @@ func (b *backend) signItem(ctx context.Context, client *hsm.Client, k *keyring.E
 	if err != nil {
 		return "", 0, err
 	}
-	return formatSignature(version, sig, opts.jws), version, nil
+	return wire.FormatSignature(version, sig, opts.jws), version, nil
 }
 
-func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, error) {
-	version, sig, msg := parseSignature(item.Signature, opts.jws)
-	if msg != "" {
-		return false, keyring.Userf("%s", msg)
-	}
-	kv, err := k.DecryptionVersion(version, "signature")
+func (b *backend) verifyItem(ctx context.Context, client *hsm.Client, k *keyring.Entry, opts signOptions, item cryptoItem) (bool, int, error) {
+	version, sig, err := wire.ParseSignature(item.Signature, opts.jws)
 	if err != nil {
-		return false, err
+		return false, 0, err
+	}
+	kv, err := k.DecryptionVersion(version, wire.NounSignature)
+	if err != nil {
+		return false, version, err
 	}
 	digest, err := digestOf(opts, item.Input, k.KeyType())
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	pub, err := b.verifiedPublicKey(ctx, client, k, version, kv)
 	if err != nil {
-		return false, err
+		return false, version, err
 	}
 	switch pub := pub.(type) {
 	case *rsa.PublicKey:
 		if opts.pss {
-			return rsa.VerifyPSS(pub, opts.hash, digest, sig, &rsa.PSSOptions{SaltLength: opts.saltLen, Hash: opts.hash}) == nil, nil
+			return rsa.VerifyPSS(pub, opts.hash, digest, sig, &rsa.PSSOptions{SaltLength: opts.saltLen, Hash: opts.hash}) == nil, version, nil
 		}
-		return rsa.VerifyPKCS1v15(pub, opts.hash, digest, sig) == nil, nil
+		return rsa.VerifyPKCS1v15(pub, opts.hash, digest, sig) == nil, version, nil
 	case *ecdsa.PublicKey:
 		if !opts.jws {
-			return ecdsa.VerifyASN1(pub, digest, sig), nil
+			return ecdsa.VerifyASN1(pub, digest, sig), version, nil
 		}
 		size := (pub.Curve.Params().BitSize + 7) / 8
 		if len(sig) != 2*size {
-			return false, nil
+			return false, version, nil
 		}
-		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), nil
+		return ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])), version, nil
 	case ed25519.PublicKey:
-		return ed25519.Verify(pub, digest, sig), nil
+		return ed25519.Verify(pub, digest, sig), version, nil
 	}
-	return false, nil
+	return false, version, nil
 }
 
 // rawToASN1 turns the HSM's r||s into the DER SEQUENCE openssl and X.509 use.
 func rawToASN1(sig []byte) ([]byte, error) {
 	half := len(sig) / 2
 	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:half]), new(big.Int).SetBytes(sig[half:])})
-}
-
-func formatSignature(version int, sig []byte, jws bool) string {
-	enc := base64.StdEncoding
-	if jws {
-		enc = base64.RawURLEncoding
-	}
-	return "vault:v" + strconv.Itoa(version) + ":" + enc.EncodeToString(sig)
-}
-
-// parseSignature reads vault:v<N>:<base64>, base64url without padding for
-// jws as Transit writes it.
-func parseSignature(s string, jws bool) (int, []byte, string) {
-	if s == "" {
-		return 0, nil, "signature is missing"
-	}
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 || parts[0] != ciphertextPrefix {
-		return 0, nil, "signature must have the form vault:v<version>:<base64>"
-	}
-	version, msg := parseVersionPart(parts[1])
-	if msg != "" {
-		return 0, nil, strings.Replace(msg, "ciphertext", "signature", 1)
-	}
-	enc := base64.StdEncoding.Strict()
-	if jws {
-		enc = base64.RawURLEncoding.Strict()
-	}
-	sig, err := enc.DecodeString(parts[2])
-	if err != nil || len(sig) == 0 {
-		if jws {
-			return 0, nil, "signature payload is not url-safe base64 without padding (marshaling_algorithm=jws)"
-		}
-		return 0, nil, "signature payload is not valid base64"
-	}
-	return version, sig, ""
 }
 
 const pathSignHelpDesc = `

@@ -3,6 +3,7 @@ package hsmkms
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -73,6 +74,30 @@ func TestPrehashedAndURLHash(t *testing.T) {
 	})
 	if resp.Data["valid"] != true {
 		t.Fatal("URL hash algorithm was not used")
+	}
+}
+
+// A prehashed digest of the wrong length is named in the request's own
+// spelling of its hash, whichever hash it is: the name once came from a
+// table of three SHA-2 hashes, so sha3-256 read "SHA3-256".
+func TestPrehashedLengthNamesTheHashAsGiven(t *testing.T) {
+	m := configuredMount(t, nil)
+	m.mustOK(logical.UpdateOperation, "keys/ec", map[string]interface{}{"type": "ecdsa-p256"})
+	for _, tc := range []struct{ op, hash, want string }{
+		{"sign", "sha2-256", "prehashed input is 5 bytes; a sha2-256 digest is 32 bytes"},
+		{"sign", "sha2-224", "prehashed input is 5 bytes; a sha2-224 digest is 28 bytes"},
+		{"sign", "sha3-256", "prehashed input is 5 bytes; a sha3-256 digest is 32 bytes"},
+		{"sign", "SHA3-512", "prehashed input is 5 bytes; a sha3-512 digest is 64 bytes"},
+		{"verify", "sha1", "prehashed input is 5 bytes; a sha1 digest is 20 bytes"},
+	} {
+		data := map[string]interface{}{"input": b64("short"), "prehashed": true, "hash_algorithm": tc.hash}
+		if tc.op == "verify" {
+			data["signature"] = "vault:v1:" + b64("sig")
+		}
+		resp, err := m.do(logical.UpdateOperation, tc.op+"/ec", data)
+		if !errors.Is(err, logical.ErrInvalidRequest) || respError(resp) != tc.want {
+			t.Errorf("%s with %s: %v %q, want %q", tc.op, tc.hash, err, respError(resp), tc.want)
+		}
 	}
 }
 

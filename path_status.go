@@ -23,8 +23,8 @@ func (b *backend) pathStatus() *framework.Path {
 Returns the token's description, this mount's session pool (size, sessions
 open, in use and idle, waits for a free session, sessions replaced,
 re-initialisations of the module after the HSM went away, failed calls) and
-how many operations of each kind ran since the plugin started. It never shows
-key material or the PIN.
+how many operations of each kind ran since the plugin started, and the keys
+by state and residency. It never shows key material or the PIN.
 `,
 	}
 }
@@ -34,6 +34,11 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		"operations":     b.stats.snapshot(),
 		"uptime_seconds": int64(time.Since(b.stats.started).Seconds()),
 	}
+	counts, err := b.ring.Count(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	data["keys"] = map[string]interface{}{"by_state": counts.ByState, "by_residency": counts.ByResidency, "total": counts.Total}
 	client, _, err := b.hsmClient(ctx, req.Storage)
 	if err != nil {
 		data["hsm"] = "unavailable: " + statusReason(err)

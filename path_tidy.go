@@ -149,8 +149,8 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 		}
 	}
 	if len(destroyMounts) > 0 {
-		if msg := b.provenGone(ctx, destroyMounts, markers, d); msg != "" {
-			return logical.ErrorResponse("destroy_mounts: %s; nothing was destroyed", msg), logical.ErrInvalidRequest
+		if err := b.provenGone(ctx, destroyMounts, markers, d); err != nil {
+			return respondError("tidy", err)
 		}
 	}
 
@@ -182,12 +182,16 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *fr
 	}}, nil
 }
 
-// provenGone says why one of the mounts named is not proven gone, or "".
+// provenGone refuses, saying why, when one of the mounts named is not
+// proven gone.
 // A mount is gone when its marker ties it to this Vault cluster and
 // sys/mounts, read with the caller's token, no longer lists its accessor.
 // Not being alive in this process proves nothing: another catalog entry
 // runs another plugin process.
-func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, markers map[string]keyring.MountMarker, d *framework.FieldData) string {
+func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, markers map[string]keyring.MountMarker, d *framework.FieldData) error {
+	refuse := func(format string, args ...interface{}) error {
+		return keyring.FieldErrorf("destroy_mounts", format+"; nothing was destroyed", args...)
+	}
 	clusterID := ""
 	if sys := b.System(); sys != nil {
 		clusterID, _ = sys.ClusterID(ctx)
@@ -197,21 +201,21 @@ func (b *backend) provenGone(ctx context.Context, mounts map[string]bool, marker
 		marker, ok := markers[uuid]
 		switch {
 		case !ok:
-			return fmt.Sprintf("mount %s left no marker on the token (a release before markers made it, or it never served a request), so nothing shows it is gone; if you are sure, destroy its objects with the HSM's tools", uuid)
+			return refuse("mount %s left no marker on the token (a release before markers made it, or it never served a request), so nothing shows it is gone; if you are sure, destroy its objects with the HSM's tools", uuid)
 		case clusterID == "" || marker.ClusterID != clusterID:
-			return fmt.Sprintf("mount %s belongs to Vault cluster %q, not this one (%q): its mounts cannot be seen from here", uuid, marker.ClusterID, clusterID)
+			return refuse("mount %s belongs to Vault cluster %q, not this one (%q): its mounts cannot be seen from here", uuid, marker.ClusterID, clusterID)
 		}
 		if accessors == nil {
 			var err error
 			if accessors, err = mountedAccessors(d.Get("vault_addr").(string), d.Get("vault_token").(string)); err != nil {
-				return fmt.Sprintf("could not read sys/mounts to see the mounts are gone: %v", err)
+				return refuse("could not read sys/mounts to see the mounts are gone: %v", err)
 			}
 		}
 		if path, mounted := accessors[marker.Accessor]; mounted {
-			return fmt.Sprintf("mount %s is %s (accessor %s), mounted on this Vault: its objects are in use", uuid, path, marker.Accessor)
+			return refuse("mount %s is %s (accessor %s), mounted on this Vault: its objects are in use", uuid, path, marker.Accessor)
 		}
 	}
-	return ""
+	return nil
 }
 
 type missingObject struct {

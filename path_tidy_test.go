@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -150,8 +151,11 @@ func TestTidyRefusesMountsItCannotProveGone(t *testing.T) {
 
 	m := configuredMount(t, map[string]interface{}{"default_key": "prover-default"})
 	sysMounts := fakeSysMounts(t, func() map[string]string { return map[string]string{} })
-	for uuid, want := range map[string]string{otherUUID: "belongs to Vault cluster \"another-cluster\"", unmarkedUUID: "left no marker"} {
-		m.mustFail(logical.UpdateOperation, "tidy", map[string]interface{}{
+	for uuid, want := range map[string]string{
+		otherUUID:    fmt.Sprintf(`destroy_mounts: mount %s belongs to Vault cluster "another-cluster", not this one (%q): its mounts cannot be seen from here; nothing was destroyed`, otherUUID, testClusterID),
+		unmarkedUUID: fmt.Sprintf("destroy_mounts: mount %s left no marker on the token (a release before markers made it, or it never served a request), so nothing shows it is gone; if you are sure, destroy its objects with the HSM's tools; nothing was destroyed", unmarkedUUID),
+	} {
+		m.mustFailWith(logical.UpdateOperation, "tidy", map[string]interface{}{
 			"destroy": true, "destroy_mounts": uuid, "vault_token": "s.test", "vault_addr": sysMounts,
 		}, want)
 	}

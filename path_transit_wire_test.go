@@ -209,7 +209,7 @@ func TestHashTrimAndCacheConfig(t *testing.T) {
 // hmac with an AES key, as Transit allows: each version has a companion
 // generic secret in the HSM, made with the version, destroyed with it.
 func TestHMACWithAESKeys(t *testing.T) {
-	m := configuredMount(t, nil)
+	m := configuredMount(t, map[string]interface{}{"deletion_window": "0s"})
 	m.mustOK(logical.UpdateOperation, "keys/aes", nil)
 	input := map[string]interface{}{"input": "aGk="}
 	mac1 := m.mustOK(logical.UpdateOperation, "hmac/aes", input).Data["hmac"].(string)

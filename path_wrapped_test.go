@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
@@ -15,10 +14,10 @@ import (
 func TestWrappedKeysThroughTheBackend(t *testing.T) {
 	for _, tok := range []string{"softhsm2", "nss"} {
 		t.Run(tok, func(t *testing.T) {
-			m := configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+			m := configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0, "deletion_window": "0s"})
 			if tok == "nss" {
 				m = nssMount(t)
-				m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+				m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"default_residency": "wrapped", "max_keys": 0, "deletion_window": "0s"})
 			}
 			encrypt := func(name string) (string, string) {
 				t.Helper()
@@ -58,21 +57,11 @@ func TestWrappedKeysThroughTheBackend(t *testing.T) {
 				t.Fatalf("HA invalidation left the unwrapped copy: before %+v, after %+v", before, after)
 			}
 			m.mustOK(logical.UpdateOperation, "config/kek/rotate", nil)
-			deadline := time.Now().Add(60 * time.Second)
-			for {
-				kek := m.mustOK(logical.ReadOperation, "status", nil).Data["kek"].(map[string]interface{})
-				if job, ok := kek["rewrap"].(map[string]interface{}); ok && job["done"] == true {
-					// Version 1 is retired, not destroyed: backups made
-					// under it still restore.
-					if versions, retired := dump(kek["versions"]), dump(kek["retired_versions"]); versions != "[1 2]" || retired != "[1]" {
-						t.Fatalf("KEK versions after the rotation: %s, retired %s", versions, retired)
-					}
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the rewrap job did not finish: %v", kek)
-				}
-				time.Sleep(200 * time.Millisecond)
+			// Version 1 is retired, not destroyed: backups made under it
+			// still restore.
+			kek := waitForRewrap(t, m)
+			if versions, retired := dump(kek["versions"]), dump(kek["retired_versions"]); versions != "[1 2]" || retired != "[1]" {
+				t.Fatalf("KEK versions after the rotation: %s, retired %s", versions, retired)
 			}
 			backup := m.mustOK(logical.ReadOperation, "backup/w-aes256-gcm96", nil).Data["backup"].(string)
 			m.mustOK(logical.UpdateOperation, "keys/w-aes256-gcm96/deactivate", nil)

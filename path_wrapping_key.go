@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 func (b *backend) pathWrappingKey() *framework.Path {
@@ -38,5 +39,5 @@ func (b *backend) pathWrappingKeyRead(ctx context.Context, req *logical.Request,
 	if err != nil {
 		return respondError("wrapping key", err)
 	}
-	return &logical.Response{Data: map[string]interface{}{"public_key": publicKeyPEM(w.PublicKey)}}, nil
+	return &logical.Response{Data: map[string]interface{}{"public_key": wire.PublicKeyPEM(w.PublicKey)}}, nil
 }

@@ -7,17 +7,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // transitKeyName is the `name` Transit gives each asymmetric version.
@@ -32,36 +29,9 @@ func transitKeyName(kt keyring.KeyType) string {
 // for Ed25519 the base64 of the raw 32-byte key.
 func transitPublicKey(kt keyring.KeyType, der []byte) string {
 	if kt.Family == keyring.FamilyEd25519 {
-		if pub, err := x509.ParsePKIXPublicKey(der); err == nil {
-			if raw, ok := pub.(ed25519.PublicKey); ok {
-				return base64.StdEncoding.EncodeToString(raw)
-			}
-		}
-		return ""
+		return wire.Ed25519PublicKey(der)
 	}
-	return publicKeyPEM(der)
-}
-
-// publicKeyPEM is Transit's form of a public key: PKIX in a PEM block.
-func publicKeyPEM(der []byte) string {
-	if len(der) == 0 {
-		return ""
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-}
-
-// publicJWK is the RFC 7517/7518 public JWK of a version.
-func publicJWK(der []byte, kid string) (map[string]interface{}, error) {
-	pub, err := x509.ParsePKIXPublicKey(der)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := jose.JSONWebKey{Key: pub, KeyID: kid, Use: "sig"}.MarshalJSON()
-	if err != nil {
-		return nil, err
-	}
-	var out map[string]interface{}
-	return out, json.Unmarshal(raw, &out)
+	return wire.PublicKeyPEM(der)
 }
 
 // parsedPublicKey returns the version's public key, parsing each DER once.
@@ -90,8 +60,9 @@ func (b *backend) parsedPublicKey(kv *keyring.Version) (crypto.PublicKey, error)
 // checked once per process against the key pair's public object on the
 // token, so a stored key that does not belong to the object is never used
 // to call a signature valid. Versions with no object of their own (public
-// only, wrapped: their key was checked where it entered) and adopted pairs
-// with no public object are not compared.
+// only, wrapped) and imported or adopted keys with no public object (their
+// public key was checked against the private key where it entered) are not
+// compared.
 func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *keyring.Entry, version int, kv *keyring.Version) (crypto.PublicKey, error) {
 	pub, err := b.parsedPublicKey(kv)
 	if err != nil || kv.PublicOnly() || kv.Wrapped() {
@@ -103,9 +74,9 @@ func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *
 	}
 	onToken, err := client.PublicKey(ctx, kv.ObjectID)
 	switch {
-	case errors.Is(err, hsm.ErrKeyNotFound) && kv.Origin == keyring.OriginAdopted:
-		// An adopted pair without a public object: its key was recovered
-		// from the private key's signatures when it was adopted.
+	case errors.Is(err, hsm.ErrKeyNotFound) && kv.OriginName() != keyring.OriginGenerated:
+		// An imported or adopted private key has no public object: its
+		// public key came with it, or was recovered from its signatures.
 	case err != nil:
 		return nil, err
 	case !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(onToken):
@@ -115,8 +86,9 @@ func (b *backend) verifiedPublicKey(ctx context.Context, client *hsm.Client, k *
 	return pub, nil
 }
 
-// exportPublicKeys is Transit's export map: version -> PEM.
-func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, string) {
+// exportPublicKeys is Transit's export map: version -> PEM. A version the
+// key does not have is the caller's mistake.
+func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, error) {
 	out := map[string]string{}
 	if version == "" {
 		for v, kv := range k.Versions {
@@ -124,20 +96,20 @@ func exportPublicKeys(k *keyring.Entry, version string) (map[string]string, stri
 				out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
 			}
 		}
-		return out, ""
+		return out, nil
 	}
 	v := k.LatestVersion
 	if version != "latest" {
 		n, err := strconv.Atoi(strings.TrimPrefix(version, "v"))
 		if err != nil || n < 1 {
-			return nil, fmt.Sprintf("version %q is not a positive number, v<number> or 'latest'", version)
+			return nil, keyring.Userf("version %q is not a positive number, v<number> or 'latest'", version)
 		}
 		v = n
 	}
 	kv, err := k.DecryptionVersion(v, "the request")
 	if err != nil {
-		return nil, err.Error()
+		return nil, err
 	}
 	out[fmt.Sprint(v)] = transitPublicKey(k.KeyType(), kv.PublicKey)
-	return out, ""
+	return out, nil
 }

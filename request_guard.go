@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/errutil"
@@ -15,13 +16,18 @@ import (
 // SDK's conversion errors quote the submitted value, which for a plaintext
 // or a PIN sent as a list would put the secret in the response and the
 // audit log. Whole numbers are checked for range too, so a huge
-// key_version is not read as a negative one.
+// key_version is not read as a negative one. Every request is counted in
+// the mount's metrics with the status Vault answers it with.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	start := time.Now()
+	route := b.Route(req.Path)
 	if len(req.Data) > 0 {
 		objectFieldsAsStrings(req.Data)
-		if p := b.Route(req.Path); p != nil {
-			if msg := checkFieldTypes(p.Fields, req.Data); msg != "" {
-				return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+		if route != nil {
+			if msg := checkFieldTypes(route.Fields, req.Data); msg != "" {
+				resp, err := logical.ErrorResponse(msg), logical.ErrInvalidRequest
+				b.metrics.observeRequest(route, req, resp, err, time.Since(start))
+				return resp, err
 			}
 		}
 	}
@@ -34,6 +40,7 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 			b.ensureMountMarker(ctx, client, req.MountAccessor)
 		}
 	}
+	b.metrics.observeRequest(route, req, resp, err, time.Since(start))
 	return resp, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
 )
 
 // The one error convention (docs/DESIGN.md): below the handlers, a
@@ -75,6 +76,16 @@ func singleFailure(op string, r batchResult) (*logical.Response, error) {
 		return nil, fmt.Errorf("%s: %s", op, r.Error)
 	}
 	return logical.ErrorResponse(r.Error), logical.ErrInvalidRequest
+}
+
+// within places a caller's mistake in the list item or field it is about
+// ("keys[2]: jwk is not valid JSON"); any other error passes unchanged.
+func within(where string, err error) error {
+	var um userMessenger
+	if errors.As(err, &um) {
+		return keyring.FieldErrorf(where, "%s", um.UserMessage())
+	}
+	return err
 }
 
 // hsmUnavailable reports the errors that mean the HSM (not the caller, not

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 const (
@@ -82,7 +83,7 @@ func (b *backend) encryptRSA(k *keyring.Entry, item cryptoItem) (string, int, er
 	if err != nil {
 		return "", 0, fmt.Errorf("RSA encryption: %w", err)
 	}
-	return formatCiphertext(version, ct), version, nil
+	return wire.Format(version, ct), version, nil
 }
 
 // decryptRSA decrypts in the HSM with the version's private key.

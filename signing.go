@@ -3,15 +3,13 @@ package hsmkms
 import (
 	"crypto"
 	"crypto/rsa"
-	_ "crypto/sha1" // registers SHA-1 for verifying old signatures
-	_ "crypto/sha3" // registers SHA-3 for sign and verify
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/keyring"
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/wire"
 )
 
 // signOptions are a sign or verify request's options, shared by its items.
@@ -22,35 +20,6 @@ type signOptions struct {
 	jws       bool   // raw r||s (ECDSA) and base64url, rather than ASN.1 and base64
 	saltLen   int    // RSA-PSS; rsa.PSSSaltLengthAuto or rsa.PSSSaltLengthEqualsHash allowed
 	alg       string // the JWA name, when given
-}
-
-var hashAlgorithms = map[string]crypto.Hash{
-	"sha2-256": crypto.SHA256,
-	"sha2-384": crypto.SHA384,
-	"sha2-512": crypto.SHA512,
-}
-
-// signHashes are the hashes sign and verify take: the plugin hashes, the
-// HSM signs the digest. sha1 verifies old signatures only, as in Transit.
-var signHashes = map[string]crypto.Hash{
-	"sha1":     crypto.SHA1,
-	"sha2-224": crypto.SHA224,
-	"sha2-256": crypto.SHA256,
-	"sha2-384": crypto.SHA384,
-	"sha2-512": crypto.SHA512,
-	"sha3-224": crypto.SHA3_224,
-	"sha3-256": crypto.SHA3_256,
-	"sha3-384": crypto.SHA3_384,
-	"sha3-512": crypto.SHA3_512,
-}
-
-func signHashNames() string {
-	names := make([]string, 0, len(signHashes))
-	for n := range signHashes {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
 }
 
 // jwaAlgorithms maps the seeds' JWA names to key family, hash and scheme.
@@ -92,9 +61,9 @@ type signRequest struct {
 	alg                string
 }
 
-// readSignOptions checks the options against the key type and returns a
-// message naming the allowed values when one is wrong.
-func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
+// readSignOptions checks the options against the key type; a wrong one is
+// the caller's mistake, named with the values allowed.
+func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, error) {
 	opts := signOptions{prehashed: r.prehashed}
 	hashName := strings.ToLower(r.hashAlgorithm)
 	if hashName == "" {
@@ -106,14 +75,14 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 	if r.alg != "" {
 		jwa, ok := jwaAlgorithms[strings.ToUpper(r.alg)]
 		if !ok {
-			return opts, fmt.Sprintf("alg %q is not one of: %s", r.alg, jwaNames())
+			return opts, keyring.Userf("alg %q is not one of: %s", r.alg, jwaNames())
 		}
 		opts.alg = strings.ToUpper(r.alg)
 		if jwa.family != kt.Family || (jwa.curve != "" && jwa.curve != kt.Curve) {
-			return opts, fmt.Sprintf("alg %s does not fit key type %s; %s", opts.alg, kt.Name, fittingAlgs(kt))
+			return opts, keyring.Userf("alg %s does not fit key type %s; %s", opts.alg, kt.Name, fittingAlgs(kt))
 		}
 		if r.hashGiven && hashName != jwa.hash {
-			return opts, fmt.Sprintf("alg %s implies hash_algorithm %s, not %s; give one of the two", opts.alg, jwa.hash, hashName)
+			return opts, keyring.Userf("alg %s implies hash_algorithm %s, not %s; give one of the two", opts.alg, jwa.hash, hashName)
 		}
 		hashName = jwa.hash
 		if kt.Family == keyring.FamilyRSA {
@@ -122,7 +91,7 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 				want = "pss"
 			}
 			if sigAlg != "" && sigAlg != want {
-				return opts, fmt.Sprintf("alg %s implies signature_algorithm %s, not %s; give one of the two", opts.alg, want, sigAlg)
+				return opts, keyring.Userf("alg %s implies signature_algorithm %s, not %s; give one of the two", opts.alg, want, sigAlg)
 			}
 			sigAlg = want
 			if jwa.pss && !saltGiven {
@@ -131,9 +100,11 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 		}
 	}
 
-	hash, ok := signHashes[hashName]
+	// Verify's hashes: sign's and sha1, which signRequest refuses to sign
+	// with.
+	hash, ok := wire.LookupHash(hashName, wire.UseVerify)
 	if !ok {
-		return opts, fmt.Sprintf("hash_algorithm %q is not one of: %s", hashName, signHashNames())
+		return opts, keyring.Userf("hash_algorithm %q is not one of: %s", hashName, strings.Join(wire.HashNames(wire.UseVerify), ", "))
 	}
 	opts.hash = hash
 
@@ -143,12 +114,12 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 			opts.pss = true
 		case "pkcs1v15":
 		default:
-			return opts, fmt.Sprintf("signature_algorithm %q is not one of: pss, pkcs1v15", r.signatureAlgorithm)
+			return opts, keyring.Userf("signature_algorithm %q is not one of: pss, pkcs1v15", r.signatureAlgorithm)
 		}
 		if opts.pss {
-			salt, msg := parseSaltLength(r.saltLength)
-			if msg != "" {
-				return opts, msg
+			salt, err := parseSaltLength(r.saltLength)
+			if err != nil {
+				return opts, err
 			}
 			opts.saltLen = salt
 		}
@@ -159,9 +130,9 @@ func readSignOptions(r signRequest, kt keyring.KeyType) (signOptions, string) {
 	case "jws":
 		opts.jws = true
 	default:
-		return opts, fmt.Sprintf("marshaling_algorithm %q is not one of: asn1, jws", r.marshaling)
+		return opts, keyring.Userf("marshaling_algorithm %q is not one of: asn1, jws", r.marshaling)
 	}
-	return opts, ""
+	return opts, nil
 }
 
 func fittingAlgs(kt keyring.KeyType) string {
@@ -177,18 +148,18 @@ func fittingAlgs(kt keyring.KeyType) string {
 
 // parseSaltLength reads Transit's salt_length: auto (largest when signing,
 // detected when verifying), hash, or a number of bytes.
-func parseSaltLength(s string) (int, string) {
+func parseSaltLength(s string) (int, error) {
 	switch strings.ToLower(s) {
 	case "", "auto":
-		return rsa.PSSSaltLengthAuto, ""
+		return rsa.PSSSaltLengthAuto, nil
 	case "hash":
-		return rsa.PSSSaltLengthEqualsHash, ""
+		return rsa.PSSSaltLengthEqualsHash, nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, fmt.Sprintf("salt_length %q is not 'auto', 'hash' or a number of bytes", s)
+		return 0, keyring.Userf("salt_length %q is not 'auto', 'hash' or a number of bytes", s)
 	}
-	return n, ""
+	return n, nil
 }
 
 // resolveSaltLength turns Transit's salt length into bytes for signing.

@@ -77,11 +77,13 @@ func TestKEKRotationNeverLeavesAStaleStateCached(t *testing.T) {
 	waitForRewrap(t, m)
 }
 
-// waitForRewrap waits for the rotation's rewrap job to finish.
+// waitForRewrap waits for the rotation's rewrap job to finish, on the
+// keyring's signal (RewrapFinished), and returns status.kek then.
 func waitForRewrap(t *testing.T, m *testMount) map[string]interface{} {
 	t.Helper()
+	var kek map[string]interface{}
 	for range 600 {
-		kek := m.mustOK(logical.ReadOperation, "status", nil).Data["kek"].(map[string]interface{})
+		kek = m.mustOK(logical.ReadOperation, "status", nil).Data["kek"].(map[string]interface{})
 		if job, ok := kek["rewrap"].(map[string]interface{}); ok && job["done"] == true {
 			return kek
 		}
@@ -89,7 +91,7 @@ func waitForRewrap(t *testing.T, m *testMount) map[string]interface{} {
 			<-done
 		}
 	}
-	t.Fatal("the rewrap job did not finish")
+	t.Fatalf("the rewrap job did not finish: status.kek %v", kek)
 	return nil
 }
 
@@ -167,14 +169,18 @@ func TestKEKTrimRefusedWhileABlobNamesTheVersion(t *testing.T) {
 	m.mustFail(logical.UpdateOperation, "config/kek/trim", map[string]interface{}{"min_version": 2}, `key "old" still has a blob under KEK version 1`)
 }
 
+// wrappedMountOn is a mount on tok whose keys are wrapped by default, and
+// deleted at once (Transit's delete), for tests that restore a deleted
+// key's name.
 func wrappedMountOn(t *testing.T, tok string) *testMount {
 	t.Helper()
+	conf := map[string]interface{}{"default_residency": "wrapped", "max_keys": 0, "deletion_window": "0s"}
 	if tok == "nss" {
 		m := nssMount(t)
-		m.mustOK(logical.UpdateOperation, "config", map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+		m.mustOK(logical.UpdateOperation, "config", conf)
 		return m
 	}
-	return configuredMount(t, map[string]interface{}{"default_residency": "wrapped", "max_keys": 0})
+	return configuredMount(t, conf)
 }
 
 func encryptB64(t *testing.T, m *testMount, key, plaintext string) (string, string) {
@@ -268,7 +274,7 @@ func TestAKEKNeverBecomesADataKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.mustFail(logical.UpdateOperation, "keys/taken2/adopt", map[string]interface{}{"id": hex.EncodeToString(own.Versions[1].ObjectID)}, "cannot be adopted")
+	m.mustFail(logical.UpdateOperation, "keys/taken2/adopt", map[string]interface{}{"id": hex.EncodeToString(own.Versions[1].ObjectID)}, "this mount's key-encryption key")
 	wrapOnly := raw.makeWrapOnlyKey(t, "wrap-only-"+hex.EncodeToString([]byte(t.Name()))[:12])
 	m.mustFail(logical.UpdateOperation, "keys/taken3/adopt", map[string]interface{}{"id": hex.EncodeToString(wrapOnly)}, "only wrap and unwrap")
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
@@ -234,9 +235,29 @@ func testKeyLifecycleRulesThroughVault(t *testing.T, tok *tokentest.Token) {
 			t.Errorf("%s on a deactivated key: %d %v", path, status, resp)
 		}
 	}
+	// A delete schedules the deletion (the default window, 168h): the key
+	// stays, pending, and still holds its place in the quota until it is
+	// destroyed; purge destroys it now and frees the place.
+	before := time.Now().UTC().Truncate(time.Second)
 	v.cli("delete", "kms/keys/a")
+	after := time.Now().UTC()
+	secret, err := v.client.Logical().Read("kms/keys/a")
+	if err != nil || secret == nil {
+		t.Fatalf("read of a key pending deletion: %v %v", secret, err)
+	}
+	date, perr := time.Parse(time.RFC3339, fmt.Sprint(secret.Data["deletion_date"]))
+	if secret.Data["state"] != "pending_deletion" || perr != nil ||
+		date.Before(before.Add(168*time.Hour)) || date.After(after.Add(168*time.Hour)) {
+		t.Fatalf("deleted key: state %v deletion_date %v (%v); want pending_deletion, 168h after the delete (%s to %s)",
+			secret.Data["state"], secret.Data["deletion_date"], perr, before, after)
+	}
+	status, resp = v.raw("POST", "kms/keys/c", v.token, map[string]interface{}{"type": "aes256-gcm96"})
+	if status != 400 || !strings.Contains(fmt.Sprint(resp["errors"]), "quota of 3 keys") {
+		t.Fatalf("quota with a key pending deletion: %d %v, want the quota's 400", status, resp)
+	}
+	v.cli("write", "-f", "kms/purge/a")
 	if secret, err := v.client.Logical().Read("kms/keys/a"); err != nil || secret != nil {
-		t.Fatalf("deleted key still readable: %v %v", secret, err)
+		t.Fatalf("purged key still readable: %v %v", secret, err)
 	}
 	v.cli("write", "kms/keys/c", "type=aes256-gcm96") // room again
 }

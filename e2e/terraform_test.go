@@ -249,7 +249,10 @@ func TestTerraformProviderAndOpenTofu(t *testing.T) {
 	terraformTools(t) // a build failure ends the test before a Vault starts
 	tok := softHSM()
 	v := startDevVault(t, tok)
-	v.configure("kms")
+	// kms/ is compared with Transit, whose delete is immediate: here too
+	// (deletion_window=0s), so that `destroy` is Transit's. The default
+	// window's `destroy` is scheduled_deletion's, on a mount of its own.
+	v.configure("kms", "deletion_window=0s")
 	// Vault's own Transit, for the provider to compare against.
 	v.cli("secrets", "enable", "transit")
 
@@ -268,6 +271,10 @@ func TestTerraformProviderAndOpenTofu(t *testing.T) {
 	t.Run("generic_endpoint", func(t *testing.T) {
 		t.Parallel()
 		testTFGenericEndpoint(t, v.forTest(t))
+	})
+	t.Run("scheduled_deletion", func(t *testing.T) {
+		t.Parallel()
+		testTFScheduledDeletion(t, v.forTest(t))
 	})
 }
 
@@ -465,6 +472,59 @@ func testTFGenericEndpoint(t *testing.T, v *vaultServer) {
 	for _, backend := range []string{"kms", "transit"} {
 		if status, body := v.raw("GET", backend+"/keys/tf-generic", v.token, nil); status != 404 {
 			t.Errorf("%s/keys/tf-generic after destroy: %d %v, want 404", backend, status, body)
+		}
+	}
+}
+
+// testTFScheduledDeletion is `destroy` on a mount with the default deletion
+// window (168h): the provider's DELETE schedules each key's deletion, the
+// keys stay pending_deletion, and an apply of the same names fails with
+// the plugin's reason: the key is scheduled for deletion, on which date,
+// and how to cancel.
+func testTFScheduledDeletion(t *testing.T, v *vaultServer) {
+	v.cli("secrets", "enable", "-path=kmsw", "hsmkms")
+	v.configure("kmsw")
+	types := map[string]string{"tf-del-aes": "aes256-gcm96", "tf-del-ec": "ecdsa-p256"}
+	typesJSON, _ := json.Marshal(types)
+	r := newTFRun(t, v, "keys")
+	r.setVars(`backends=["kmsw"]`, "types="+string(typesJSON))
+	r.apply()
+	r.noChanges()
+	r.destroy()
+
+	dates := map[string]string{}
+	for name := range types {
+		status, body := v.raw("GET", "kmsw/keys/"+name, v.token, nil)
+		data, _ := body["data"].(map[string]interface{})
+		if status != 200 || data["state"] != "pending_deletion" || data["deletion_date"] == nil {
+			t.Fatalf("kmsw/keys/%s after destroy: %d %v, want the key pending_deletion with its deletion_date", name, status, body)
+		}
+		dates[name] = fmt.Sprint(data["deletion_date"])
+	}
+
+	out, code := r.run(r.withVars("apply", "-auto-approve")...)
+	if code == 0 {
+		r.fail("apply of the names of keys pending deletion succeeded", out)
+	}
+	// tofu draws its diagnostics in a box and wraps them: what they say is
+	// read with the box and the line breaks taken out.
+	said := strings.Join(strings.Fields(strings.ReplaceAll(out, "│", " ")), " ")
+	if i := strings.Index(said, "Error: "); i >= 0 {
+		t.Logf("the apply failed saying: %s", tail(said[i:], 1500))
+	}
+	for name, date := range dates {
+		for _, want := range []string{
+			fmt.Sprintf("key %q is scheduled for deletion on %s", name, date),
+			"keys/" + name + "/cancel_deletion",
+		} {
+			if !strings.Contains(said, want) {
+				t.Errorf("the failed apply does not say %q:\n%s", want, tail(out, 6000))
+			}
+		}
+	}
+	for name := range types {
+		if status, body := v.raw("GET", "kmsw/keys/"+name, v.token, nil); status != 200 || body["data"].(map[string]interface{})["state"] != "pending_deletion" {
+			t.Errorf("kmsw/keys/%s after the failed apply: %d %v, want it still pending_deletion", name, status, body)
 		}
 	}
 }

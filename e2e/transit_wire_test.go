@@ -28,7 +28,10 @@ func TestTransitWire(t *testing.T) {
 
 func testTransitWire(t *testing.T, tok *tokentest.Token) {
 	v := startDevVault(t, tok)
-	v.configure("kms")
+	// Transit's wire, Transit's delete: a deleted key is gone at once
+	// (deletion_window=0s), as a Transit client expects; the scheduled
+	// deletion has its own tests (deletion_test.go).
+	v.configure("kms", "deletion_window=0s")
 	v.cli("write", "kms/keys/rsa", "type=rsa-2048")
 	v.cli("write", "kms/keys/ec", "type=ecdsa-p256")
 	v.cli("write", "kms/keys/aes", "type=aes256-gcm96")

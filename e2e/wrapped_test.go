@@ -296,7 +296,7 @@ func wrBackup(t *testing.T, v *vaultServer, name string) (string, wrappedBackup)
 }
 
 // wrAEADDomain is the AAD the plugin binds a ciphertext with no context,
-// associated_data or encryption_context to (ciphertext.go's buildAAD):
+// associated_data or encryption_context to (internal/wire's AAD):
 // the domain, two empty length-prefixed parts and a zero pair count.
 var wrAEADDomain = append([]byte("hsmkms.aead.v1"), make([]byte, 12)...)
 
@@ -655,6 +655,11 @@ func testWrappedBackupDeleteRestore(t *testing.T, w *wrappedVault) {
 		t.Errorf("backup of br: versions %d, kek_version %d, KEKs %+v", len(backup.Key.Versions), backup.Key.Versions["1"].KEKVersion, backup.KEKs)
 	}
 
+	// Transit's backup, delete, restore: its delete is immediate, and the
+	// restore brings the key back under its name at once. The mount deletes
+	// at once from here on (deletion_window=0s); the scheduled deletion has
+	// its own tests (deletion_test.go).
+	wrPost(t, v, "kms/config", map[string]interface{}{"deletion_window": "0s"})
 	wrPost(t, v, "kms/keys/br/deactivate", nil)
 	if status, resp := v.raw("DELETE", "kms/keys/br", v.token, nil); status != http.StatusNoContent && status != http.StatusOK {
 		t.Fatalf("DELETE kms/keys/br after deactivate: %d %v", status, resp)
@@ -662,6 +667,13 @@ func testWrappedBackupDeleteRestore(t *testing.T, w *wrappedVault) {
 	if status, resp := v.raw("POST", "kms/decrypt/br", v.token, map[string]interface{}{"ciphertext": ct1}); status < 400 || status >= 500 {
 		t.Fatalf("decrypt with the deleted key: %d %v, want a 4xx", status, resp)
 	}
+	// The delete scheduled the key (deletion_window, 7 days): its name
+	// is taken until the window ends, so a restore is refused until a
+	// purge (sudo) ends it early.
+	if status, resp := v.raw("POST", "kms/restore", v.token, map[string]interface{}{"backup": encoded}); status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(resp), "scheduled for deletion") {
+		t.Fatalf("restore over a key pending deletion: %d %v, want a 400 naming the schedule", status, resp)
+	}
+	wrPost(t, v, "kms/purge/br", nil)
 
 	restored := wrPost(t, v, "kms/restore", map[string]interface{}{"backup": encoded})
 	if restored["name"] != "br" || restored["residency"] != "wrapped" || fmt.Sprint(restored["latest_version"]) != "2" {

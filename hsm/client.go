@@ -57,6 +57,10 @@ type Config struct {
 	// PKCS#11 call the client makes, including the module's initialisation
 	// and login on its behalf, goes through what it returns.
 	Intercept func(PKCS11) PKCS11
+	// Observe, if not nil, is told of every PKCS#11 call the client makes,
+	// the module's initialisation and logins on its behalf included (see
+	// Observer). It sees the calls as the client does, after Intercept.
+	Observe Observer
 }
 
 // Client is one user's (one Vault mount's) handle on a token. It shares the
@@ -87,7 +91,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	mod, p11, err := acquireModule(cfg.Library, cfg.InitArgs, cfg.Intercept)
+	mod, p11, err := acquireModule(cfg.Library, cfg.InitArgs, withObserver(cfg.Intercept, cfg.Observe))
 	if err != nil {
 		return nil, err
 	}
@@ -175,6 +179,7 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 				return fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			retried, fresh = true, class == classSession
+			c.pool.retries.Add(1)
 		case classDevice:
 			c.pool.errors.Add(1)
 			c.log.Warn("HSM device-level error", "error", err)
@@ -186,6 +191,7 @@ func (c *Client) do(ctx context.Context, op func(p PKCS11, sh pkcs11.SessionHand
 				return fmt.Errorf("%w: re-initialising the module: %w (after %w)", ErrUnavailable, rerr, err)
 			}
 			reinitialised, retried = true, true
+			c.pool.retries.Add(1)
 		default:
 			if errors.Is(err, ErrPoolTimeout) {
 				c.log.Warn("no HSM session became free in time", "pool_size", cap(c.pool.open), "error", err)

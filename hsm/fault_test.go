@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -177,60 +178,6 @@ func TestErrorsInNSSOrderLeadToOneReinitialisation(t *testing.T) {
 	})
 }
 
-func TestTokenNotPresentAndBack(t *testing.T) {
-	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
-		c, ft := openFaulty(t, tokenA, 2)
-		ctx := context.Background()
-		id := newKey(t, c)
-		blob, err := c.EncryptGCM(ctx, id, []byte("kept"), []byte("aad"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ft.SetAbsent(true)
-		inits := ft.Calls("C_Initialize")
-		errs := make([]error, 20)
-		var wg sync.WaitGroup
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = c.DecryptGCM(ctx, id, blob, []byte("aad"))
-			}()
-		}
-		wg.Wait()
-		for i, err := range errs {
-			if !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrDecrypt) {
-				t.Fatalf("token away, request %d: %v, want ErrUnavailable", i, err)
-			}
-		}
-		// An outage is not one re-initialisation per request: the 20
-		// requests share the attempts (one at once, one per backoff).
-		if n := ft.Calls("C_Initialize") - inits; n > 3 {
-			t.Fatalf("20 concurrent requests during the outage made %d C_Initialize calls", n)
-		}
-		ft.SetAbsent(false)
-		// The client heals by itself once the backoff allows the next
-		// attempt; no reload, no new client.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			got, err := c.DecryptGCM(ctx, id, blob, []byte("aad"))
-			if err == nil {
-				if string(got) != "kept" {
-					t.Fatalf("token back: %q", got)
-				}
-				break
-			}
-			if !errors.Is(err, hsm.ErrUnavailable) || time.Now().After(deadline) {
-				t.Fatalf("token back: %v", err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if _, err := c.EncryptGCM(ctx, id, []byte("again"), []byte("aad")); err != nil {
-			t.Fatalf("after recovery: %v", err)
-		}
-	})
-}
-
 func TestPINIncorrectIsReportedAndNotRetried(t *testing.T) {
 	hsm.EachToken(t, func(t *testing.T, _, tokenB *tokentest.Token) {
 		ft := faulttoken.New(nil)
@@ -247,30 +194,45 @@ func TestPINIncorrectIsReportedAndNotRetried(t *testing.T) {
 }
 
 // A slow token holds its sessions; callers beyond the pool wait no longer
-// than their deadline and get ErrPoolTimeout, not a hang.
+// than their deadline and get ErrPoolTimeout, not a hang. In a
+// testing/synctest bubble: the slow call's delay and the caller's
+// deadline run on the bubble's clock, so the wait is measured exactly.
 func TestSlowCallsDoNotHangOtherCallers(t *testing.T) {
 	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
-		c, ft := openFaulty(t, tokenA, 1)
-		id := newKey(t, c)
-		ft.SetDelay("C_Encrypt", 400*time.Millisecond)
-		var wg sync.WaitGroup
-		var slowErr error
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, slowErr = c.EncryptGCM(context.Background(), id, []byte("slow"), []byte("aad"))
-		}()
-		time.Sleep(100 * time.Millisecond) // the slow call holds the only session
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
-		_, err := c.EncryptGCM(ctx, id, []byte("waits"), []byte("aad"))
-		wg.Wait()
-		if !errors.Is(err, hsm.ErrPoolTimeout) {
-			t.Fatalf("caller behind a slow call: %v, want ErrPoolTimeout", err)
-		}
-		if slowErr != nil {
-			t.Fatalf("the slow call itself: %v", slowErr)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			c, ft := openFaulty(t, tokenA, 1)
+			id := newKey(t, c)
+			ft.SetDelay("C_Encrypt", 400*time.Millisecond)
+			start := time.Now()
+			var slowErr error
+			var slowEnd time.Duration
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				_, slowErr = c.EncryptGCM(context.Background(), id, []byte("slow"), []byte("aad"))
+				slowEnd = time.Since(start)
+			})
+			// Nothing else in the bubble runs: the slow call is in the
+			// token's delay, holding the only session.
+			synctest.Wait()
+			const deadline = 50 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), deadline)
+			defer cancel()
+			_, err := c.EncryptGCM(ctx, id, []byte("waits"), []byte("aad"))
+			waited := time.Since(start)
+			wg.Wait()
+			if !errors.Is(err, hsm.ErrPoolTimeout) {
+				t.Fatalf("caller behind a slow call: %v, want ErrPoolTimeout", err)
+			}
+			if waited != deadline {
+				t.Errorf("the caller behind a slow call was answered after %v, want its deadline, %v", waited, deadline)
+			}
+			if slowErr != nil {
+				t.Fatalf("the slow call itself: %v", slowErr)
+			}
+			if slowEnd <= waited {
+				t.Errorf("the slow call ended at %v, before the caller behind it gave up (%v): it did not hold the session", slowEnd, waited)
+			}
+		})
 	})
 }
 
@@ -349,6 +311,89 @@ func TestGeneralErrorOnDecryptNeverCallsGoodDataCorrupt(t *testing.T) {
 		bad[len(bad)-1] ^= 1
 		if _, err := c.DecryptGCM(ctx, id, bad, []byte("aad")); !errors.Is(err, hsm.ErrDecrypt) {
 			t.Fatalf("a bad tag: %v, want ErrDecrypt", err)
+		}
+	})
+}
+
+// A KEK handle that went stale at C_UnwrapKey (a token that lost its
+// storage answers CKR_UNWRAPPING_KEY_HANDLE_INVALID) is a stale handle
+// like any other: looked up again and retried once, and, if it fails
+// again, an outage (503), never an internal error.
+func TestStaleKEKHandleAtUnwrapIsRetriedThenUnavailable(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		newID := func() []byte {
+			id, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		kek := newID()
+		if err := c.GenerateKEK(ctx, kek, "hsmkms-test/kek"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.DestroyObjects(ctx, kek, func(string) bool { return true }) })
+		spec := hsm.ImportSpec{Kind: hsm.ImportAES, Bits: 256, ID: newID(), Label: "hsmkms-test/wrapped", Use: hsm.Usage{Encrypt: true, Decrypt: true}}
+		blob, _, err := c.GenerateWrapped(ctx, kek, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale := pkcs11.Error(pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+		ft.FailNext("C_UnwrapKey", stale)
+		release, err := c.PinWrapped(ctx, hsm.WrappedKey{KEK: kek, Blob: blob, Spec: spec})
+		if err != nil {
+			t.Fatalf("a stale KEK handle once: %v, want the key loaded on the retry", err)
+		}
+		release()
+		c.ForgetUnwrapped(spec.ID)
+		ft.FailNext("C_UnwrapKey", stale, stale)
+		if _, err := c.PinWrapped(ctx, hsm.WrappedKey{KEK: kek, Blob: blob, Spec: spec}); !errors.Is(err, hsm.ErrUnavailable) {
+			t.Fatalf("a stale KEK handle twice: %v, want ErrUnavailable", err)
+		}
+	})
+}
+
+// TestTemplateInconsistentAtKeyPairGenerationIsRetriedThenUnavailable: an
+// RSA or EC template is the plugin's own, so the token's
+// CKR_TEMPLATE_INCONSISTENT (SoftHSM2 answered it once to an e2e rotation
+// under load, a 500) is its failure: retried once on a fresh session, then
+// ErrUnavailable, the 503.
+func TestTemplateInconsistentAtKeyPairGenerationIsRetriedThenUnavailable(t *testing.T) {
+	hsm.EachToken(t, func(t *testing.T, tokenA, _ *tokentest.Token) {
+		c, ft := openFaulty(t, tokenA, 2)
+		ctx := context.Background()
+		use := hsm.Usage{Sign: true, Verify: true}
+		generate := map[string]func(id []byte) error{
+			"ec": func(id []byte) error {
+				_, err := c.GenerateECKeyPair(ctx, id, "hsmkms-test/ec-retry", "P-256", use)
+				return err
+			},
+			"rsa": func(id []byte) error {
+				_, err := c.GenerateRSAKeyPair(ctx, id, "hsmkms-test/rsa-retry", 2048, use)
+				return err
+			},
+		}
+		inconsistent := pkcs11.Error(pkcs11.CKR_TEMPLATE_INCONSISTENT)
+		for name, gen := range generate {
+			id, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.DestroyObjects(ctx, id, func(string) bool { return true }) })
+			ft.FailNext("C_GenerateKeyPair", inconsistent)
+			if err := gen(id); err != nil {
+				t.Fatalf("%s: CKR_TEMPLATE_INCONSISTENT once: %v, want the key pair made on the retry", name, err)
+			}
+			other, err := c.NewObjectID(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ft.FailNext("C_GenerateKeyPair", inconsistent, inconsistent)
+			if err := gen(other); !errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrInvalidInput) {
+				t.Fatalf("%s: CKR_TEMPLATE_INCONSISTENT twice: %v, want ErrUnavailable", name, err)
+			}
 		}
 	})
 }

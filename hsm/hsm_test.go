@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -334,65 +335,72 @@ func TestReinitialisesAfterModuleWentAway(t *testing.T) {
 
 // 24 goroutines share 3 sessions; each call holds its session for a moment,
 // so callers must queue. The pool never opens more than its size and
-// never hands one session to two callers at once.
+// never hands one session to two callers at once. In a testing/synctest
+// bubble, where the moment is on the bubble's clock: it passes only once
+// every other caller is queued for a session.
 func TestPoolNeverExceedsItsSize(t *testing.T) {
 	eachToken(t, func(t *testing.T, tokenA, tokenB *tokentest.Token) {
-		const size = 3
-		c := openClient(t, tokenA, size)
-		var (
-			wg                sync.WaitGroup
-			mu                sync.Mutex
-			errs              []error
-			running, maxRun   int
-			maxOpen           int
-			holders           = map[pkcs11.SessionHandle]bool{}
-			sharedConcurrency bool
-		)
-		for g := 0; g < 24; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 10; i++ {
-					err := c.do(context.Background(), func(p11 PKCS11, sh pkcs11.SessionHandle) error {
-						mu.Lock()
-						running++
-						maxRun = max(maxRun, running)
-						maxOpen = max(maxOpen, c.Stats().Open)
-						if holders[sh] {
-							sharedConcurrency = true
-						}
-						holders[sh] = true
-						mu.Unlock()
-						_, err := p11.GenerateRandom(sh, 16)
-						time.Sleep(time.Millisecond) // hold the session so others queue
-						mu.Lock()
-						running--
-						delete(holders, sh)
-						mu.Unlock()
-						return err
-					})
-					if err != nil {
-						mu.Lock()
-						errs = append(errs, err)
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if len(errs) > 0 {
-			t.Fatalf("%d errors, first: %v", len(errs), errs[0])
-		}
-		if maxOpen > size || maxRun > size {
-			t.Fatalf("open sessions reached %d and concurrent calls %d; pool size %d", maxOpen, maxRun, size)
-		}
-		if sharedConcurrency {
-			t.Fatal("one session was used by two callers at once")
-		}
-		if st := c.Stats(); st.Waits == 0 || st.InUse != 0 {
-			t.Fatalf("240 calls holding 3 sessions: %+v", st)
-		}
+		synctest.Test(t, func(t *testing.T) { testPoolNeverExceedsItsSize(t, tokenA) })
 	})
+}
+
+func testPoolNeverExceedsItsSize(t *testing.T, tokenA *tokentest.Token) {
+	const size = 3
+	c := openClient(t, tokenA, size)
+	var (
+		wg                sync.WaitGroup
+		mu                sync.Mutex
+		errs              []error
+		running, maxRun   int
+		maxOpen           int
+		holders           = map[pkcs11.SessionHandle]bool{}
+		sharedConcurrency bool
+	)
+	for g := 0; g < 24; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				err := c.do(context.Background(), func(p11 PKCS11, sh pkcs11.SessionHandle) error {
+					mu.Lock()
+					running++
+					maxRun = max(maxRun, running)
+					maxOpen = max(maxOpen, c.Stats().Open)
+					if holders[sh] {
+						sharedConcurrency = true
+					}
+					holders[sh] = true
+					mu.Unlock()
+					_, err := p11.GenerateRandom(sh, 16)
+					time.Sleep(time.Millisecond) // bubble time: returns once the others queue
+					mu.Lock()
+					running--
+					delete(holders, sh)
+					mu.Unlock()
+					return err
+				})
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d errors, first: %v", len(errs), errs[0])
+	}
+	if maxOpen > size || maxRun > size {
+		t.Fatalf("open sessions reached %d and concurrent calls %d; pool size %d", maxOpen, maxRun, size)
+	}
+	if sharedConcurrency {
+		t.Fatal("one session was used by two callers at once")
+	}
+	// The first 3 callers hold the sessions until the other 21 wait.
+	if st := c.Stats(); st.Waits < 21 || st.InUse != 0 {
+		t.Fatalf("240 calls holding 3 sessions: %+v", st)
+	}
 }
 
 func TestPoolBorrowHonoursDeadline(t *testing.T) {

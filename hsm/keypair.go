@@ -16,6 +16,14 @@ func (c *Client) generateKeyPair(ctx context.Context, mech uint, pubTmpl, privTm
 		c.token.createMu.Lock()
 		defer c.token.createMu.Unlock()
 		pubHandle, _, err := p11.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubTmpl, privTmpl)
+		if code, ok := pkcs11Code(err); ok && code == pkcs11.CKR_TEMPLATE_INCONSISTENT && mech != ckmECEdwardsKeyPairGen {
+			// RSA and EC templates are the plugin's own, which the token
+			// accepts on every other call: SoftHSM2 has answered this once
+			// under load (an e2e rotation), so it is the token's failure,
+			// retried once on a fresh session and then unavailable, never
+			// the caller's. Ed25519's answer means the token lacks it.
+			return sessionLost{call("C_GenerateKeyPair", err)}
+		}
 		if err != nil {
 			return call("C_GenerateKeyPair", err)
 		}

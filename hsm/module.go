@@ -107,6 +107,11 @@ type tokenSession struct {
 	loginBackoff time.Duration
 	lastMismatch time.Time
 
+	// lostAt and refusedAt are when the token stopped answering and when
+	// it refused the PIN, zero while it does neither: each outage and
+	// each refusal is logged once, at its start and at its end.
+	lostAt, refusedAt time.Time
+
 	// createMu serialises object-creating calls: SoftHSM 2.6.1 races on
 	// concurrent key creation in one token.
 	createMu sync.Mutex
@@ -315,6 +320,7 @@ func (m *module) checkPIN(p PKCS11, ts *tokenSession, cfg Config, log hclog.Logg
 		if err := m.reloginLocked(p, ts); err != nil {
 			log.Error("the previous PIN is refused too; the mount is logged out", "token", ts.key, "error", err)
 		}
+		m.noteHealth(ts, log)
 	}
 	return refused
 }
@@ -423,6 +429,11 @@ func (m *module) recover(ctx context.Context, p PKCS11, ts *tokenSession, seen u
 	if healthy && (m.generation != seen || !deviceErr) {
 		return nil // recovered by another caller meanwhile
 	}
+	if deviceErr && ts.lostAt.IsZero() {
+		ts.lostAt = time.Now()
+		log.Warn("HSM lost: the token stopped answering; re-initialising the module", "token", ts.key, "library", m.path)
+	}
+	defer m.noteHealth(ts, log)
 	if !healthy && m.initialised && ts.pinRefused != nil && time.Now().Before(ts.pinRetryAt) {
 		return m.openLoginSession(p, ts) // explains the refusal; no login is tried
 	}
@@ -513,11 +524,9 @@ func (m *module) reinitialiseLocked(p PKCS11, log hclog.Logger) error {
 	var errs []error
 	for _, ts := range m.tokens {
 		old := ts.slot
-		if err := m.reloginLocked(p, ts); err != nil {
-			if classify(err) == classPIN {
-				log.Error("the token refused the PIN; no login before the backoff ends or the next config write",
-					"token", ts.key, "retry_at", ts.pinRetryAt, "error", err)
-			}
+		err := m.reloginLocked(p, ts)
+		m.noteHealth(ts, log)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -532,4 +541,34 @@ func (m *module) reinitialiseLocked(p PKCS11, log hclog.Logger) error {
 		log.Info("re-initialised the PKCS#11 module and logged in again", "library", m.path, "generation", m.generation)
 	}
 	return err
+}
+
+// noteHealth logs the token's lifecycle events, each once at its start
+// and at its end: the HSM lost and regained (with the outage's length),
+// the PIN refused and a login made again. Callers hold m.mu for writing.
+func (m *module) noteHealth(ts *tokenSession, log hclog.Logger) {
+	now := time.Now()
+	if m.initialised && ts.loginOK {
+		if !ts.refusedAt.IsZero() {
+			log.Info("login resumed: the token accepted the PIN", "token", ts.key, "refused_for", now.Sub(ts.refusedAt).Round(time.Millisecond).String())
+			ts.refusedAt = time.Time{}
+		}
+		if !ts.lostAt.IsZero() {
+			log.Info("HSM regained: the token answers again", "token", ts.key, "library", m.path, "outage", now.Sub(ts.lostAt).Round(time.Millisecond).String())
+			ts.lostAt = time.Time{}
+		}
+		return
+	}
+	if ts.pinRefused != nil {
+		if ts.refusedAt.IsZero() {
+			ts.refusedAt = now
+			log.Error("login refused: the token refused the PIN; no login is tried before the backoff ends or the next config write with a PIN",
+				"token", ts.key, "retry_at", ts.pinRetryAt.UTC().Format(time.RFC3339), "error", ts.pinRefused)
+		}
+		return
+	}
+	if ts.lostAt.IsZero() {
+		ts.lostAt = now
+		log.Warn("HSM lost: the token does not answer", "token", ts.key, "library", m.path, "error", ts.lastErr)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -29,9 +30,12 @@ type pool struct {
 
 	inUse      atomic.Int64
 	waits      atomic.Int64
+	waiting    atomic.Int64 // borrowers waiting now
+	waited     atomic.Int64 // nanoseconds spent waiting, summed over borrowers
 	replaced   atomic.Int64
 	reconnects atomic.Int64
 	errors     atomic.Int64
+	retries    atomic.Int64 // calls made again after a failure (Client.do)
 }
 
 func newPool(size int) *pool {
@@ -53,13 +57,16 @@ func (p *pool) borrow(ctx context.Context, opener func() (*session, error)) (*se
 		return s, nil
 	case p.open <- struct{}{}:
 	default:
-		p.waits.Add(1)
+		start := p.startWait()
 		select {
 		case s := <-p.idle:
+			p.endWait(start)
 			p.inUse.Add(1)
 			return s, nil
 		case p.open <- struct{}{}:
+			p.endWait(start)
 		case <-ctx.Done():
+			p.endWait(start)
 			return nil, fmt.Errorf("%w: %w", ErrPoolTimeout, ctx.Err())
 		}
 	}
@@ -87,13 +94,15 @@ func (p *pool) borrowFresh(ctx context.Context, opener func() (*session, error),
 		case p.open <- struct{}{}:
 		case retire = <-p.idle:
 		default:
-			p.waits.Add(1)
+			start := p.startWait()
 			select {
 			case p.open <- struct{}{}:
 			case retire = <-p.idle:
 			case <-ctx.Done():
+				p.endWait(start)
 				return nil, fmt.Errorf("%w: %w", ErrPoolTimeout, ctx.Err())
 			}
+			p.endWait(start)
 		}
 		if retire != nil { // its slot is now the new session's
 			p.replaced.Add(1)
@@ -107,6 +116,21 @@ func (p *pool) borrowFresh(ctx context.Context, opener func() (*session, error),
 	}
 	p.inUse.Add(1)
 	return s, nil
+}
+
+// startWait counts a borrower that found every session in use.
+func (p *pool) startWait() time.Time {
+	p.waits.Add(1)
+	p.waiting.Add(1)
+	return time.Now()
+}
+
+// endWait ends the wait begun at start, adding it to the pool's wait
+// time: what borrowers lost because every session was in use, timeouts
+// included.
+func (p *pool) endWait(start time.Time) {
+	p.waited.Add(int64(time.Since(start)))
+	p.waiting.Add(-1)
 }
 
 // giveBack puts a healthy session back; into a closed pool, it closes it
@@ -161,6 +185,13 @@ type PoolStats struct {
 	Replaced   int64 `json:"replaced"`
 	Reconnects int64 `json:"reconnects"`
 	Errors     int64 `json:"errors"`
+	// Retries counts calls made again after a session, a handle or the
+	// device failed (on a fresh session, or after a re-initialisation).
+	Retries int64 `json:"retries"`
+	// Waiting is the borrowers waiting for a session now; WaitTime the
+	// time borrowers spent waiting, summed (a wait counts once it ends).
+	Waiting  int64         `json:"waiting"`
+	WaitTime time.Duration `json:"wait_time"`
 }
 
 func (p *pool) stats() PoolStats {
@@ -170,6 +201,9 @@ func (p *pool) stats() PoolStats {
 		InUse:      p.inUse.Load(),
 		Idle:       len(p.idle),
 		Waits:      p.waits.Load(),
+		Waiting:    p.waiting.Load(),
+		WaitTime:   time.Duration(p.waited.Load()),
+		Retries:    p.retries.Load(),
 		Replaced:   p.replaced.Load(),
 		Reconnects: p.reconnects.Load(),
 		Errors:     p.errors.Load(),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -56,4 +58,44 @@ func TestBorrowFreshOpensANewSessionEvenWhenOthersAreIdle(t *testing.T) {
 	if st := p.stats(); st.Open != 2 || st.InUse != 2 || st.Idle != 0 {
 		t.Fatalf("pool at the end: %+v", st)
 	}
+}
+
+// Waits are counted and timed: the time a borrower spent waiting for a
+// session is added when its wait ends, whether a session came free or the
+// deadline passed, and the borrowers waiting now are counted meanwhile.
+func TestPoolCountsWaitsAndWaitTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newPool(1)
+		ctx := context.Background()
+		opener := func() (*session, error) { return &session{handle: 1}, nil }
+		held, err := p.borrow(ctx, opener)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *session)
+		go func() {
+			s, _ := p.borrow(ctx, opener)
+			got <- s
+		}()
+		synctest.Wait()
+		if st := p.stats(); st.Waits != 1 || st.Waiting != 1 || st.WaitTime != 0 {
+			t.Fatalf("one borrower waiting: %+v", st)
+		}
+		time.Sleep(3 * time.Second)
+		p.giveBack(held, func(*session) {})
+		s := <-got
+		if st := p.stats(); st.Waits != 1 || st.Waiting != 0 || st.WaitTime != 3*time.Second {
+			t.Fatalf("after a 3 s wait: %+v", st)
+		}
+
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := p.borrowFresh(short, opener, func(*session) {}); !errors.Is(err, ErrPoolTimeout) {
+			t.Fatalf("borrowFresh on a full pool: %v, want ErrPoolTimeout", err)
+		}
+		if st := p.stats(); st.Waits != 2 || st.Waiting != 0 || st.WaitTime != 5*time.Second {
+			t.Fatalf("after a 2 s wait that timed out: %+v", st)
+		}
+		p.giveBack(s, func(*session) {})
+	})
 }

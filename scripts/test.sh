@@ -10,7 +10,8 @@
 #                  import, once, into the build cache all the parts share
 #   then at once:  lint (gofmt, staticcheck), unit-root, unit-hsm,
 #                  unit-other (every other package but e2e), race (the
-#                  race detector on the races the code guards against)
+#                  race detector on the races the code guards against),
+#                  pure (internal/wire with no cgo: no PKCS#11 module)
 #   e2e-1, e2e-2   once Vault and OpenBao are built: every e2e test but
 #                  Terraform's (the release test among them), in
 #                  HSMKMS_E2E_SHARDS (2) processes side by side
@@ -127,6 +128,19 @@ unit() {
   go test -count=1 -v -timeout 30m $pkgs
 }
 
+# pure: internal/wire as a machine with no PKCS#11 module runs it. Without
+# cgo nothing can dlopen a module (miekg/pkcs11 does not even build), and
+# its dependencies name no token, no Vault and nothing of ours.
+pure() {
+  local deps
+  deps=$(go list -deps -test ./internal/wire/...)
+  if grep -e 'miekg/pkcs11' -e 'hashicorp/vault' -e "$module/hsm" -e "$module/internal/tokentest" <<<"$deps"; then
+    echo "internal/wire depends on the above: it must stay pure"
+    return 1
+  fi
+  CGO_ENABLED=0 SOFTHSM2_CONF=/nonexistent go test -count=1 -v ./internal/wire/...
+}
+
 # The races the code guards against, under the race detector: the key
 # cache's fill against writers, Close against calls, the pool's bound.
 race() {
@@ -171,6 +185,7 @@ after compile unit-root unit root
 after compile unit-hsm unit hsm
 after compile unit-other unit other
 after compile race race
+after compile pure pure
 # The servers are waited for after compile, so that e2e never compiles what
 # compile is compiling; on a fresh machine they take far longer anyway.
 shards=${HSMKMS_E2E_SHARDS:-2}

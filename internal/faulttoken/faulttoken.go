@@ -4,9 +4,10 @@
 // network's round trip on every call, sessions closed behind the client's
 // back, and the AES-GCM IV behaviours of real HSMs that software tokens
 // never show. It counts the PKCS#11 calls that reach the module, by
-// function name. Everything it does not change is passed to the real
-// module, so the cryptography under test stays real. For tests and
-// benchmarks only.
+// function name, and signals them as they arrive (OnCall), so tests wait
+// on calls rather than sleep. Everything it does not change is passed to
+// the real module, so the cryptography under test stays real. For tests
+// and benchmarks only.
 package faulttoken
 
 import (
@@ -53,6 +54,7 @@ type Token struct {
 	ownIV     map[pkcs11.SessionHandle]ownIV
 	lastIV    []byte
 	calls     map[string]int
+	onCall    map[string]func()
 
 	// Sessions the client opened and has not closed, the ones it logged
 	// in on, and the ones to close in the module before their next call.
@@ -69,7 +71,7 @@ type ownIV struct {
 // New returns a token that behaves exactly like inner until told otherwise.
 func New(inner hsm.PKCS11) *Token {
 	return &Token{inner: inner, queued: map[string][]error{}, failing: map[string]error{}, delays: map[string]time.Duration{},
-		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{},
+		ownIV: map[pkcs11.SessionHandle]ownIV{}, calls: map[string]int{}, onCall: map[string]func(){},
 		open: map[pkcs11.SessionHandle]bool{}, loginOn: map[pkcs11.SessionHandle]bool{}, dropped: map[pkcs11.SessionHandle]bool{}}
 }
 
@@ -130,6 +132,24 @@ func (t *Token) SetDelay(name string, d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.delays[name] = d
+}
+
+// OnCall makes f run each time a call of name arrives: once counted and
+// before its fault, its delay or the module, in the caller's goroutine and
+// with the token unlocked, so a call f held meets the token as it is when
+// f returns. It is the signal tests wait on instead of sleeping:
+// f can report the call (close or send on a channel, read the clock of a
+// testing/synctest bubble) or hold it by blocking until the test lets it
+// go, and other calls go on meanwhile. f must not call the token. A nil f
+// removes the hook.
+func (t *Token) OnCall(name string, f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f == nil {
+		delete(t.onCall, name)
+		return
+	}
+	t.onCall[name] = f
 }
 
 // SetLatency makes every PKCS#11 call take d longer, as a network HSM's
@@ -217,11 +237,17 @@ func (t *Token) Calls(name string) int {
 	return t.calls[name]
 }
 
-// before counts a call, applies its delay and returns the fault it should
-// answer with, if any.
+// before counts a call, runs its OnCall hook, applies its delay and
+// returns the fault it should answer with, if any.
 func (t *Token) before(name string) error {
 	t.mu.Lock()
 	t.calls[name]++
+	hook := t.onCall[name]
+	t.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	t.mu.Lock()
 	d := t.delays[name] + t.latency
 	var err error
 	if q := t.queued[name]; len(q) > 0 {

@@ -12,7 +12,14 @@ import (
 const (
 	StateActive      = "active"
 	StateDeactivated = "deactivated"
+	// StatePendingDeletion: deleted with a deletion window; the key serves
+	// nothing, its objects stay until DeletionDate, and the deletion can
+	// be cancelled until then.
+	StatePendingDeletion = "pending_deletion"
 )
+
+// States lists the states a key can be in.
+var States = []string{StateActive, StateDeactivated, StatePendingDeletion}
 
 // Residencies: where a key lives.
 const (
@@ -140,6 +147,10 @@ type Entry struct {
 	// imported_key); it rotates only when AllowRotation is set.
 	Imported      bool `json:"imported,omitempty"`
 	AllowRotation bool `json:"allow_rotation,omitempty"`
+	// DeletionDate: when a pending deletion destroys the key.
+	DeletionDate time.Time `json:"deletion_date,omitempty"`
+	// Tags are the operator's labels of the key (CheckTags).
+	Tags map[string]string `json:"tags,omitempty"`
 }
 
 // KeyType is the entry's type, with an HMAC key's stored size.
@@ -154,10 +165,22 @@ func (k *Entry) KeyType() KeyType {
 // Allows reports whether the key's operations include op.
 func (k *Entry) Allows(op string) bool { return slices.Contains(k.Operations, op) }
 
+// Active says why the key is not active, or nil.
+func (k *Entry) Active() error {
+	switch k.State {
+	case StateActive:
+		return nil
+	case StatePendingDeletion:
+		return Userf("key %q is scheduled for deletion on %s and serves no operation; cancel the deletion (keys/%s/cancel_deletion), then activate it, to use it again",
+			k.Name, k.DeletionDate.UTC().Format(time.RFC3339), k.Name)
+	}
+	return Userf("key %q is deactivated; activate it (keys/%s/activate) to use it", k.Name, k.Name)
+}
+
 // Usable says why the key cannot do op, or nil.
 func (k *Entry) Usable(op string) error {
-	if k.State != StateActive {
-		return Userf("key %q is deactivated; activate it (keys/%s/activate) to use it", k.Name, k.Name)
+	if err := k.Active(); err != nil {
+		return err
 	}
 	if op == OpHMAC || op == OpHMACVerify {
 		kt := k.KeyType()
@@ -174,6 +197,16 @@ func (k *Entry) Usable(op string) error {
 		return Userf("key %q does not allow the %s operation; its operations are: %s", k.Name, op, strings.Join(k.Operations, ", "))
 	}
 	return nil
+}
+
+// PendingReuse refuses a new key of a pending key's name, saying when the
+// name is free; nil for a key not pending.
+func (k *Entry) PendingReuse() error {
+	if k.State != StatePendingDeletion {
+		return nil
+	}
+	return Userf("key %q is scheduled for deletion on %s; its name cannot be reused before then (or cancel the deletion: keys/%s/cancel_deletion)",
+		k.Name, k.DeletionDate.UTC().Format(time.RFC3339), k.Name)
 }
 
 // EncryptionVersion picks the version to encrypt or sign with: the latest

@@ -278,6 +278,7 @@ func (r *Keyring) RotateKEK(ctx context.Context, s logical.Storage, client HSM, 
 	if err != nil {
 		return nil, err
 	}
+	r.log.Info("KEK rotated; rewrapping every wrapped key under the new version", "kek_version", version, "label", obj.Label)
 	r.startRewrap(s)
 	return st, nil
 }
@@ -467,7 +468,11 @@ func (r *Keyring) runRewrap(ctx context.Context, s logical.Storage) error {
 	job.Finished = now
 	job.Error = ""
 	st.Rewrap = &job
-	return r.StoreKEKState(ctx, s, st)
+	if err := r.StoreKEKState(ctx, s, st); err != nil {
+		return err
+	}
+	r.log.Info("KEK rewrap finished", "kek_version", job.Target, "rewrapped", job.Rewrapped, "took", now.Sub(job.Started).Round(time.Millisecond).String())
+	return nil
 }
 
 func (r *Keyring) saveRewrapProgress(ctx context.Context, s logical.Storage, job RewrapJob) error {

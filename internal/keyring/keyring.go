@@ -30,6 +30,8 @@ type Keyring struct {
 	keys Cache[Entry]
 	keks Cache[KEKState]
 
+	usage usageTracker
+
 	rewrapRunning atomic.Bool
 	rewrapDone    atomic.Pointer[chan struct{}]
 	stopping      chan struct{}
@@ -148,6 +150,10 @@ func (r *Keyring) Invalidate(storagePath string, forget func(id []byte)) bool {
 		r.keks.Publish(KEKStorageKey, nil)
 		return true
 	}
+	if name, ok := strings.CutPrefix(storagePath, usageStoragePrefix); ok {
+		r.forgetStoredUsage(name)
+		return true
+	}
 	name, ok := strings.CutPrefix(storagePath, KeyStoragePrefix)
 	if !ok {
 		return false
@@ -161,4 +167,38 @@ func (r *Keyring) Invalidate(storagePath string, forget func(id []byte)) bool {
 	}
 	r.keys.Publish(name, nil)
 	return true
+}
+
+// Counts are the keys of a mount by state and residency.
+type Counts struct {
+	Total       int
+	ByState     map[string]int
+	ByResidency map[string]int
+}
+
+// Count counts the keys by state and residency, from the cache when it
+// can: after the first count every entry is cached.
+func (r *Keyring) Count(ctx context.Context, s logical.Storage) (Counts, error) {
+	c := Counts{ByState: map[string]int{}, ByResidency: map[string]int{}}
+	for _, state := range States {
+		c.ByState[state] = 0
+	}
+	c.ByResidency[ResidencyHSM], c.ByResidency[ResidencyWrapped] = 0, 0
+	names, err := Names(ctx, s)
+	if err != nil {
+		return c, err
+	}
+	for _, name := range names {
+		k, err := r.Get(ctx, s, name)
+		if err != nil {
+			return c, err
+		}
+		if k == nil {
+			continue
+		}
+		c.Total++
+		c.ByState[k.State]++
+		c.ByResidency[k.Residency]++
+	}
+	return c, nil
 }

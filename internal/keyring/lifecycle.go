@@ -29,6 +29,7 @@ type Params struct {
 	// imported_key), which rotates only when allowed.
 	Imported      bool
 	AllowRotation bool
+	Tags          map[string]string
 }
 
 // Check says what is wrong with p, before anything is made.
@@ -42,7 +43,10 @@ func (p Params) Check() error {
 	if p.AutoRotatePeriod != 0 && p.AutoRotatePeriod < MinAutoRotatePeriod {
 		return Userf("auto_rotate_period must be 0 (off) or at least %s", MinAutoRotatePeriod)
 	}
-	return nil
+	if err := CheckDescription(p.Description); err != nil {
+		return err
+	}
+	return CheckTags(p.Tags)
 }
 
 // NewEntry is a key with no version yet: the one place an entry is made.
@@ -61,6 +65,7 @@ func NewEntry(p Params) *Entry {
 		Versions:             map[int]*Version{},
 		Imported:             p.Imported,
 		AllowRotation:        p.AllowRotation,
+		Tags:                 p.Tags,
 	}
 }
 
@@ -73,6 +78,9 @@ func (r *Keyring) CheckNew(ctx context.Context, s logical.Storage, name string, 
 		return err
 	}
 	if existing != nil {
+		if err := existing.PendingReuse(); err != nil {
+			return err
+		}
 		return Userf("key %q already exists; %s", name, hint)
 	}
 	if maxKeys > 0 {
@@ -213,6 +221,11 @@ func (r *Keyring) StoreNewVersion(ctx context.Context, s logical.Storage, k *Ent
 	for _, obj := range objects {
 		obj.Stored(ctx)
 	}
+	event := "key rotated"
+	if version == 1 {
+		event = "key created"
+	}
+	r.log.Info(event, "key", k.Name, "type", k.Type, "version", version, "residency", k.Residency)
 	return nil
 }
 

@@ -1,19 +1,40 @@
 package keyring
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
+	"slices"
+
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/hsm"
 )
 
 // Bounds of what a restore accepts.
 const (
-	maxDescriptionLen   = 4096
 	maxRestoredVersions = 100000
 )
+
+// Restore stores a key RestoredEntry rebuilt, with the usage its backup
+// carried, and indexes it for deletion when it came back pending. Callers
+// hold the lock.
+func (r *Keyring) Restore(ctx context.Context, s logical.Storage, k *Entry, usage *Usage) error {
+	if k.State == StatePendingDeletion {
+		if err := s.Put(ctx, &logical.StorageEntry{Key: DeletionIndexPrefix + k.Name}); err != nil {
+			return fmt.Errorf("indexing key %q for deletion: %w", k.Name, err)
+		}
+	}
+	if err := r.Save(ctx, s, k); err != nil {
+		return err
+	}
+	if usage == nil {
+		usage = &Usage{}
+	}
+	return r.SetUsage(ctx, s, k.Name, usage)
+}
 
 // RestoredEntry rebuilds a key entry from a backup's, field by field: only
 // what a wrapped key may hold is taken, checked for consistency, and the
@@ -28,10 +49,14 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		return nil, Userf("residency %q: only wrapped keys are backed up", in.Residency)
 	case !kt.Wrappable():
 		return nil, Userf("type %s cannot be a wrapped key", kt.Name)
-	case in.State != StateActive && in.State != StateDeactivated:
-		return nil, Userf("state %q is not active or deactivated", in.State)
-	case len(in.Description) > maxDescriptionLen:
-		return nil, Userf("description is longer than %d bytes", maxDescriptionLen)
+	case !slices.Contains(States, in.State):
+		return nil, Userf("state %q is not one of %v", in.State, States)
+	case (in.State == StatePendingDeletion) != !in.DeletionDate.IsZero():
+		return nil, Userf("a deletion_date goes with state pending_deletion, and only with it")
+	case CheckDescription(in.Description) != nil:
+		return nil, CheckDescription(in.Description)
+	case CheckTags(in.Tags) != nil:
+		return nil, CheckTags(in.Tags)
 	case in.AutoRotatePeriod < 0 || (in.AutoRotatePeriod != 0 && in.AutoRotatePeriod < MinAutoRotatePeriod):
 		return nil, Userf("auto_rotate_period must be 0 or at least %s", MinAutoRotatePeriod)
 	}
@@ -68,6 +93,7 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		Residency: ResidencyWrapped, DeletionAllowed: in.DeletionAllowed, AutoRotatePeriod: in.AutoRotatePeriod,
 		LatestVersion: latest, MinDecryptionVersion: in.MinDecryptionVersion, MinEncryptionVersion: in.MinEncryptionVersion,
 		MinAvailableVersion: in.MinAvailableVersion, Imported: in.Imported, AllowRotation: in.AllowRotation,
+		DeletionDate: in.DeletionDate, Tags: in.Tags,
 		Versions: make(map[int]*Version, len(in.Versions)),
 	}
 	for v := minAvail; v <= latest; v++ {
@@ -78,8 +104,8 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 		if len(kv.Blob) == 0 || len(kv.Blob) > hsm.MaxWrappedBytes {
 			return nil, Userf("version %d: a blob of %d bytes; 1 to %d expected", v, len(kv.Blob), hsm.MaxWrappedBytes)
 		}
-		if msg := checkRestoredPublicKey(kt, kv.PublicKey); msg != "" {
-			return nil, Userf("version %d: %s", v, msg)
+		if err := checkRestoredPublicKey(kt, v, kv.PublicKey); err != nil {
+			return nil, err
 		}
 		origin := kv.Origin
 		if origin != "" && origin != OriginImported {
@@ -93,29 +119,29 @@ func RestoredEntry(name string, in *Entry) (*Entry, error) {
 	return out, nil
 }
 
-// checkRestoredPublicKey says what is wrong with a backed-up version's
-// public key: an asymmetric key's must be of its type, a secret key has
+// checkRestoredPublicKey refuses a backed-up version v whose public key
+// is wrong: an asymmetric key's must be of its type, a secret key has
 // none. The HSM then checks that the blob's private key matches it.
-func checkRestoredPublicKey(kt KeyType, der []byte) string {
+func checkRestoredPublicKey(kt KeyType, v int, der []byte) error {
 	if !kt.Asymmetric() {
 		if len(der) != 0 {
-			return "a secret key with a public key"
+			return Userf("version %d: a secret key with a public key", v)
 		}
-		return ""
+		return nil
 	}
 	pub, err := x509.ParsePKIXPublicKey(der)
 	if err != nil {
-		return "its public key does not parse"
+		return Userf("version %d: its public key does not parse", v)
 	}
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		if kt.Family == FamilyRSA && p.N.BitLen() == kt.Bits {
-			return ""
+			return nil
 		}
 	case *ecdsa.PublicKey:
 		if kt.Family == FamilyEC && p.Curve.Params().Name == kt.Curve {
-			return ""
+			return nil
 		}
 	}
-	return fmt.Sprintf("its public key is not a %s key", kt.Name)
+	return Userf("version %d: its public key is not a %s key", v, kt.Name)
 }

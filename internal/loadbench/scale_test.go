@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -36,8 +37,13 @@ func TestRunCount(t *testing.T) {
 }
 
 // Each contender runs alone in its slices, and its rate is over its own
-// slices' time.
+// slices' time. The slices, and the sleeps standing for the contenders'
+// work, run on the clock of a testing/synctest bubble.
 func TestRunAlternating(t *testing.T) {
+	synctest.Test(t, testRunAlternating)
+}
+
+func testRunAlternating(t *testing.T) {
 	var mu sync.Mutex
 	running := map[string]int{}
 	overlap := false
@@ -87,8 +93,12 @@ func TestRunAlternating(t *testing.T) {
 }
 
 // A deadline stops RunCount early; the calls it cut short are neither ops
-// nor errors.
+// nor errors. On a synctest bubble's clock: the deadline takes no real time.
 func TestRunCountDeadline(t *testing.T) {
+	synctest.Test(t, testRunCountDeadline)
+}
+
+func testRunCountDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	r := RunCount(ctx, "bounded", 4, 1000, func(ctx context.Context, i int) error {
