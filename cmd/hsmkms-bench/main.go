@@ -40,9 +40,18 @@ type options struct {
 	goBench, out string
 	transitP     string
 	scale        scaleOptions
+	phases       phaseList
+	countOps     int // operations the PKCS#11 calls are counted over
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "rtts" {
+		if err := printRTTs(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hsmkms-bench:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "make-nss-token" {
 		if err := makeNSSToken(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "hsmkms-bench:", err)
@@ -74,6 +83,10 @@ func main() {
 	flag.StringVar(&o.scale.smallMount, "small-kms", "kms-small", "hsmkms mount the scale scenario makes for its few keys")
 	flag.DurationVar(&o.scale.warmUpMax, "scale-warmup-max", 5*time.Minute, "bound on the scale scenario's warm-up pass over every key (0: none)")
 	flag.DurationVar(&o.scale.duration, "scale-duration", 0, "measured encrypt phase of the scale scenario, both sides together (0: three times -duration)")
+	flag.Var(&o.phases, "phase", "a simulated network HSM round trip to run the scenarios at, with the mounts whose plugin process has it "+
+		"and the socket of that process's call counters, e.g. rtt=2ms,kms=kms-rtt1,nss-kms=kms-nss-rtt1,seam=/tmp/seam.sock; repeatable "+
+		"(none: the -kms and -nss-kms mounts, at whatever round trip their plugin has, calls not counted)")
+	flag.IntVar(&o.countOps, "count-ops", 10, "requests made one after another to count each scenario's PKCS#11 calls")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "hsmkms-bench:", err)
@@ -90,6 +103,7 @@ type report struct {
 	// every token's figures.
 	SideBySide []loadbench.Row       `json:"side_by_side"`
 	Ratios     []loadbench.Ratio     `json:"ratios"`
+	Phases     []phaseRecord         `json:"phases"`
 	Soak       *loadbench.SoakReport `json:"soak,omitempty"`
 	Scale      *scaleReport          `json:"scale,omitempty"`
 }
@@ -116,12 +130,26 @@ func run(ctx context.Context, o options) error {
 	if o.nss.library != "" {
 		tokens = append(tokens, &o.nss)
 	}
+	if len(o.phases) == 0 {
+		// No simulated network in the plugin: its calls are not counted.
+		p := phase{mounts: map[string]string{}}
+		for _, t := range tokens {
+			p.mounts[t.kind] = t.mount
+		}
+		o.phases = phaseList{p}
+	}
 	var mounts []string
 	for _, t := range tokens {
 		if err := readToken(t); err != nil {
 			return err
 		}
-		mounts = append(mounts, t.mount)
+		for _, p := range o.phases {
+			m, ok := p.mounts[t.kind]
+			if !ok {
+				return fmt.Errorf("the phase at %v names no %s mount", p.rtt, loadbench.TokenTitle(t.kind))
+			}
+			mounts = append(mounts, m)
+		}
 	}
 	client := loadbench.NewHTTPClient(o.addr, o.token, o.concurrency*2)
 	fx, err := setup(ctx, client, o.transitP, mounts)
@@ -129,76 +157,14 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	rep := report{Machine: loadbench.MachineDescription(), When: time.Now().UTC()}
-	results := map[string]loadbench.Result{} // by Result.Key
-	measure := func(name, tok string, conc, items int, op loadbench.Worker) {
-		r := loadbench.Run(ctx, name, conc, o.duration, items, op)
-		r.Token = tok
-		results[r.Key()] = r
-		rep.Results = append(rep.Results, r)
-		fmt.Fprintf(os.Stderr, "%-70s %10.0f items/s  errors %d %s\n", r.Key(), r.ItemsPerSec, r.Errors, r.FirstError)
-	}
-	get := func(name, tok string) loadbench.Result {
-		return results[loadbench.Result{Name: name, Token: tok}.Key()]
-	}
-
-	n := o.concurrency
-	rawAES1 := "raw HSM AES-256-GCM encrypt 64 B, 1 session"
-	rawRSAN := fmt.Sprintf("raw HSM RSA-2048 PKCS#1 v1.5 sign, %d sessions", n)
 	for _, t := range tokens {
 		rep.Tokens = append(rep.Tokens, t.kind)
-		// For reference: the same token with session keys, which some
-		// tokens (SoftHSM's file store, NSS's database) serve faster than
-		// the token keys a KMS must use.
-		sessionKeys, err := loadbench.OpenRawHSM(t.raw, 1, false)
-		if err != nil {
-			return fmt.Errorf("raw %s: %w", t.kind, err)
-		}
-		measure("raw HSM AES-256-GCM encrypt 64 B, 1 session, session key", t.kind, 1, 1, sessionKeys.EncryptAESGCM64)
-		measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session, session key", t.kind, 1, 1, sessionKeys.SignRSA2048)
-		sessionKeys.Close()
-
-		raw, err := loadbench.OpenRawHSM(t.raw, n, true)
-		if err != nil {
-			return fmt.Errorf("raw %s: %w", t.kind, err)
-		}
-		measure(rawAES1, t.kind, 1, 1, raw.EncryptAESGCM64)
-		measure(fmt.Sprintf("raw HSM AES-256-GCM encrypt 64 B, %d sessions", n), t.kind, n, 1, raw.EncryptAESGCM64)
-		measure("raw HSM RSA-2048 PKCS#1 v1.5 sign, 1 session", t.kind, 1, 1, raw.SignRSA2048)
-		measure(rawRSAN, t.kind, n, 1, raw.SignRSA2048)
-		measure("raw HSM ECDSA P-256 sign, 1 session", t.kind, 1, 1, raw.SignECDSAP256)
-		measure(fmt.Sprintf("raw HSM ECDSA P-256 sign, %d sessions", n), t.kind, n, 1, raw.SignECDSAP256)
-		raw.Close()
 	}
-
-	httpScenarios := func(who, tok, mount string) {
-		post := func(path string, body []byte) loadbench.Worker {
-			return func(ctx context.Context, _ int) error { return client.Post(ctx, mount+"/"+path, body) }
+	b := &bench{o: o, client: client, fx: fx, tokens: tokens, rep: &rep, results: map[string]loadbench.Result{}}
+	for _, p := range o.phases {
+		if err := b.runPhase(ctx, p); err != nil {
+			return err
 		}
-		measure(who+" key read (no HSM)", tok, n, 1, func(ctx context.Context, _ int) error {
-			return client.Get(ctx, mount+"/keys/bench-aes")
-		})
-		measure(who+" encrypt 64 B", tok, n, 1, post("encrypt/bench-aes", fx.encrypt))
-		measure(who+" encrypt batch of 100", tok, n, 100, post("encrypt/bench-aes", fx.batch))
-		measure(who+" decrypt 64 B", tok, n, 1, post("decrypt/bench-aes", fx.decrypt[mount]))
-		measure(who+" sign rsa-2048", tok, n, 1, post("sign/bench-rsa", fx.signRSA))
-		measure(who+" sign ecdsa-p256", tok, n, 1, post("sign/bench-ec", fx.signEC))
-		measure(who+" datakey/wrapped", tok, n, 1, post("datakey/wrapped/bench-aes", []byte(`{"bits":256}`)))
-	}
-	for _, t := range tokens {
-		httpScenarios("hsmkms", t.kind, t.mount)
-	}
-	httpScenarios("Transit", "", o.transitP)
-
-	for _, t := range tokens {
-		title := loadbench.TokenTitle(t.kind) + ": "
-		ceiling := get("hsmkms key read (no HSM)", t.kind)
-		rep.Ratios = append(rep.Ratios,
-			loadbench.ComputeRatio(title+"encrypt / plugin no-HSM ceiling", get("hsmkms encrypt 64 B", t.kind), ceiling, 0.85),
-			loadbench.ComputeRatio(title+"batch encrypt items/s / raw AES-GCM at 1 session", get("hsmkms encrypt batch of 100", t.kind), get(rawAES1, t.kind), 0.7),
-			loadbench.ComputeRatio(fmt.Sprintf("%srsa-2048 sign / raw RSA-2048 at %d sessions", title, n), get("hsmkms sign rsa-2048", t.kind), get(rawRSAN, t.kind), 0.75),
-			loadbench.ComputeRatio(title+"rsa-2048 sign / Transit rsa-2048 sign", get("hsmkms sign rsa-2048", t.kind), get("Transit sign rsa-2048", ""), 1.2),
-			loadbench.ComputeRatio(title+"ecdsa-p256 sign / plugin no-HSM ceiling", get("hsmkms sign ecdsa-p256", t.kind), ceiling, 0.85),
-		)
 	}
 	if o.goBench != "" {
 		text, err := os.ReadFile(o.goBench)
@@ -230,6 +196,9 @@ func run(ctx context.Context, o options) error {
 
 	rep.SideBySide, _ = loadbench.SideBySide(rep.Results)
 	fmt.Println(loadbench.Table(rep.Results, rep.Ratios))
+	for _, p := range rep.Phases {
+		fmt.Printf("phase %v: %s, load average %.1f at its start, %.1f at its end\n", p.RTT, p.Elapsed.Round(time.Second), p.LoadStart, p.LoadEnd)
+	}
 	if rep.Soak != nil {
 		fmt.Println(rep.Soak.Summary())
 	}

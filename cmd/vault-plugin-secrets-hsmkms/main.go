@@ -17,6 +17,10 @@ import (
 // profiler on that address (loopback only) for performance work.
 const pprofAddrEnv = "HSMKMS_PPROF_ADDR"
 
+// factory makes each mount's backend; the bench's build (bench_rtt.go,
+// build tag hsmkms_benchrtt) replaces it.
+var factory = hsmkms.Factory
+
 func main() {
 	if addr := os.Getenv(pprofAddrEnv); addr != "" {
 		servePprof(addr)
@@ -28,7 +32,7 @@ func main() {
 		fatal(err)
 	}
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: hsmkms.Factory,
+		BackendFactoryFunc: factory,
 		TLSProviderFunc:    api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})
 	if err != nil {

@@ -29,15 +29,53 @@ type Result struct {
 	P50         time.Duration `json:"p50_ns"`
 	P99         time.Duration `json:"p99_ns"`
 	FirstError  string        `json:"first_error,omitempty"`
+
+	// RTT is the simulated network HSM's delay on each PKCS#11 call
+	// (internal/netsim) in the phase the scenario ran in; a scenario
+	// without a token (Transit's) ran at the same time as those.
+	RTT time.Duration `json:"hsm_rtt_ns"`
+	// CallsCounted: CallsPerOp and Calls were counted through the
+	// simulated network, over operations made one after another.
+	CallsCounted bool               `json:"pkcs11_calls_counted"`
+	CallsPerOp   float64            `json:"pkcs11_calls_per_op,omitempty"`
+	Calls        map[string]float64 `json:"pkcs11_calls_per_op_by_name,omitempty"`
+	// StorageCounted: the plugin also counted its requests' operations on
+	// Vault's storage (each a round trip to Vault), per operation here.
+	StorageCounted bool               `json:"storage_counted"`
+	StoragePerOp   float64            `json:"storage_ops_per_op,omitempty"`
+	Storage        map[string]float64 `json:"storage_ops_per_op_by_name,omitempty"`
+	// MaxInFlight and MeanInFlight are the PKCS#11 calls in flight at once
+	// during the timed run, at most and on average: the sessions at work.
+	MaxInFlight  int     `json:"max_calls_in_flight,omitempty"`
+	MeanInFlight float64 `json:"mean_calls_in_flight,omitempty"`
+	// MeanDelay is the delay a call actually paid during the timed run.
+	MeanDelay time.Duration `json:"mean_delay_per_call_ns,omitempty"`
+	// CallTimePerOp is the time an operation's PKCS#11 calls took in all,
+	// delay included; MeanLatency less it is the time spent elsewhere
+	// (Vault, the plugin, the client).
+	CallTimePerOp time.Duration `json:"pkcs11_time_per_op_ns,omitempty"`
+	MeanLatency   time.Duration `json:"mean_latency_ns"`
 }
 
-// Key names the result uniquely: its name, and its token if it has one.
+// OutsideCalls is the mean time an operation spent outside its PKCS#11
+// calls, when they were observed.
+func (r Result) OutsideCalls() time.Duration { return r.MeanLatency - r.CallTimePerOp }
+
+// Key names the result uniquely: its name, its token if it has one, and
+// the simulated round trip if not 0.
 func (r Result) Key() string {
-	if r.Token == "" {
-		return r.Name
+	k := r.Name
+	if r.Token != "" {
+		k += " [" + r.Token + "]"
 	}
-	return r.Name + " [" + r.Token + "]"
+	if r.RTT > 0 {
+		k += " @" + r.RTT.String()
+	}
+	return k
 }
+
+// observed says whether the result has figures from the simulated network.
+func (r Result) observed() bool { return r.CallsCounted || r.MaxInFlight > 0 }
 
 // Worker makes one operation; the index says which worker runs it.
 type Worker func(ctx context.Context, worker int) error
@@ -119,6 +157,13 @@ func summarise(name string, concurrency, itemsPerOp int, elapsed time.Duration, 
 		P50:         Percentile(latencies, 50),
 		P99:         Percentile(latencies, 99),
 	}
+	if len(latencies) > 0 {
+		var sum time.Duration
+		for _, l := range latencies {
+			sum += l
+		}
+		r.MeanLatency = sum / time.Duration(len(latencies))
+	}
 	if secs := elapsed.Seconds(); secs > 0 {
 		r.OpsPerSec = float64(r.Ops) / secs
 		r.ItemsPerSec = float64(r.Items) / secs
@@ -175,15 +220,21 @@ func ComputeRatio(name string, num, den Result, target float64) Ratio {
 // Row is one scenario's results on every token it ran on, side by side.
 type Row struct {
 	Scenario    string            `json:"scenario"`
+	RTT         time.Duration     `json:"hsm_rtt_ns"`
 	Concurrency int               `json:"concurrency"`
 	Tokens      map[string]Result `json:"tokens"`
 }
 
-// SideBySide groups the results that ran on a token by scenario name, in
-// the order the scenarios first appear, and returns the tokens in the same
-// order. Results without a token are left out.
+// SideBySide groups the results that ran on a token by scenario name and
+// simulated round trip, in the order the scenarios first appear, and
+// returns the tokens in the same order. Results without a token are left
+// out.
 func SideBySide(results []Result) (rows []Row, tokens []string) {
-	index := map[string]int{}
+	type rowKey struct {
+		name string
+		rtt  time.Duration
+	}
+	index := map[rowKey]int{}
 	for _, r := range results {
 		if r.Token == "" {
 			continue
@@ -191,11 +242,11 @@ func SideBySide(results []Result) (rows []Row, tokens []string) {
 		if !slices.Contains(tokens, r.Token) {
 			tokens = append(tokens, r.Token)
 		}
-		i, ok := index[r.Name]
+		i, ok := index[rowKey{r.Name, r.RTT}]
 		if !ok {
 			i = len(rows)
-			index[r.Name] = i
-			rows = append(rows, Row{Scenario: r.Name, Concurrency: r.Concurrency, Tokens: map[string]Result{}})
+			index[rowKey{r.Name, r.RTT}] = i
+			rows = append(rows, Row{Scenario: r.Name, RTT: r.RTT, Concurrency: r.Concurrency, Tokens: map[string]Result{}})
 		}
 		rows[i].Tokens[r.Token] = r
 	}
@@ -214,66 +265,83 @@ func TokenTitle(token string) string {
 }
 
 // groupTitle is a token's title centred in dashes over its columns.
-func groupTitle(title string) string {
-	width := len(cellHeader()) - 2
+func groupTitle(title string, seam bool) string {
+	width := len(cellHeader(seam)) - 2
 	dashes := max(2, width-len(title)-2)
 	return "  " + strings.Repeat("-", dashes/2) + " " + title + " " + strings.Repeat("-", dashes-dashes/2)
 }
 
-func cellHeader() string {
-	return fmt.Sprintf(" %11s %9s %9s %6s", "items/s", "p50", "p99", "errors")
-}
-
-func cell(r Result, ok bool) string {
-	if !ok {
-		return fmt.Sprintf(" %11s %9s %9s %6s", "-", "", "", "")
+// cellHeader heads one token's columns; with seam, also the PKCS#11 calls
+// and the storage operations per operation, and the most calls in flight
+// at once (sessions at work).
+func cellHeader(seam bool) string {
+	h := fmt.Sprintf(" %11s %9s %9s %6s", "items/s", "p50", "p99", "errors")
+	if seam {
+		h += fmt.Sprintf(" %6s %5s %5s", "calls", "stor", "sess")
 	}
-	return fmt.Sprintf(" %11.0f %9s %9s %6d", r.ItemsPerSec, round(r.P50), round(r.P99), r.Errors)
+	return h
 }
 
-// Table renders results and ratios as aligned text. Scenarios that ran on
-// tokens come first, one row each with every token's figures side by side;
-// then the scenarios without a token; then the targets. items/s is
+func cell(r Result, ok, seam bool) string {
+	if !ok {
+		c := fmt.Sprintf(" %11s %9s %9s %6s", "-", "", "", "")
+		if seam {
+			c += fmt.Sprintf(" %6s %5s %5s", "", "", "")
+		}
+		return c
+	}
+	c := fmt.Sprintf(" %11.0f %9s %9s %6d", r.ItemsPerSec, round(r.P50), round(r.P99), r.Errors)
+	if seam {
+		calls, stor, sess := "-", "-", "-"
+		if r.CallsCounted {
+			calls = fmt.Sprintf("%.1f", r.CallsPerOp)
+		}
+		if r.StorageCounted {
+			stor = fmt.Sprintf("%.1f", r.StoragePerOp)
+		}
+		if r.MaxInFlight > 0 {
+			sess = fmt.Sprint(r.MaxInFlight)
+		}
+		c += fmt.Sprintf(" %6s %5s %5s", calls, stor, sess)
+	}
+	return c
+}
+
+// Table renders results and ratios as aligned text, in one section per
+// simulated round trip when any is not 0. In each, scenarios that ran on
+// tokens come first, one row each with every token's figures side by
+// side; then the scenarios without a token; then the targets. items/s is
 // operations per second times the items of an operation (a batch's).
+// Results with figures from the simulated network add three columns:
+// PKCS#11 calls and storage operations per operation (counted) and the
+// most calls in flight at once.
 func Table(results []Result, ratios []Ratio) string {
-	rows, tokens := SideBySide(results)
-	width := len("scenario")
+	width := len("scenario (no token)")
+	var rtts []time.Duration
+	seam := false
 	for _, r := range results {
 		width = max(width, len(r.Name))
+		if !slices.Contains(rtts, r.RTT) {
+			rtts = append(rtts, r.RTT)
+		}
+		seam = seam || r.observed()
 	}
+	sections := len(rtts) > 1 || (len(rtts) == 1 && rtts[0] != 0)
 	var out strings.Builder
-	if len(rows) > 0 {
-		fmt.Fprintf(&out, "%-*s %5s", width, "", "")
-		for _, t := range tokens {
-			out.WriteString(groupTitle(TokenTitle(t)))
-		}
-		fmt.Fprintf(&out, "\n%-*s %5s", width, "scenario", "conc")
-		for range tokens {
-			out.WriteString(cellHeader())
-		}
-		out.WriteString("\n")
-		for _, row := range rows {
-			fmt.Fprintf(&out, "%-*s %5d", width, row.Scenario, row.Concurrency)
-			for _, t := range tokens {
-				r, ok := row.Tokens[t]
-				out.WriteString(cell(r, ok))
+	for i, rtt := range rtts {
+		var in []Result
+		for _, r := range results {
+			if r.RTT == rtt {
+				in = append(in, r)
 			}
+		}
+		if i > 0 {
 			out.WriteString("\n")
 		}
-	}
-	header := false
-	for _, r := range results {
-		if r.Token != "" {
-			continue
+		if sections {
+			fmt.Fprintf(&out, "== simulated network HSM: %v per PKCS#11 call ==\n", rtt)
 		}
-		if !header {
-			if len(rows) > 0 {
-				out.WriteString("\n")
-			}
-			fmt.Fprintf(&out, "%-*s %5s%s\n", width, "scenario (no token)", "conc", cellHeader())
-			header = true
-		}
-		fmt.Fprintf(&out, "%-*s %5d%s\n", width, r.Name, r.Concurrency, cell(r, true))
+		writeResults(&out, in, width, seam)
 	}
 	if len(ratios) > 0 {
 		nameWidth := len("target")
@@ -295,6 +363,45 @@ func Table(results []Result, ratios []Ratio) string {
 		}
 	}
 	return out.String()
+}
+
+// writeResults writes one section's results: token rows side by side, then
+// the rows without a token.
+func writeResults(out *strings.Builder, results []Result, width int, seam bool) {
+	rows, tokens := SideBySide(results)
+	if len(rows) > 0 {
+		fmt.Fprintf(out, "%-*s %5s", width, "", "")
+		for _, t := range tokens {
+			out.WriteString(groupTitle(TokenTitle(t), seam))
+		}
+		fmt.Fprintf(out, "\n%-*s %5s", width, "scenario", "conc")
+		for range tokens {
+			out.WriteString(cellHeader(seam))
+		}
+		out.WriteString("\n")
+		for _, row := range rows {
+			fmt.Fprintf(out, "%-*s %5d", width, row.Scenario, row.Concurrency)
+			for _, t := range tokens {
+				r, ok := row.Tokens[t]
+				out.WriteString(cell(r, ok, seam))
+			}
+			out.WriteString("\n")
+		}
+	}
+	header := false
+	for _, r := range results {
+		if r.Token != "" {
+			continue
+		}
+		if !header {
+			if len(rows) > 0 {
+				out.WriteString("\n")
+			}
+			fmt.Fprintf(out, "%-*s %5s%s\n", width, "scenario (no token)", "conc", cellHeader(seam))
+			header = true
+		}
+		fmt.Fprintf(out, "%-*s %5d%s\n", width, r.Name, r.Concurrency, cell(r, true, seam))
+	}
 }
 
 func round(d time.Duration) string {

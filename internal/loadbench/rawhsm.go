@@ -22,9 +22,9 @@ type RawToken struct {
 }
 
 // RawHSM drives the token directly through the binding the plugin uses
-// (hsm.OpenBinding: miekg/pkcs11 plus a one-call C_Encrypt), with no pool,
-// no plugin logic and no Vault in between: the figure the plugin's are
-// divided by. Each worker has a session of its own.
+// (hsm.OpenBinding: miekg/pkcs11 plus one-call C_Encrypt, C_Decrypt and
+// C_Sign), with no pool, no plugin logic and no Vault in between: the
+// figure the plugin's are divided by. Each worker has a session of its own.
 type RawHSM struct {
 	p11      hsm.PKCS11
 	unload   func()
@@ -34,9 +34,11 @@ type RawHSM struct {
 	aes      pkcs11.ObjectHandle
 	rsa      pkcs11.ObjectHandle
 	ec       pkcs11.ObjectHandle
-	objects  []pkcs11.ObjectHandle
-	loggedIn bool // login is an open session
-	closed   bool
+	// sealed is 64 bytes encrypted under aes with iv, for the decryptions.
+	iv, sealed []byte
+	objects    []pkcs11.ObjectHandle
+	loggedIn   bool // login is an open session
+	closed     bool
 }
 
 // OpenRawHSM loads the module (which must not be loaded in this process
@@ -44,11 +46,16 @@ type RawHSM struct {
 // RSA-2048, EC P-256) that Close destroys. With tokenObjects the keys are
 // private, sensitive token objects, as the plugin's are; some tokens
 // (SoftHSM's file store among them) are slower with those than with session
-// objects.
-func OpenRawHSM(tok RawToken, sessions int, tokenObjects bool) (*RawHSM, error) {
+// objects. wrap, if not nil, puts something between the binding and every
+// call made after C_Initialize: the bench's simulated network HSM, the
+// same one the plugin's calls go through.
+func OpenRawHSM(tok RawToken, sessions int, tokenObjects bool, wrap func(hsm.PKCS11) hsm.PKCS11) (*RawHSM, error) {
 	p11, unload, err := hsm.OpenBinding(tok.Library, tok.InitArgs)
 	if err != nil {
 		return nil, err
+	}
+	if wrap != nil {
+		p11 = wrap(p11)
 	}
 	r := &RawHSM{p11: p11, unload: unload}
 	if err := r.open(tok, sessions, tokenObjects); err != nil {
@@ -102,11 +109,15 @@ func (r *RawHSM) makeKeys(tokenObjects bool) error {
 	r.aes, err = r.p11.GenerateKey(r.login, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, append([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
 	}, session...))
 	if err != nil {
 		return fmt.Errorf("AES key: %w", err)
 	}
 	r.objects = append(r.objects, r.aes)
+	if err := r.sealForDecrypt(); err != nil {
+		return err
+	}
 	pub, priv, err := r.p11.GenerateKeyPair(r.login, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
 		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, tokenObjects), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
 			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, 2048), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1})},
@@ -151,52 +162,98 @@ func (r *RawHSM) Close() {
 
 var sha256DigestInfo = []byte{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20}
 
+var gcmAAD = []byte("hsmkms-bench")
+
 // EncryptAESGCM64 encrypts 64 bytes with a fresh 96-bit IV on worker's
 // session: C_EncryptInit, then one C_Encrypt with room for the tag (and for
 // an IV a token appends), as the plugin calls it.
 func (r *RawHSM) EncryptAESGCM64(_ context.Context, worker int) error {
-	sh := r.sessions[worker]
 	iv := make([]byte, hsm.GCMIVLen)
 	if _, err := rand.Read(iv); err != nil {
 		return err
 	}
-	params := pkcs11.NewGCMParams(iv, []byte("hsmkms-bench"), hsm.GCMTagLen*8)
+	_, err := r.seal(r.sessions[worker], iv)
+	return err
+}
+
+func (r *RawHSM) seal(sh pkcs11.SessionHandle, iv []byte) ([]byte, error) {
+	params := pkcs11.NewGCMParams(iv, gcmAAD, hsm.GCMTagLen*8)
 	defer params.Free()
 	if err := r.p11.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, r.aes); err != nil {
-		return fmt.Errorf("C_EncryptInit: %w", err)
+		return nil, fmt.Errorf("C_EncryptInit: %w", err)
 	}
 	out, err := r.p11.EncryptOnce(sh, make([]byte, 64), 64+hsm.GCMTagLen+hsm.GCMIVLen)
 	if err != nil {
-		return fmt.Errorf("C_Encrypt: %w", err)
+		return nil, fmt.Errorf("C_Encrypt: %w", err)
 	}
 	if len(out) < 64+hsm.GCMTagLen {
-		return fmt.Errorf("C_Encrypt returned %d bytes for 64", len(out))
+		return nil, fmt.Errorf("C_Encrypt returned %d bytes for 64", len(out))
+	}
+	return out, nil
+}
+
+// sealForDecrypt makes the ciphertext the decryptions open. The tokens the
+// bench runs on use the caller's IV, so the output is ciphertext and tag.
+func (r *RawHSM) sealForDecrypt() error {
+	iv := make([]byte, hsm.GCMIVLen)
+	if _, err := rand.Read(iv); err != nil {
+		return err
+	}
+	sealed, err := r.seal(r.login, iv)
+	if err != nil {
+		return err
+	}
+	if len(sealed) != 64+hsm.GCMTagLen {
+		return fmt.Errorf("C_Encrypt returned %d bytes for 64 with a caller's IV", len(sealed))
+	}
+	r.iv, r.sealed = iv, sealed
+	return nil
+}
+
+// DecryptAESGCM64 opens 64 bytes sealed with AES-GCM: C_DecryptInit, then
+// one C_Decrypt with a buffer the size of the input, as the plugin calls
+// it.
+func (r *RawHSM) DecryptAESGCM64(_ context.Context, worker int) error {
+	sh := r.sessions[worker]
+	params := pkcs11.NewGCMParams(r.iv, gcmAAD, hsm.GCMTagLen*8)
+	defer params.Free()
+	if err := r.p11.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, r.aes); err != nil {
+		return fmt.Errorf("C_DecryptInit: %w", err)
+	}
+	out, err := r.p11.DecryptOnce(sh, r.sealed, len(r.sealed))
+	if err != nil {
+		return fmt.Errorf("C_Decrypt: %w", err)
+	}
+	if len(out) != 64 {
+		return fmt.Errorf("C_Decrypt returned %d bytes for 64", len(out))
 	}
 	return nil
 }
 
-// SignRSA2048 signs a SHA-256 digest with PKCS#1 v1.5.
+// SignRSA2048 signs a SHA-256 digest with PKCS#1 v1.5: C_SignInit, then one
+// C_Sign with a buffer the size of the modulus, as the plugin calls it.
 func (r *RawHSM) SignRSA2048(_ context.Context, worker int) error {
 	digest := sha256.Sum256([]byte("hsmkms bench input"))
-	sh := r.sessions[worker]
-	if err := r.p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}, r.rsa); err != nil {
-		return fmt.Errorf("C_SignInit: %w", err)
-	}
-	if _, err := r.p11.Sign(sh, append(append([]byte(nil), sha256DigestInfo...), digest[:]...)); err != nil {
-		return fmt.Errorf("C_Sign: %w", err)
-	}
-	return nil
+	return r.sign(r.sessions[worker], pkcs11.CKM_RSA_PKCS, r.rsa, append(append([]byte(nil), sha256DigestInfo...), digest[:]...), 2048/8)
 }
 
-// SignECDSAP256 signs a SHA-256 digest with ECDSA.
+// SignECDSAP256 signs a SHA-256 digest with ECDSA: one C_Sign with room
+// for r and s.
 func (r *RawHSM) SignECDSAP256(_ context.Context, worker int) error {
 	digest := sha256.Sum256([]byte("hsmkms bench input"))
-	sh := r.sessions[worker]
-	if err := r.p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, r.ec); err != nil {
+	return r.sign(r.sessions[worker], pkcs11.CKM_ECDSA, r.ec, digest[:], 2*32)
+}
+
+func (r *RawHSM) sign(sh pkcs11.SessionHandle, mech uint, key pkcs11.ObjectHandle, data []byte, sigSize int) error {
+	if err := r.p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, key); err != nil {
 		return fmt.Errorf("C_SignInit: %w", err)
 	}
-	if _, err := r.p11.Sign(sh, digest[:]); err != nil {
+	sig, err := r.p11.SignOnce(sh, data, sigSize)
+	if err != nil {
 		return fmt.Errorf("C_Sign: %w", err)
+	}
+	if len(sig) != sigSize {
+		return fmt.Errorf("C_Sign returned %d bytes, want %d", len(sig), sigSize)
 	}
 	return nil
 }

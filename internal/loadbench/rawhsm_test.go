@@ -7,11 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/netsim"
 	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/tokentest"
 )
 
 // The raw-HSM scenarios run against real tokens of every implementation,
-// briefly, with session keys and with token keys.
+// briefly, with session keys and with token keys, through the simulated
+// network the bench puts them behind: each makes the two PKCS#11 calls the
+// plugin makes for the same operation.
 func TestRawHSMScenarios(t *testing.T) {
 	for _, kind := range tokentest.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
@@ -22,18 +25,32 @@ func TestRawHSMScenarios(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok := RawToken{Library: toks[0].Library, InitArgs: toks[0].InitArgs, Label: toks[0].Label, PIN: toks[0].PIN}
-			if _, err := OpenRawHSM(RawToken{Library: tok.Library, InitArgs: tok.InitArgs, Label: "no-such-token", PIN: tok.PIN}, 1, false); err == nil {
+			if _, err := OpenRawHSM(RawToken{Library: tok.Library, InitArgs: tok.InitArgs, Label: "no-such-token", PIN: tok.PIN}, 1, false, nil); err == nil {
 				t.Fatal("opened a token that does not exist")
 			}
 			for _, tokenObjects := range []bool{false, true} {
-				raw, err := OpenRawHSM(tok, 2, tokenObjects)
+				net := netsim.New(0)
+				raw, err := OpenRawHSM(tok, 2, tokenObjects, net.Wrap)
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, sc := range []struct {
-					name string
-					op   Worker
-				}{{"aes", raw.EncryptAESGCM64}, {"rsa", raw.SignRSA2048}, {"ec", raw.SignECDSAP256}} {
+					name  string
+					op    Worker
+					calls map[string]int64
+				}{
+					{"aes encrypt", raw.EncryptAESGCM64, map[string]int64{"C_EncryptInit": 1, "C_Encrypt": 1}},
+					{"aes decrypt", raw.DecryptAESGCM64, map[string]int64{"C_DecryptInit": 1, "C_Decrypt": 1}},
+					{"rsa", raw.SignRSA2048, map[string]int64{"C_SignInit": 1, "C_Sign": 1}},
+					{"ec", raw.SignECDSAP256, map[string]int64{"C_SignInit": 1, "C_Sign": 1}},
+				} {
+					before := net.Take()
+					if err := sc.op(context.Background(), 1); err != nil {
+						t.Fatalf("%s: %v", sc.name, err)
+					}
+					if got := net.Take().Sub(before).Calls; !maps.Equal(got, sc.calls) {
+						t.Errorf("%s: calls %v, want %v", sc.name, got, sc.calls)
+					}
 					res := Run(context.Background(), sc.name, 2, 100*time.Millisecond, 1, sc.op)
 					if res.Ops == 0 || res.Errors != 0 {
 						t.Errorf("%s (token objects %v): %+v", sc.name, tokenObjects, res)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hsmkms/vault-plugin-secrets-hsmkms/internal/netsim"
 )
 
 // RunCount runs op once for every index in [0, count) from concurrency
@@ -28,6 +31,11 @@ func RunCount(ctx context.Context, name string, concurrency, count int, op func(
 type Contender struct {
 	Name string
 	Op   Worker
+	// Items is the items of one operation (a batch's); 0 means 1.
+	Items int
+	// Src, if not nil, is the simulated network the contender's calls go
+	// through, read around each of its slices (RunObserved's figures).
+	Src netsim.Source
 }
 
 // RunAlternating gives each contender the whole load (concurrency
@@ -38,9 +46,29 @@ type Contender struct {
 // its calls over the time of its own slices.
 func RunAlternating(ctx context.Context, concurrency int, slice time.Duration, rounds int, cs []Contender) []Result {
 	accs := make([]calls, len(cs))
+	seen := make([]netsim.Snapshot, len(cs)) // what each one's network saw in its slices
+	observed := make([]bool, len(cs))
+	for i, c := range cs {
+		observed[i] = c.Src != nil
+		seen[i].Calls = map[string]int64{}
+	}
 	for round := 0; round < rounds && ctx.Err() == nil; round++ {
 		for i, c := range cs {
+			var before netsim.Snapshot
+			if observed[i] {
+				var err error
+				if before, err = c.Src.Snapshot(ctx); err != nil {
+					observed[i] = false
+				}
+			}
 			s := runSlice(ctx, concurrency, slice, c.Op)
+			if observed[i] {
+				if after, err := c.Src.Snapshot(ctx); err != nil {
+					observed[i] = false
+				} else {
+					seen[i] = addSnapshots(seen[i], after.Sub(before))
+				}
+			}
 			a := &accs[i]
 			a.latencies = append(a.latencies, s.latencies...)
 			a.errs += s.errs
@@ -53,9 +81,24 @@ func RunAlternating(ctx context.Context, concurrency int, slice time.Duration, r
 	out := make([]Result, len(cs))
 	for i, c := range cs {
 		a := accs[i]
-		out[i] = summarise(c.Name, concurrency, 1, a.elapsed, a.latencies, a.errs, a.firstErr)
+		out[i] = summarise(c.Name, concurrency, max(1, c.Items), a.elapsed, a.latencies, a.errs, a.firstErr)
+		if observed[i] {
+			observe(&out[i], seen[i])
+		}
 	}
 	return out
+}
+
+// addSnapshots adds two intervals' figures; MaxInFlight is the larger.
+func addSnapshots(a, b netsim.Snapshot) netsim.Snapshot {
+	sum := netsim.Snapshot{RTT: b.RTT, Calls: maps.Clone(a.Calls), Busy: a.Busy + b.Busy, Delayed: a.Delayed + b.Delayed, MaxInFlight: max(a.MaxInFlight, b.MaxInFlight)}
+	if sum.Calls == nil {
+		sum.Calls = map[string]int64{}
+	}
+	for name, c := range b.Calls {
+		sum.Calls[name] += c
+	}
+	return sum
 }
 
 // runSlice is Run's loop for one slice, keeping the raw latencies.
