@@ -2,8 +2,12 @@
 
 package main
 
-import hsmkms "github.com/hsmkms/vault-plugin-secrets-hsmkms"
+import (
+	"github.com/hashicorp/vault/sdk/logical"
 
-// The bench's build serves every mount through the simulated network HSM
-// (the root package's bench_rtt.go).
-func init() { factory = hsmkms.BenchFactory }
+	hsmkms "github.com/hsmkms/vault-plugin-secrets-hsmkms"
+)
+
+// backendFactory serves every mount of the bench's build through the
+// simulated network HSM (the root package's bench_rtt.go).
+func backendFactory() logical.Factory { return hsmkms.BenchFactory }

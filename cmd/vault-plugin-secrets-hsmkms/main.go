@@ -9,17 +9,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
 	"github.com/hashicorp/vault/sdk/plugin"
-
-	hsmkms "github.com/hsmkms/vault-plugin-secrets-hsmkms"
 )
 
 // pprofAddrEnv, when set at plugin registration (`-env`), serves Go's
 // profiler on that address (loopback only) for performance work.
 const pprofAddrEnv = "HSMKMS_PPROF_ADDR"
-
-// factory makes each mount's backend; the bench's build (bench_rtt.go,
-// build tag hsmkms_benchrtt) replaces it.
-var factory = hsmkms.Factory
 
 func main() {
 	if addr := os.Getenv(pprofAddrEnv); addr != "" {
@@ -32,7 +26,7 @@ func main() {
 		fatal(err)
 	}
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: factory,
+		BackendFactoryFunc: backendFactory(),
 		TLSProviderFunc:    api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})
 	if err != nil {
