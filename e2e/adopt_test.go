@@ -76,9 +76,7 @@ func testAdoptKeysFromACeremony(t *testing.T, tok *tokentest.Token) {
 	// The objects exist before the plugin's C_Initialize: SoftHSM2 and NSS
 	// read a token's objects when the module is initialised.
 	v := startDevVault(t, tok)
-	// deletion_window=0s: a delete destroys at once, so that what
-	// destroy_on_delete leaves on the token can be seen right after it.
-	v.configure("kms", "deletion_window=0s")
+	v.configure("kms")
 
 	status, resp := v.raw("GET", "kms/config", v.token, nil)
 	data, _ := resp["data"].(map[string]interface{})
