@@ -40,10 +40,15 @@ const pluginName = "vault-plugin-secrets-hsmkms"
 const pluginVersion = "v0.0.0-dev"
 
 var (
-	vaultBin  string
-	baoBin    string
-	pluginDir string
-	pluginSHA string
+	vaultBin string
+	// baoBin is OpenBao's binary, found by the first test that needs it
+	// (see onOpenBao), so that the tests on Vault alone need not wait for
+	// OpenBao to be built.
+	baoBin     string
+	baoBinOnce sync.Once
+	baoBinErr  error
+	pluginDir  string
+	pluginSHA  string
 	// tokens holds two tokens of each kind, labelled "e2e" and "e2e-b"
 	// (with tokentest.P11KitLabelSuffix for p11kit), made by one
 	// tokentest.New call per kind so that they can be used together by one
@@ -117,10 +122,8 @@ func TestEndToEndSetUp(t *testing.T) {
 		t.Skipf("the e2e tests run only with %s=1 (make test and make e2e set it): they start a real Vault and "+
 			"OpenBao, built from source by scripts/build-vault.sh and build-openbao.sh", e2eEnv)
 	}
-	for _, bin := range []string{vaultBin, baoBin} {
-		if fi, err := os.Stat(bin); err != nil || fi.Mode()&0o111 == 0 {
-			t.Errorf("server binary %q: %v (mode %v)", bin, err, fi)
-		}
+	if fi, err := os.Stat(vaultBin); err != nil || fi.Mode()&0o111 == 0 {
+		t.Errorf("Vault's binary %q: %v (mode %v)", vaultBin, err, fi)
 	}
 	bin, err := os.ReadFile(filepath.Join(pluginDir, pluginName))
 	if sum := sha256.Sum256(bin); err != nil || hex.EncodeToString(sum[:]) != pluginSHA {
@@ -141,14 +144,6 @@ func setup(m *testing.M) (int, error) {
 			return 1, fmt.Errorf("no HSMKMS_VAULT_BIN and scripts/build-vault.sh failed: %w", err)
 		}
 		vaultBin = strings.TrimSpace(string(out))
-	}
-	baoBin = os.Getenv("HSMKMS_OPENBAO_BIN")
-	if baoBin == "" {
-		out, err := exec.Command("bash", "../scripts/build-openbao.sh").Output()
-		if err != nil {
-			return 1, fmt.Errorf("no HSMKMS_OPENBAO_BIN and scripts/build-openbao.sh failed: %w", err)
-		}
-		baoBin = strings.TrimSpace(string(out))
 	}
 	work, err := os.MkdirTemp("", "hsmkms-e2e-")
 	if err != nil {
@@ -208,10 +203,35 @@ var (
 	openBaoTests []string
 )
 
+// openBaoSuffix ends the name of every test that runs OpenBao, and only
+// theirs: make test runs them as a part of their own once OpenBao is
+// built, and the other e2e tests while it is still being built.
+const openBaoSuffix = "OnOpenBao"
+
 // onOpenBao makes the servers that startDevVault and startPersistentVault
 // start for t and its subtests OpenBao dev servers, so that test bodies
-// written for Vault run unchanged on OpenBao.
+// written for Vault run unchanged on OpenBao. It finds OpenBao's binary
+// (HSMKMS_OPENBAO_BIN, or scripts/build-openbao.sh, which waits for a build
+// in progress) the first time a test asks.
 func onOpenBao(t *testing.T) {
+	t.Helper()
+	if top, _, _ := strings.Cut(t.Name(), "/"); !strings.HasSuffix(top, openBaoSuffix) {
+		t.Fatalf("%s runs OpenBao, so its name must end in %q (scripts/test.sh picks OpenBao's tests by it)", top, openBaoSuffix)
+	}
+	baoBinOnce.Do(func() {
+		if baoBin = os.Getenv("HSMKMS_OPENBAO_BIN"); baoBin != "" {
+			return
+		}
+		out, err := exec.Command("bash", "../scripts/build-openbao.sh").Output()
+		if err != nil {
+			baoBinErr = fmt.Errorf("no HSMKMS_OPENBAO_BIN and scripts/build-openbao.sh failed: %w", err)
+			return
+		}
+		baoBin = strings.TrimSpace(string(out))
+	})
+	if baoBinErr != nil {
+		t.Fatal(baoBinErr)
+	}
 	openBaoTestsMu.Lock()
 	defer openBaoTestsMu.Unlock()
 	openBaoTests = append(openBaoTests, t.Name())

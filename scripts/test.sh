@@ -12,14 +12,16 @@
 #                  unit-other (every other package but e2e), race (the
 #                  race detector on the races the code guards against),
 #                  pure (internal/wire with no cgo: no PKCS#11 module)
-#   e2e-1, e2e-2   once Vault and OpenBao are built: every e2e test but
-#                  Terraform's (the release test among them), in
+#   e2e-1, e2e-2   once Vault is built: every e2e test but Terraform's and
+#                  OpenBao's (the release test among them), in
 #                  HSMKMS_E2E_SHARDS (2) processes side by side
+#   e2e-openbao    once OpenBao is built too: the tests named *OnOpenBao
 #   e2e-terraform  once OpenTofu and the provider are built too
 #
 # Each part's output is in test-logs/PART.log (HSMKMS_TEST_LOGS moves it).
 # The run fails if any part fails; a part whose inputs failed to build is
-# not run, and fails. The end prints each part's result and times.
+# not run, and fails. The end prints each part's result, times and the CPU
+# it used (user + system seconds of every process the part waited for).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,7 +32,7 @@ bash scripts/deps.sh release
 
 logs=${HSMKMS_TEST_LOGS:-$root/test-logs}
 mkdir -p "$logs"
-rm -f "$logs"/*.log "$logs"/*.result
+rm -f "$logs"/*.log "$logs"/*.result "$logs"/*.times
 t0=$(date +%s)
 module=$(go list -m)
 
@@ -38,8 +40,14 @@ declare -A pid=()
 declare -a parts=()
 failed=()
 
+# cpu_seconds FILE turns the output of bash's `times` into the whole
+# seconds of CPU (user + system) that the shell's waited-for children used.
+cpu_seconds() {
+  awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d\n", u[1] * 60 + u[2] + s[1] * 60 + s[2] + 0.5 }' "$1"
+}
+
 # start NAME FUNC [ARGS...] runs FUNC in the background, its output in
-# NAME.log; NAME.result gets its exit status and times.
+# NAME.log; NAME.result gets its exit status, times and CPU seconds.
 start() {
   local name=$1
   shift
@@ -52,7 +60,9 @@ start() {
     "$@" >"$logs/$name.log" 2>&1 &
     wait $! || rc=$?
     end=$(($(date +%s) - t0))
-    echo "$rc $begin $end" >"$logs/$name.result"
+    # Not in a command substitution: a forked shell would count no children.
+    times >"$logs/$name.times"
+    echo "$rc $begin $end $(cpu_seconds "$logs/$name.times")" >"$logs/$name.result"
     if ((rc)); then
       echo "test: $name FAILED (exit $rc, $((end - begin)) s): $logs/$name.log" >&2
     else
@@ -84,7 +94,7 @@ after() {
     start "$@"
   else
     parts+=("$1")
-    echo "not-run 0 0" >"$logs/$1.result"
+    echo "not-run 0 0 0" >"$logs/$1.result"
     echo "needs $needs, which failed" >"$logs/$1.log"
     echo "test: $1 NOT RUN: it needs $needs, and one of them failed" >&2
   fi
@@ -148,23 +158,29 @@ race() {
   go test -count=1 -v -race -timeout 10m -run 'TestCloseRacingCallsNeverCrashes|TestNoSessionLeakedByCloseUnderLoad|TestPoolNeverExceedsItsSize' ./hsm
 }
 
-# e2e ARGS: the e2e package against the servers built above (the scripts
-# print the cached paths at once), with go test's ARGS.
+# e2e ARGS: the e2e package against the Vault built above (the script
+# prints the cached path at once), with go test's ARGS.
 e2e() {
-  HSMKMS_E2E=1 HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh) HSMKMS_OPENBAO_BIN=$(bash scripts/build-openbao.sh) \
-    go test -count=1 -v -timeout 30m ./e2e "$@"
+  HSMKMS_E2E=1 HSMKMS_VAULT_BIN=$(bash scripts/build-vault.sh) go test -count=1 -v -timeout 30m ./e2e "$@"
 }
 
-# e2e_shard I N: every Nth e2e test from the Ith (Terraform's aside). The
-# tests run one after another within a go test process, and much of each is
-# waiting for a server, so shards in parallel shorten the longest part.
-# Listed, not named, so that a new test lands in a shard by itself.
+# e2e_shard I N: every Nth e2e test from the Ith, but Terraform's and
+# OpenBao's. The tests run one after another within a go test process, and
+# much of each is waiting for a server, so shards in parallel shorten the
+# longest part. Listed, not named, so that a new test lands in a shard by
+# itself.
 e2e_shard() {
   local names
-  names=$(HSMKMS_E2E='' go test -list '.' ./e2e | grep '^Test' | grep -v '^TestTerraform' |
+  names=$(HSMKMS_E2E='' go test -list '.' ./e2e | grep '^Test' | grep -v -e '^TestTerraform' -e 'OnOpenBao$' |
     awk -v i="$1" -v n="$2" 'NR % n == i % n')
   [[ -n $names ]] || { echo "no tests in this shard"; return 0; }
   e2e -run "^($(paste -sd'|' <<<"$names"))\$"
+}
+
+# The tests on OpenBao: their names end in OnOpenBao (the e2e package fails
+# a test that runs OpenBao under another name).
+e2e_openbao() {
+  HSMKMS_OPENBAO_BIN=$(bash scripts/build-openbao.sh) e2e -run 'OnOpenBao$'
 }
 
 # The real Transit clients: OpenTofu and terraform-provider-vault 5.9.0,
@@ -190,17 +206,18 @@ after compile pure pure
 # compile is compiling; on a fresh machine they take far longer anyway.
 shards=${HSMKMS_E2E_SHARDS:-2}
 for ((i = 1; i <= shards; i++)); do
-  after "compile vault openbao" "e2e-$i" e2e_shard "$i" "$shards"
+  after "compile vault" "e2e-$i" e2e_shard "$i" "$shards"
 done
-after "compile vault openbao tofu tf-provider" e2e-terraform e2e_terraform
+after "compile vault openbao" e2e-openbao e2e_openbao
+after "compile vault tofu tf-provider" e2e-terraform e2e_terraform
 
 ready "${parts[@]}" || true
 
 total=$(($(date +%s) - t0))
 echo
-printf '%-14s %-8s %7s %7s %7s %6s\n' part result start end seconds skips
+printf '%-14s %-8s %7s %7s %7s %7s %6s\n' part result start end seconds cpu skips
 for p in "${parts[@]}"; do
-  read -r rc begin end <"$logs/$p.result"
+  read -r rc begin end cpu <"$logs/$p.result"
   case $rc in
     0) result=ok ;;
     not-run) result="not run" ;;
@@ -208,9 +225,10 @@ for p in "${parts[@]}"; do
   esac
   [[ $rc == 0 ]] || failed+=("$p")
   skips=$(grep -c -e '--- SKIP' "$logs/$p.log" || true)
-  printf '%-14s %-8s %7s %7s %7s %6s\n' "$p" "$result" "$begin" "$end" "$((end - begin))" "$skips"
+  printf '%-14s %-8s %7s %7s %7s %7s %6s\n' "$p" "$result" "$begin" "$end" "$((end - begin))" "$cpu" "$skips"
 done
-echo "total: $total s; logs in $logs"
+times >"$logs/total.times"
+echo "total: $total s, $(cpu_seconds "$logs/total.times") s of CPU; logs in $logs"
 if ((${#failed[@]})); then
   for p in "${failed[@]}"; do
     echo
