@@ -181,6 +181,24 @@ func (t *Token) DropSessions() int {
 	return n
 }
 
+// Sessions counts the sessions the client holds open, its login session
+// aside: all of them, and those of them DropSessions closed behind its back
+// that it has not called on since (the call will fail).
+func (t *Token) Sessions() (open, dropped int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for sh := range t.open {
+		if t.loginOn[sh] {
+			continue
+		}
+		open++
+		if t.dropped[sh] {
+			dropped++
+		}
+	}
+	return open, dropped
+}
+
 // SetIVMode chooses what the token does with the caller's AES-GCM IV.
 func (t *Token) SetIVMode(m IVMode) {
 	t.mu.Lock()
