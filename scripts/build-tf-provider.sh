@@ -26,21 +26,23 @@ fi
 if [[ ! -x "$BIN" ]]; then
   echo "build-tf-provider: building terraform-provider-vault $PROVIDER_VERSION (once)" >&2
   mkdir -p "$GOBIN_DIR"
-  # go install writes straight into GOBIN; build elsewhere and move, so an
-  # interrupted build never leaves a binary that looks cached.
-  tmpbin=$(mktemp -d "${TMPDIR:-/tmp}/tf-provider-build.XXXXXX")
-  trap 'rm -rf "$tmpbin"' EXIT
-  # go install fetches the module's requirements two at a time; its go.mod
-  # and go.sum alone are enough to fetch them all at once beforehand.
-  src_json=$(cd "$tmpbin" && GOFLAGS=-mod=mod go mod download -json "$PROVIDER_MODULE")
+  # As the other builds: the module's source, copied, its modules fetched
+  # many at a time (go install would fetch them two at a time), built into
+  # a temporary name and moved, so that an interrupted build never leaves a
+  # binary that looks cached.
+  src_json=$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json "$PROVIDER_MODULE")
   src_dir=$(printf '%s' "$src_json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [[ -d "$src_dir" ]] || { echo "build-tf-provider: download failed: $src_json" >&2; exit 1; }
-  mkdir "$tmpbin/mod"
-  cp "$src_dir/go.mod" "$src_dir/go.sum" "$tmpbin/mod/"
-  chmod u+w "$tmpbin/mod/"*
-  (cd "$tmpbin/mod" && GOFLAGS=-mod=mod fetch_modules)
-  (cd "$tmpbin" && CGO_ENABLED=0 GOBIN="$tmpbin" GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" "$PROVIDER_MODULE")
-  mv "$tmpbin/terraform-provider-vault" "$BIN"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/tf-provider-build.XXXXXX")
+  trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+  cp -r "$src_dir/." "$work/"
+  chmod -R u+w "$work"
+  (
+    cd "$work"
+    CGO_ENABLED=0 GOFLAGS=-mod=mod fetch_modules .
+    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN.tmp.$$" .
+  )
+  mv "$BIN.tmp.$$" "$BIN"
 fi
 
 # Both registry hosts: Terraform's default and OpenTofu's, so that a

@@ -15,7 +15,7 @@ bash scripts/deps.sh
 vault_path=$(mktemp)
 bash scripts/build-vault.sh >"$vault_path" &
 vault_build=$!
-fetch_modules
+fetch_modules ./cmd/vault-plugin-secrets-hsmkms
 build_plugin
 wait "$vault_build" || { echo "dev: building Vault failed (see above)" >&2; exit 1; }
 vault_bin=$(cat "$vault_path")

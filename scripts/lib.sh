@@ -53,11 +53,62 @@ cache_lock() {
   fi
 }
 
-# fetch_modules downloads every module that the go.mod in the current
-# directory requires, many at a time. The go command fetches at most
+# fetch_modules PACKAGE... downloads the modules that the packages (and
+# what they import) come from, many at a time, with go list's flags as
+# given (e.g. -tags minimal, -test). The go command fetches at most
 # GOMAXPROCS modules at once, two on a 2-core machine, and fetching is
-# waiting on the network, not computing: without this the builds of the
-# servers spend most of their time downloading one module after another.
+# waiting on the network, not computing: without this the builds spend
+# much of their time downloading one module after another. Only those
+# modules: `go mod download` would fetch and extract every module each
+# go.mod names, the modules of tests and of features the build leaves out.
 fetch_modules() {
-  GOMAXPROCS=${HSMKMS_FETCH_CONCURRENCY:-32} go mod download
+  GOMAXPROCS=${HSMKMS_FETCH_CONCURRENCY:-32} go list -deps "$@" >/dev/null
+}
+
+# without_cloud_auto_join DIR makes the Go module in DIR (Vault's or
+# OpenBao's source) build against go-discover without its cloud providers:
+# raft's retry_join auto_join, which the tests never use, is all that needs
+# them, and their SDKs (EC2, Kubernetes, GCE, SoftLayer, vSphere...) are a
+# third of the Go source a fresh machine would compile for each server. The
+# root package (auto_join's parser and the provider registry) is
+# go-discover's own, with no provider registered; auto_join then answers
+# that the provider is unknown. Fails if go-discover no longer reads as
+# expected.
+without_cloud_auto_join() {
+  local dir=$1 src stub=_hsmkms_go_discover
+  src=$(cd "$dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/hashicorp/go-discover)
+  if [[ ! -d $src ]]; then
+    src=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json github.com/hashicorp/go-discover |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  fi
+  [[ -f $src/discover.go ]] || { echo "without_cloud_auto_join: go-discover not found" >&2; return 1; }
+  mkdir -p "$dir/$stub/provider/k8s"
+  cp "$src/go.mod" "$src/discover.go" "$src/config.go" "$dir/$stub/"
+  chmod -R u+w "$dir/$stub"
+  sed -i -E -e '/^[[:space:]]*"github.com\/hashicorp\/go-discover\/provider\/[a-z]+"$/d' \
+    -e '/^[[:space:]]*"[a-z]+":[[:space:]]*&[a-z]+\.Provider\{\},$/d' "$dir/$stub/discover.go"
+  if grep -q -E 'go-discover/provider|Provider\{\}' "$dir/$stub/discover.go" ||
+    ! grep -q '^var Providers = map\[string\]Provider{' "$dir/$stub/discover.go"; then
+    echo "without_cloud_auto_join: go-discover's provider registry is not where this script expects it" >&2
+    return 1
+  fi
+  cat >"$dir/$stub/provider/k8s/k8s.go" <<'GO'
+// Package k8s stands in for go-discover's Kubernetes provider, left out of
+// this build (see hsmkms's scripts/lib.sh).
+package k8s
+
+import (
+	"errors"
+	"log"
+)
+
+type Provider struct{}
+
+func (*Provider) Help() string { return "k8s: not built in\n" }
+
+func (*Provider) Addrs(map[string]string, *log.Logger) ([]string, error) {
+	return nil, errors.New("discover-k8s: this build has no Kubernetes auto_join")
+}
+GO
+  (cd "$dir" && go mod edit -replace "github.com/hashicorp/go-discover=./$stub")
 }
