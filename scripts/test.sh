@@ -32,7 +32,7 @@ bash scripts/deps.sh release
 
 logs=${HSMKMS_TEST_LOGS:-$root/test-logs}
 mkdir -p "$logs"
-rm -f "$logs"/*.log "$logs"/*.result "$logs"/*.times
+rm -f "$logs"/*.log "$logs"/*.result "$logs"/*.times "$logs"/*.lock
 t0=$(date +%s)
 module=$(go list -m)
 
@@ -46,18 +46,41 @@ cpu_seconds() {
   awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d\n", u[1] * 60 + u[2] + s[1] * 60 + s[2] + 0.5 }' "$1"
 }
 
-# start NAME FUNC [ARGS...] runs FUNC in the background, its output in
-# NAME.log; NAME.result gets its exit status, times and CPU seconds.
-start() {
-  local name=$1
-  shift
+# part NAME "NEEDS" NICENESS FUNC [ARGS...] runs FUNC in the background,
+# at NICENESS, once every part in NEEDS has ended, if they all succeeded;
+# if one failed, NAME is recorded as not run (and fails). FUNC's output is
+# in NAME.log; NAME.result gets its exit status, start, end and CPU seconds.
+# A part holds NAME.lock from the moment it is declared until it has
+# ended, and waiting for it is taking that lock: no part waits for another
+# that was declared after it, and parts start in whatever order their
+# needs end.
+part() {
+  local name=$1 needs=$2 niceness=$3 fd
+  shift 3
   parts+=("$name")
+  exec {fd}>"$logs/$name.lock"
+  flock "$fd"
   (
+    local p rc=0 begin end
+    for p in $needs; do
+      flock -s "$logs/$p.lock" true
+      read -r rc _ <"$logs/$p.result" || rc=missing
+      if [[ $rc != 0 ]]; then
+        echo "needs $needs, and $p failed" >"$logs/$name.log"
+        echo "not-run 0 0 0" >"$logs/$name.result"
+        echo "test: $name NOT RUN: it needs $p, which failed" >&2
+        exit 0
+      fi
+    done
+    # The builds that nothing waits for soon yield the cores to the parts
+    # that something does; every process FUNC starts inherits this.
+    renice -n "$niceness" -p "$BASHPID" >/dev/null
     begin=$(($(date +%s) - t0))
-    rc=0
+    echo "test: $name started at $begin s" >&2
     # In the background, so that set -e holds inside FUNC (it is ignored in
-    # a function called on the left of ||).
-    "$@" >"$logs/$name.log" 2>&1 &
+    # a function called on the left of ||); without the lock, which only
+    # this shell holds, so that no leftover process of FUNC can keep it.
+    "$@" >"$logs/$name.log" 2>&1 {fd}>&- &
     wait $! || rc=$?
     end=$(($(date +%s) - t0))
     # Not in a command substitution: a forked shell would count no children.
@@ -70,34 +93,7 @@ start() {
     fi
   ) &
   pid[$name]=$!
-  echo "test: $name started at $(($(date +%s) - t0)) s" >&2
-}
-
-# ready PART... waits for the parts and succeeds if all of them did.
-ready() {
-  local p rc ok=0
-  for p in "$@"; do
-    [[ -n ${pid[$p]:-} ]] && { wait "${pid[$p]}" || true; }
-    read -r rc _ <"$logs/$p.result" || rc=missing
-    [[ $rc == 0 ]] || ok=1
-  done
-  return $ok
-}
-
-# after "PARTS" NAME FUNC...: starts NAME once PARTS succeeded, or records
-# it as not run (and failed) if one of them failed.
-after() {
-  local needs=$1
-  shift
-  # shellcheck disable=SC2086 # PARTS is a list of words
-  if ready $needs; then
-    start "$@"
-  else
-    parts+=("$1")
-    echo "not-run 0 0 0" >"$logs/$1.result"
-    echo "needs $needs, which failed" >"$logs/$1.log"
-    echo "test: $1 NOT RUN: it needs $needs, and one of them failed" >&2
-  fi
+  exec {fd}>&-
 }
 
 # The packages of each unit part: listed, not spelled out, so that a new
@@ -190,28 +186,28 @@ e2e_terraform() {
     e2e -run '^TestTerraform'
 }
 
-start vault bash scripts/build-vault.sh
-start openbao bash scripts/build-openbao.sh
-start tofu bash scripts/build-tofu.sh
-start tf-provider bash scripts/build-tf-provider.sh
-start modules fetch_modules
-after modules compile compile
-after compile lint lint
-after compile unit-root unit root
-after compile unit-hsm unit hsm
-after compile unit-other unit other
-after compile race race
-after compile pure pure
-# The servers are waited for after compile, so that e2e never compiles what
-# compile is compiling; on a fresh machine they take far longer anyway.
+part vault "" 0 bash scripts/build-vault.sh
+part openbao "" 10 bash scripts/build-openbao.sh
+part tofu "" 15 bash scripts/build-tofu.sh
+part tf-provider "" 19 bash scripts/build-tf-provider.sh
+part modules "" 0 fetch_modules -test ./...
+part compile modules 0 compile
+part lint compile 0 lint
+part unit-root compile 0 unit root
+part unit-hsm compile 0 unit hsm
+part unit-other compile 0 unit other
+part race compile 0 race
+part pure compile 0 pure
+# The e2e parts wait for compile too, so that they never compile what
+# compile is compiling.
 shards=${HSMKMS_E2E_SHARDS:-2}
 for ((i = 1; i <= shards; i++)); do
-  after "compile vault" "e2e-$i" e2e_shard "$i" "$shards"
+  part "e2e-$i" "compile vault" 0 e2e_shard "$i" "$shards"
 done
-after "compile vault openbao" e2e-openbao e2e_openbao
-after "compile vault tofu tf-provider" e2e-terraform e2e_terraform
+part e2e-openbao "compile vault openbao" 0 e2e_openbao
+part e2e-terraform "compile vault tofu tf-provider" 0 e2e_terraform
 
-ready "${parts[@]}" || true
+for p in "${parts[@]}"; do wait "${pid[$p]}" || true; done
 
 total=$(($(date +%s) - t0))
 echo
