@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -172,28 +173,40 @@ func raceRounds() int {
 
 // GET config and GET status race DELETE config and config writes: no
 // call may reach a module that a Close finalised (that was a SIGSEGV,
-// taking every mount of the process down).
+// taking every mount of the process down). Each change sets the readers
+// off on a few reads that run while it does; readers that spun without a
+// bound took two cores for as long as the changes lasted, and the changes
+// lasted longer the busier the machine was.
 func TestConfigAndStatusReadsRacingConfigChanges(t *testing.T) {
+	const readsPerChange = 8
 	m := configuredMount(t, nil)
 	conf := map[string]interface{}{"library": testToken.Library, "token_label": testToken.Label, "pin": testToken.PIN}
+	var started atomic.Pointer[chan struct{}]
+	first := make(chan struct{})
+	started.Store(&first)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for r := 0; r < 4; r++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			path := []string{"config", "status"}[r%2]
 			for {
+				change := started.Load()
 				select {
 				case <-stop:
 					return
-				default:
+				case <-*change:
 				}
-				path := []string{"config", "status"}[r%2]
-				_, _ = m.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: path, Storage: m.storage, MountPoint: "kms/"})
+				for range readsPerChange {
+					_, _ = m.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: path, Storage: m.storage, MountPoint: "kms/"})
+				}
 			}
 		}()
 	}
 	for i := 0; i < raceRounds(); i++ {
+		next := make(chan struct{})
+		close(*started.Swap(&next))
 		if i%2 == 0 {
 			m.mustOK(logical.DeleteOperation, "config", nil)
 		} else {
