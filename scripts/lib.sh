@@ -76,11 +76,7 @@ fetch_modules() {
 # expected.
 without_cloud_auto_join() {
   local dir=$1 src stub=_hsmkms_go_discover
-  src=$(cd "$dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/hashicorp/go-discover)
-  if [[ ! -d $src ]]; then
-    src=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json github.com/hashicorp/go-discover |
-      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  fi
+  src=$(required_module_dir "$dir" github.com/hashicorp/go-discover)
   [[ -f $src/discover.go ]] || { echo "without_cloud_auto_join: go-discover not found" >&2; return 1; }
   mkdir -p "$dir/$stub/provider/k8s"
   cp "$src/go.mod" "$src/discover.go" "$src/config.go" "$dir/$stub/"
@@ -111,4 +107,16 @@ func (*Provider) Addrs(map[string]string, *log.Logger) ([]string, error) {
 }
 GO
   (cd "$dir" && go mod edit -replace "github.com/hashicorp/go-discover=./$stub")
+}
+
+# required_module_dir DIR MODULE prints the directory, in the module cache,
+# of the version of MODULE that the Go module in DIR requires (fetching it).
+required_module_dir() {
+  local src
+  src=$(cd "$1" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "$2")
+  if [[ ! -d $src ]]; then
+    src=$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "$2" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  fi
+  echo "$src"
 }
