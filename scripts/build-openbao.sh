@@ -51,8 +51,8 @@ fi
 mkdir -p "$(dirname "$BAO_BIN")"
 (
   cd "$work"
-  CGO_ENABLED=0 GOFLAGS=-mod=mod fetch_modules .
-  CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
+  CGO_ENABLED=1 GOFLAGS=-mod=mod fetch_modules .
+  build_server \
     -ldflags "-s -w -X github.com/openbao/openbao/version.fullVersion=${OPENBAO_VERSION#v}" \
     -o "$BAO_BIN.tmp.$$" .
 )

@@ -39,8 +39,8 @@ if [[ ! -x "$BIN" ]]; then
   chmod -R u+w "$work"
   (
     cd "$work"
-    CGO_ENABLED=0 GOFLAGS=-mod=mod fetch_modules .
-    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN.tmp.$$" .
+    CGO_ENABLED=1 GOFLAGS=-mod=mod fetch_modules .
+    build_server -ldflags "-s -w" -o "$BIN.tmp.$$" .
   )
   mv "$BIN.tmp.$$" "$BIN"
 fi

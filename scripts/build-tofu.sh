@@ -74,8 +74,8 @@ mkdir -p "$(dirname "$TOFU_BIN")"
 # binary calls itself v1.12.6-dev.
 (
   cd "$work"
-  CGO_ENABLED=0 GOFLAGS=-mod=mod fetch_modules ./cmd/tofu
-  CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
+  CGO_ENABLED=1 GOFLAGS=-mod=mod fetch_modules ./cmd/tofu
+  build_server \
     -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" \
     -o "$TOFU_BIN.tmp.$$" ./cmd/tofu
 )

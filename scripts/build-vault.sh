@@ -59,8 +59,8 @@ func extendAddonHandlers(handlers *vaultHandlers) {
 	handlers.physicalBackends["file"] = physFile.NewFileBackend
 }
 GO
-  CGO_ENABLED=0 GOFLAGS=-mod=mod fetch_modules -tags minimal .
-  CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags minimal -trimpath \
+  CGO_ENABLED=1 GOFLAGS=-mod=mod fetch_modules -tags minimal .
+  build_server -tags minimal \
     -ldflags "-s -w -X github.com/hashicorp/vault/version.Version=${VAULT_VERSION#v} -X github.com/hashicorp/vault/version.VersionPrerelease=" \
     -o "$VAULT_BIN.tmp.$$" .
 )

@@ -53,6 +53,23 @@ cache_lock() {
   fi
 }
 
+# build_server ARGS... is `go build ARGS` in the module copy of a server or
+# client (Vault, OpenBao, OpenTofu, the Terraform provider), built as the
+# plugin and its tests are: with cgo and without -trimpath. The go command
+# keys each compiled package by its source and those settings, so the
+# standard library and every module at the version the plugin uses are
+# compiled once for all of them, into the one build cache, instead of once
+# more for a cgo-less, trimmed build. HSMKMS_BUILD_AFTER may name the lock
+# of a build that is filling that cache (make test's compile part): the
+# modules are fetched meanwhile, and the compiling waits for it rather than
+# compiling the same packages beside it.
+build_server() {
+  if [[ -n ${HSMKMS_BUILD_AFTER:-} ]]; then
+    flock -s "$HSMKMS_BUILD_AFTER" true
+  fi
+  CGO_ENABLED=1 GOFLAGS=-mod=mod go build "$@"
+}
+
 # fetch_modules PACKAGE... downloads the modules that the packages (and
 # what they import) come from, many at a time, with go list's flags as
 # given (e.g. -tags minimal, -test). The go command fetches at most
