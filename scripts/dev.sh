@@ -11,13 +11,20 @@ cd "$root"
 source scripts/lib.sh
 
 bash scripts/deps.sh
-# Vault builds (once: minutes on a fresh machine) while the plugin compiles.
+# Vault's build (once: minutes on a fresh machine) fetches its modules while
+# the plugin compiles, then compiles on the build cache the plugin filled
+# (build_server in lib.sh): it waits for the lock held until then.
 vault_path=$(mktemp)
-bash scripts/build-vault.sh >"$vault_path" &
+plugin_built=$(mktemp)
+exec {plugin_lock}>"$plugin_built"
+flock "$plugin_lock"
+HSMKMS_BUILD_AFTER=$plugin_built bash scripts/build-vault.sh >"$vault_path" {plugin_lock}>&- &
 vault_build=$!
 fetch_modules ./cmd/vault-plugin-secrets-hsmkms
 build_plugin
+exec {plugin_lock}>&-
 wait "$vault_build" || { echo "dev: building Vault failed (see above)" >&2; exit 1; }
+rm -f "$plugin_built"
 vault_bin=$(cat "$vault_path")
 rm -f "$vault_path"
 state="$root/.dev"
